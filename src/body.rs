@@ -1,0 +1,99 @@
+//! Body: the one body type that flows through the proxy in both directions.
+//!
+//! An enum rather than a boxed trait object, so forwarding a streamed body
+//! costs no allocation and no dynamic dispatch per chunk.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+/// Errors a body can yield while streaming.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// A request or response body: empty, a fixed buffer, or streamed from a peer.
+    #[project = BodyProj]
+    pub enum Body {
+        /// No bytes.
+        Empty,
+        /// A complete body in memory (proxy-generated responses, buffered requests).
+        Full { data: Option<Bytes> },
+        /// Streamed from the other side of the proxy.
+        Stream { #[pin] inner: Incoming },
+        /// Replayed from a buffered (possibly spilled) body.
+        Replay { #[pin] inner: crate::buffer::Replay },
+        /// Fed by a task that drains the server (see [`crate::buffer`]).
+        Channel { rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>> },
+        /// The server broke mid-body: fails at once so the client sees a
+        /// truncated response.
+        Failed,
+    }
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Body::Empty
+    }
+
+    /// A body holding these bytes.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        if data.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full { data: Some(data) }
+        }
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(inner: Incoming) -> Self {
+        Body::Stream { inner }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            BodyProj::Empty => Poll::Ready(None),
+            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Replay { inner } => inner.poll_frame(cx),
+            BodyProj::Channel { rx } => rx.poll_recv(cx),
+            BodyProj::Failed => Poll::Ready(Some(Err("upstream response ended early".into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full { data } => data.is_none(),
+            Body::Stream { inner } => inner.is_end_stream(),
+            Body::Replay { inner } => inner.is_end_stream(),
+            Body::Channel { .. } | Body::Failed => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Body::Stream { inner } => inner.size_hint(),
+            Body::Replay { inner } => inner.size_hint(),
+            Body::Channel { .. } | Body::Failed => SizeHint::default(),
+        }
+    }
+}

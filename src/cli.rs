@@ -1,0 +1,235 @@
+//! Command line: `switchyard [run] [-c DIR]`, `switchyard check [-c DIR]`,
+//! and the signal handling of a running proxy (SIGHUP reload, SIGTERM/SIGINT drain).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{self, Config, LogFormat};
+use crate::server::Server;
+
+/// A TLS-terminating reverse proxy for sync worker pools and async WebSocket backends.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The configuration directory (switchyard.toml and sites/*.toml).
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "./config",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the configuration and print a summary; exit 0 or 1.
+    Check,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&cli.config),
+        Command::Run => run(&cli.config),
+    }
+}
+
+fn print_errors(errors: &config::ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+    eprintln!(
+        "switchyard: {} error{} in the configuration",
+        errors.0.len(),
+        if errors.0.len() == 1 { "" } else { "s" }
+    );
+}
+
+fn check(dir: &Path) -> ExitCode {
+    match config::load(dir) {
+        Ok(c) => {
+            print!("{}", summary(&c));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_errors(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A one-screen summary of a configuration, as `check` prints it.
+pub fn summary(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let addrs = |v: &[std::net::SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(s, "configuration {} is valid", c.dir.display());
+    let _ = writeln!(
+        s,
+        "listen: https [{}]  http [{}]  admin {}",
+        addrs(&c.listen.https),
+        addrs(&c.listen.http),
+        c.listen.admin.map_or("off".to_string(), |a| a.to_string())
+    );
+    for site in &c.sites {
+        let _ = writeln!(
+            s,
+            "site {}: hosts {}{}{}",
+            site.name,
+            site.hosts.join(", "),
+            if site.tls.is_some() { "; tls" } else { "" },
+            if site.redirect_https {
+                "; redirect_https"
+            } else {
+                ""
+            }
+        );
+        for p in &site.pools {
+            let _ = writeln!(
+                s,
+                "  pool {}: {}{}",
+                p.name,
+                p.servers.join(", "),
+                p.max_in_flight
+                    .map_or(String::new(), |n| format!(" (max_in_flight {n})"))
+            );
+        }
+        for r in &site.routes {
+            let pool =
+                |i: Option<usize>| i.and_then(|i| site.pools.get(i)).map(|p| p.name.as_str());
+            let _ = writeln!(
+                s,
+                "  route {} {} -> {}{}",
+                r.name,
+                r.path,
+                pool(r.pool).map_or("-".to_string(), |p| format!("pool {p}")),
+                pool(r.websocket).map_or(String::new(), |p| format!(", websocket {p}"))
+            );
+        }
+    }
+    s
+}
+
+fn init_logging(c: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&c.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    let _ = match c.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn run(dir: &Path) -> ExitCode {
+    let config = match config::load(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        rt.worker_threads(config.runtime.worker_threads);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(dir.to_path_buf(), config))
+}
+
+async fn serve(dir: PathBuf, config: Config) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("switchyard: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&server, &dir).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("draining; a second signal exits at once");
+    let drain = {
+        let server: Arc<Server> = server.clone();
+        async move { server.shutdown().await }
+    };
+    tokio::select! {
+        () = drain => {
+            tracing::info!("drained; exiting");
+            ExitCode::SUCCESS
+        }
+        _ = term.recv() => ExitCode::SUCCESS,
+        _ = int.recv() => ExitCode::SUCCESS,
+    }
+}
+
+async fn reload(server: &Server, dir: &Path) {
+    let dir2 = dir.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || config::load(&dir2)).await;
+    let config = match loaded {
+        Ok(Ok(c)) => c,
+        Ok(Err(errors)) => {
+            for e in &errors.0 {
+                tracing::error!("reload: {e}");
+            }
+            tracing::error!("reload rejected: the old configuration keeps serving");
+            server
+                .shared()
+                .metrics
+                .counter(
+                    crate::metrics::CONFIG_RELOADS_TOTAL,
+                    &[("result", "failure")],
+                )
+                .increment(1);
+            return;
+        }
+        Err(e) => {
+            tracing::error!("reload failed: {e}");
+            return;
+        }
+    };
+    match server.reload(config).await {
+        Ok(()) => tracing::info!(config = %dir.display(), "configuration reloaded"),
+        Err(e) => tracing::error!("reload rejected: {e}; the old configuration keeps serving"),
+    }
+}

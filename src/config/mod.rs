@@ -1,0 +1,203 @@
+//! Configuration: the typed values the proxy runs on, parsed once from
+//! `switchyard.toml` and `sites/*.toml`.
+//!
+//! Everything here is plain data. [`load`] reads a config directory, checks
+//! every field and cross-reference, loads certificates, and either returns a
+//! [`Config`] or every error it found as `FILE:LINE:COL: message`.
+
+mod load;
+mod units;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use load::{load, load_str};
+pub use units::{parse_duration, parse_size};
+
+/// A whole, validated configuration: process settings plus every site.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The directory it was loaded from.
+    pub dir: PathBuf,
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Process-wide timeouts.
+    pub timeouts: Timeouts,
+    /// Process-wide limits.
+    pub limits: Limits,
+    /// Tokio runtime settings.
+    pub runtime: Runtime,
+    /// Logging settings.
+    pub log: Log,
+    /// Sites, sorted by name.
+    pub sites: Vec<Site>,
+    /// A hash of every file's contents, exported so operators can see what is live.
+    pub hash: u64,
+}
+
+/// `[listen]`: where the proxy accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// TLS listeners (ALPN h2 and http/1.1). Default `0.0.0.0:8443`.
+    pub https: Vec<SocketAddr>,
+    /// Plain HTTP/1.1 listeners. Default `0.0.0.0:8080`.
+    pub http: Vec<SocketAddr>,
+    /// Admin listener for /metrics, /healthz, /readyz. Default `127.0.0.1:9901`.
+    pub admin: Option<SocketAddr>,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole request head must arrive within this. Default 10s.
+    pub header: Duration,
+    /// Keep-alive idle timeout. Default 60s.
+    pub idle: Duration,
+    /// TCP connect to an upstream server. Default 3s.
+    pub upstream_connect: Duration,
+    /// From request sent to response head received. Default 60s.
+    pub upstream_response: Duration,
+    /// Grace period on shutdown. Default 30s.
+    pub drain: Duration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open downstream connections at most. Default 50000.
+    pub max_connections: usize,
+    /// Request head size at most. Default 65536.
+    pub max_header_bytes: usize,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtime {
+    /// Tokio worker threads; 0 means one per CPU core.
+    pub worker_threads: usize,
+}
+
+/// `[log]` (an extension to the contract): access-log format and level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `switchyard=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One site: a `sites/NAME.toml` file.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The file stem; the `site` metric label.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Host names, lower-cased, without port.
+    pub hosts: Vec<String>,
+    /// The site's certificate and key, loaded and checked to match.
+    pub tls: Option<SiteTls>,
+    /// Plain-HTTP requests get 308 to https.
+    pub redirect_https: bool,
+    /// Upstream pools by name, in file order.
+    pub pools: Vec<Pool>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// A site's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct SiteTls {
+    /// Path of the PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// Path of the PEM private key.
+    pub key_path: PathBuf,
+    /// The loaded chain and signing key, ready for rustls.
+    pub certified_key: Arc<rustls::sign::CertifiedKey>,
+}
+
+/// `[pools.NAME]`: a set of upstream servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// The pool name; the `pool` metric label.
+    pub name: String,
+    /// Server addresses as `host:port`; the `server` metric label.
+    pub servers: Vec<String>,
+    /// Requests at once per server; `None` is unlimited.
+    pub max_in_flight: Option<usize>,
+    /// Longest wait in the proxy's queue before 503. Default 5s.
+    pub queue_timeout: Duration,
+    /// Queue length at most; `None` is unbounded.
+    pub max_queue: Option<usize>,
+    /// Request body size at most (413 beyond). Default 100 MiB.
+    pub max_body: u64,
+    /// Read request and response bodies whole at the proxy (to memory, then
+    /// a temporary file) so slow clients never hold a server's slot. Default true.
+    pub buffering: bool,
+    /// Active health checking.
+    pub health: Option<Health>,
+}
+
+/// `health = { path, interval, timeout, rise, fall }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Path requested with GET; any 2xx/3xx is healthy.
+    pub path: String,
+    /// Time between checks. Default 5s.
+    pub interval: Duration,
+    /// Time a check may take. Default 2s.
+    pub timeout: Duration,
+    /// Consecutive successes to mark a server up. Default 2.
+    pub rise: u32,
+    /// Consecutive failures to mark a server down. Default 3.
+    pub fall: u32,
+}
+
+/// `[[routes]]`: a path prefix and where its traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The `route` metric label; defaults to the path.
+    pub name: String,
+    /// Path prefix; the longest match wins.
+    pub path: String,
+    /// Index into [`Site::pools`] for plain requests.
+    pub pool: Option<usize>,
+    /// Index into [`Site::pools`] for WebSocket upgrades.
+    pub websocket: Option<usize>,
+    /// Close a silent WebSocket with 1001 after this.
+    pub idle_timeout: Option<Duration>,
+    /// The proxy pings the client this often.
+    pub ping_interval: Option<Duration>,
+    /// A larger WebSocket message closes with 1009.
+    pub max_message_bytes: Option<u64>,
+}
+
+/// One configuration problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{col}: {message}", file.display())]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+/// Every problem found in a configuration directory.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);

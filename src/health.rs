@@ -1,0 +1,93 @@
+//! Health: active checks of pool servers (`health = { path, interval, ... }`).
+//!
+//! One task per checked server sends `GET path` every `interval` over a
+//! fresh connection; `fall` consecutive failures take the server out of
+//! rotation and `rise` consecutive successes bring it back. The task holds
+//! only a weak reference, so it ends when a reload drops the server.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::{Request, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::config::Health;
+use crate::pool::Server;
+
+/// One check: connect, `GET path`, and expect a 2xx or 3xx within `timeout`.
+pub async fn check_once(addr: &str, authority: &str, health: &Health) -> Result<(), String> {
+    let work = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::get(health.path.as_str())
+            .header(header::HOST, authority)
+            .header(header::USER_AGENT, "switchyard-health")
+            .header(header::CONNECTION, "close")
+            .body(Body::empty())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let s = resp.status();
+        if s.is_success() || s.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("status {s}"))
+        }
+    };
+    match tokio::time::timeout(health.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+    }
+}
+
+/// Starts the checker task for `server`, which runs until the server is dropped
+/// or its health settings are removed.
+pub fn spawn(server: &Arc<Server>) {
+    let weak: Weak<Server> = Arc::downgrade(server);
+    tokio::spawn(async move {
+        let mut ok_streak = 0u32;
+        let mut fail_streak = 0u32;
+        loop {
+            let Some(server) = weak.upgrade() else { return };
+            let Some(health) = server.health_settings() else {
+                server.stop_checker();
+                return;
+            };
+            let result = check_once(&server.addr, &server.addr, &health).await;
+            match result {
+                Ok(()) => {
+                    fail_streak = 0;
+                    // A passing check also ends any passive backoff.
+                    server.report_success();
+                    ok_streak = ok_streak.saturating_add(1);
+                    if !server.is_up() && ok_streak >= health.rise {
+                        tracing::info!(server = %server.addr, "health check passing: server is up");
+                        server.set_up(true);
+                    }
+                }
+                Err(e) => {
+                    ok_streak = 0;
+                    fail_streak = fail_streak.saturating_add(1);
+                    if server.is_up() && fail_streak >= health.fall {
+                        tracing::warn!(server = %server.addr, error = %e, "health check failing: server is down");
+                        server.set_up(false);
+                    } else {
+                        tracing::debug!(server = %server.addr, error = %e, "health check failed");
+                    }
+                }
+            }
+            let interval = health.interval.max(Duration::from_millis(10));
+            drop(server);
+            tokio::time::sleep(interval).await;
+        }
+    });
+}

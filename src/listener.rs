@@ -1,0 +1,155 @@
+//! Listener: accept loops for the https and http listeners, the
+//! `max_connections` bound, and the TLS handshake before a connection is served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection;
+use crate::metrics::ListenerMetrics;
+use crate::proxy::ConnInfo;
+use crate::state::Shared;
+use crate::tls;
+
+/// Whether a listener terminates TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// TLS, ALPN h2 and http/1.1.
+    Https,
+    /// Plain HTTP/1.1.
+    Http,
+}
+
+impl Kind {
+    /// The scheme, as used in the `listener` metric label.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Kind::Https => "https",
+            Kind::Http => "http",
+        }
+    }
+}
+
+/// Everything an accept loop needs.
+pub struct Listener {
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// https or http.
+    pub kind: Kind,
+    /// Its address, as bound.
+    pub addr: SocketAddr,
+}
+
+/// Binds a listener.
+pub async fn bind(addr: SocketAddr, kind: Kind) -> std::io::Result<Listener> {
+    let socket = TcpListener::bind(addr).await?;
+    let addr = socket.local_addr()?;
+    Ok(Listener { socket, kind, addr })
+}
+
+/// Shared across every accept loop of a process.
+#[derive(Clone)]
+pub struct Accepting {
+    /// Proxy state.
+    pub shared: Arc<Shared>,
+    /// One permit per allowed open connection.
+    pub limit: Arc<Semaphore>,
+    /// Cancelled to stop accepting and drain connections.
+    pub stop: CancellationToken,
+    /// Every connection task.
+    pub connections: TaskTracker,
+    /// The https port used in redirects.
+    pub https_port: u16,
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    // EMFILE (24) / ENFILE (23): out of file descriptors.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// Accepts connections until `accepting.stop` or `stop_this` is cancelled.
+pub async fn run(listener: Listener, accepting: Accepting, stop_this: CancellationToken) {
+    let label = format!("{}://{}", listener.kind.scheme(), listener.addr);
+    let metrics = ListenerMetrics::new(&accepting.shared.metrics, &label);
+    loop {
+        // At max_connections, stop accepting: new clients wait in the
+        // kernel's backlog instead of being served badly.
+        let permit = tokio::select! {
+            p = accepting.limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = accepting.stop.cancelled() => return,
+            () = stop_this.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.socket.accept() => r,
+            () = accepting.stop.cancelled() => return,
+            () = stop_this.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors or a transient error: back off rather
+                // than spin, and keep the listener.
+                let pause = if is_fd_exhaustion(&e) { 100 } else { 10 };
+                tracing::warn!(listener = %label, error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let accepting2 = accepting.clone();
+        let metrics = metrics.clone();
+        let kind = listener.kind;
+        accepting.connections.spawn(async move {
+            metrics.connections.increment(1.0);
+            handle(tcp, peer, kind, &accepting2, &metrics).await;
+            metrics.connections.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    a: &Accepting,
+    metrics: &ListenerMetrics,
+) {
+    let info = ConnInfo {
+        peer,
+        https: kind == Kind::Https,
+        tls_site: None,
+        https_port: a.https_port,
+        activity: None,
+    };
+    match kind {
+        Kind::Http => connection::serve(a.shared.clone(), tcp, info, a.stop.clone()).await,
+        Kind::Https => {
+            let generation = a.shared.generation.load_full();
+            let timeout = generation.config.timeouts.header;
+            let result = tls::accept(tcp, &generation.router, timeout).await;
+            drop(generation);
+            match result {
+                Ok((stream, site)) => {
+                    let info = ConnInfo {
+                        tls_site: Some(site),
+                        ..info
+                    };
+                    connection::serve(a.shared.clone(), stream, info, a.stop.clone()).await;
+                }
+                Err(e) => {
+                    metrics.tls_failure(e.reason_index());
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+            }
+        }
+    }
+}

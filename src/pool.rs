@@ -1,0 +1,427 @@
+//! Pool: the upstream servers of one `[pools.NAME]`, how many requests each
+//! may carry at once, and the FIFO queue where the rest wait.
+//!
+//! A request asks [`Pool::acquire`] for a [`Lease`] on one server. If a
+//! server has room, the least-loaded one is leased at once (ties broken
+//! round-robin). If every server is at `max_in_flight`, the request waits in
+//! the pool's queue; a lease that is dropped hands its slot straight to the
+//! first waiter, so no one polls. Dropping a waiting request takes it out of
+//! the queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::config;
+use crate::metrics::{Metrics, PoolMetrics, ServerMetrics};
+
+/// One upstream server and its live accounting.
+///
+/// Shared across configuration generations, so in-flight counts and health
+/// survive a reload that keeps the server.
+pub struct Server {
+    /// `host:port` as configured; the `server` metric label.
+    pub addr: Arc<str>,
+    /// The same, parsed once for building request URIs.
+    pub authority: http::uri::Authority,
+    in_flight: AtomicUsize,
+    up: AtomicBool,
+    /// Passive health: consecutive connect failures.
+    failures: AtomicUsize,
+    /// Passive health: not before this (ms since `epoch`) after failures.
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+    metrics: ServerMetrics,
+    /// Active health settings, replaced on reload.
+    health: Mutex<Option<config::Health>>,
+    checker_running: AtomicBool,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish()
+    }
+}
+
+impl Server {
+    /// A server with no requests in flight, considered up.
+    pub fn new(
+        addr: &str,
+        metrics: &Metrics,
+        site: &str,
+        pool: &str,
+    ) -> Result<Arc<Self>, http::uri::InvalidUri> {
+        let m = ServerMetrics::new(metrics, site, pool, addr);
+        m.up.set(1.0);
+        Ok(Arc::new(Server {
+            addr: addr.into(),
+            authority: addr.parse()?,
+            in_flight: AtomicUsize::new(0),
+            up: AtomicBool::new(true),
+            failures: AtomicUsize::new(0),
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics: m,
+            health: Mutex::new(None),
+            checker_running: AtomicBool::new(false),
+        }))
+    }
+
+    /// Sets (or clears) active health checking, starting the checker if needed.
+    pub fn set_health(self: &Arc<Self>, health: Option<config::Health>) {
+        let enabled = health.is_some();
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+        if enabled && !self.checker_running.swap(true, Ordering::AcqRel) {
+            crate::health::spawn(self);
+        }
+        if !enabled {
+            // Without active checks, only passive backoff decides.
+            self.set_up(true);
+        }
+    }
+
+    /// The current active health settings.
+    pub fn health_settings(&self) -> Option<config::Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn stop_checker(&self) {
+        self.checker_running.store(false, Ordering::Release);
+    }
+
+    /// Whether active checks consider the server up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Sets the active health state.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.refresh_up_gauge();
+    }
+
+    /// Requests in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server may receive new requests.
+    pub fn is_available(&self) -> bool {
+        if !self.up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until == 0 || self.now_ms() >= until
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records a connect failure or reset: the server is skipped for a
+    /// backoff that doubles with each consecutive failure (1s up to 30s).
+    pub fn report_failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(5);
+        let backoff = 1000u64 << n;
+        self.down_until_ms
+            .store(self.now_ms() + backoff.min(30_000), Ordering::Relaxed);
+        self.metrics.up.set(0.0);
+    }
+
+    /// Records a good exchange: clears any passive backoff.
+    pub fn report_success(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+            self.refresh_up_gauge();
+        }
+    }
+
+    fn refresh_up_gauge(&self) {
+        let up = self.up.load(Ordering::Relaxed) && self.failures.load(Ordering::Relaxed) == 0;
+        self.metrics.up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn add_in_flight(&self) {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.in_flight.set(n as f64);
+    }
+
+    fn sub_in_flight(&self) {
+        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.metrics.in_flight.set(n as f64);
+    }
+}
+
+/// Why a pool could not lease a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// Waited `queue_timeout` without a free slot.
+    #[error("waited in the queue longer than queue_timeout")]
+    QueueTimeout,
+    /// The queue already holds `max_queue` requests.
+    #[error("the queue is full (max_queue)")]
+    QueueFull,
+    /// Every server is down.
+    #[error("no healthy server in the pool")]
+    NoHealthyServer,
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Lease>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+/// One `[pools.NAME]` of a site, with its queue.
+pub struct Pool {
+    /// The site's name.
+    pub site: Arc<str>,
+    /// The pool's name.
+    pub name: Arc<str>,
+    servers: Vec<Arc<Server>>,
+    /// Settings as configured.
+    pub settings: config::Pool,
+    queue: Mutex<Queue>,
+    rr: AtomicUsize,
+    metrics: PoolMetrics,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("site", &self.site)
+            .field("name", &self.name)
+            .field("servers", &self.servers)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool over these servers (which may be shared with an earlier generation).
+    pub fn new(
+        site: &str,
+        settings: config::Pool,
+        servers: Vec<Arc<Server>>,
+        metrics: &Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Pool {
+            site: site.into(),
+            name: settings.name.as_str().into(),
+            metrics: PoolMetrics::new(metrics, site, &settings.name),
+            servers,
+            settings,
+            queue: Mutex::new(Queue::default()),
+            rr: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether bodies are buffered at the proxy (on by default for pools
+    /// that serve plain requests).
+    pub fn buffering(&self) -> bool {
+        self.settings.buffering
+    }
+
+    /// The pool's servers.
+    pub fn servers(&self) -> &[Arc<Server>] {
+        &self.servers
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every critical section is a push or pop), so poisoning is ignored.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Least in-flight among available servers with room, ties round-robin.
+    /// `exclude` skips one server (the one a retry just failed on).
+    fn pick(&self, exclude: Option<&Arc<Server>>) -> Pick {
+        let n = self.servers.len();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let limit = self.settings.max_in_flight.unwrap_or(usize::MAX);
+        let mut best: Option<&Arc<Server>> = None;
+        let mut any_available = false;
+        for i in 0..n {
+            let s = &self.servers[(start + i) % n];
+            if exclude.is_some_and(|e| Arc::ptr_eq(e, s)) || !s.is_available() {
+                continue;
+            }
+            any_available = true;
+            let load = s.in_flight();
+            if load < limit && best.is_none_or(|b| load < b.in_flight()) {
+                best = Some(s);
+            }
+        }
+        match best {
+            Some(s) => Pick::Server(s.clone()),
+            None if any_available => Pick::Full,
+            None => Pick::NoneAvailable,
+        }
+    }
+
+    /// Leases a server, waiting in the queue up to `queue_timeout` when all are full.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        exclude: Option<&Arc<Server>>,
+    ) -> Result<Lease, PoolError> {
+        let (id, rx) = {
+            let mut q = self.lock();
+            // Someone already waiting goes first: no overtaking the queue.
+            if q.waiters.is_empty() {
+                match self.pick(exclude) {
+                    Pick::Server(server) => return Ok(self.lease(server)),
+                    Pick::NoneAvailable => {
+                        self.metrics.rejected_no_healthy.increment(1);
+                        return Err(PoolError::NoHealthyServer);
+                    }
+                    Pick::Full => {}
+                }
+            }
+            if self
+                .settings
+                .max_queue
+                .is_some_and(|max| q.waiters.len() >= max)
+            {
+                self.metrics.rejected_queue_full.increment(1);
+                return Err(PoolError::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = q.next_id;
+            q.next_id += 1;
+            q.waiters.push_back(Waiter { id, tx });
+            self.metrics.queue_depth.set(q.waiters.len() as f64);
+            (id, rx)
+        };
+        let started = Instant::now();
+        let mut guard = QueuedGuard {
+            pool: self,
+            id,
+            active: true,
+        };
+        let result = tokio::time::timeout(self.settings.queue_timeout, rx).await;
+        guard.active = false;
+        drop(guard);
+        self.metrics
+            .queue_wait
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(lease)) => Ok(lease),
+            // The sender was dropped without a lease: only when the pool is
+            // torn down; treat as no server.
+            Ok(Err(_)) => Err(PoolError::NoHealthyServer),
+            Err(_) => {
+                self.remove_waiter(id);
+                self.metrics.rejected_queue_timeout.increment(1);
+                Err(PoolError::QueueTimeout)
+            }
+        }
+    }
+
+    fn remove_waiter(&self, id: u64) {
+        let mut q = self.lock();
+        if let Some(pos) = q.waiters.iter().position(|w| w.id == id) {
+            q.waiters.remove(pos);
+        }
+        self.metrics.queue_depth.set(q.waiters.len() as f64);
+    }
+
+    fn lease(self: &Arc<Self>, server: Arc<Server>) -> Lease {
+        server.add_in_flight();
+        Lease {
+            pool: self.clone(),
+            server: Some(server),
+        }
+    }
+
+    /// A slot on `server` was freed: hand it to the first live waiter.
+    fn release(self: &Arc<Self>, server: Arc<Server>) {
+        let mut q = self.lock();
+        server.sub_in_flight();
+        while !q.waiters.is_empty() {
+            let server = match self.pick(None) {
+                Pick::Server(s) => s,
+                _ => break,
+            };
+            let Some(w) = q.waiters.pop_front() else {
+                break;
+            };
+            self.metrics.queue_depth.set(q.waiters.len() as f64);
+            let lease = self.lease(server);
+            match w.tx.send(lease) {
+                Ok(()) => break,
+                Err(mut lease) => {
+                    // The waiter gave up between timing out and removing
+                    // itself; undo without recursing into release.
+                    if let Some(s) = lease.server.take() {
+                        s.sub_in_flight();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requests waiting in the queue right now.
+    pub fn queue_len(&self) -> usize {
+        self.lock().waiters.len()
+    }
+}
+
+enum Pick {
+    Server(Arc<Server>),
+    Full,
+    NoneAvailable,
+}
+
+/// Removes a cancelled waiter from the queue when its request is dropped.
+struct QueuedGuard<'a> {
+    pool: &'a Arc<Pool>,
+    id: u64,
+    active: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            self.pool.remove_waiter(self.id);
+        }
+    }
+}
+
+/// The right to send one request to one server; the slot is freed on drop.
+pub struct Lease {
+    pool: Arc<Pool>,
+    server: Option<Arc<Server>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl Lease {
+    /// The leased server.
+    pub fn server(&self) -> Option<&Arc<Server>> {
+        self.server.as_ref()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool.release(server);
+        }
+    }
+}

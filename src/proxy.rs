@@ -1,0 +1,544 @@
+//! Proxy: one request's way through switchyard — site and route selection,
+//! the pool lease, forwarding upstream, and the response back.
+//!
+//! WebSocket upgrades branch off to [`crate::websocket`] after routing.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::body::{Body, BoxError};
+use crate::buffer;
+use crate::headers;
+use crate::pool::{Lease, PoolError};
+use crate::routing::{Route, Site};
+use crate::state::{Generation, Shared};
+use crate::upstream::UpstreamError;
+use crate::websocket;
+
+/// What a connection knows about itself, shared by its requests.
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection came in over TLS.
+    pub https: bool,
+    /// The site whose certificate the TLS handshake presented.
+    pub tls_site: Option<Arc<Site>>,
+    /// The port of the first https listener, for redirects.
+    pub https_port: u16,
+    /// The connection's activity record, for its idle timeout.
+    pub activity: Option<Arc<crate::connection::Activity>>,
+}
+
+/// Handles one request to completion of its response head.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let generation = shared.generation.load_full();
+    let method = req.method().clone();
+    let (route, response) = route_and_forward(&shared, &generation, &conn, req, started).await;
+    match response {
+        Ok(resp) => resp,
+        Err(e) => {
+            let resp = e.into_response();
+            let status = resp.status();
+            finish_plain(
+                resp,
+                Finish::new(route, started, method, status, None, None),
+            )
+        }
+    }
+}
+
+pub(crate) fn finish_plain(resp: Response<Body>, finish: Finish) -> Response<ResponseBody> {
+    resp.map(|body| ResponseBody {
+        body,
+        finish: Some(finish),
+        active: None,
+    })
+}
+
+/// Finds the site and route, then forwards. Returns the route for metrics.
+async fn route_and_forward(
+    shared: &Arc<Shared>,
+    generation: &Arc<Generation>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    started: Instant,
+) -> (Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
+    let router = &generation.router;
+    let host = match request_host(&req) {
+        Ok(h) => h,
+        Err(e) => return (router.unknown.clone(), Err(e)),
+    };
+    let Some(site) = router.site(&host) else {
+        return (router.unknown.clone(), Err(ProxyError::UnknownHost));
+    };
+    if let Some(tls_site) = &conn.tls_site {
+        // A connection whose certificate was for another site may not be
+        // reused for this one (RFC 9110 §15.5.20).
+        if !Arc::ptr_eq(tls_site, site) && tls_site.name != site.name {
+            return (site.unrouted.clone(), Err(ProxyError::Misdirected));
+        }
+    }
+    if !conn.https && site.redirect_https {
+        return (
+            site.unrouted.clone(),
+            Err(ProxyError::Redirect(redirect_location(
+                &host,
+                conn.https_port,
+                req.uri(),
+            ))),
+        );
+    }
+    let Some(route) = site.route(req.uri().path()) else {
+        return (site.unrouted.clone(), Err(ProxyError::NoRoute));
+    };
+    let route = route.clone();
+    let result = match websocket::classify(&req) {
+        websocket::Upgrade::None => forward(generation, conn, &route, req, &host, started).await,
+        websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
+        websocket::Upgrade::WebSocket => match &route.websocket {
+            None => Err(ProxyError::NoWebSocketOnRoute),
+            Some(pool) => {
+                websocket::proxy(shared, generation, conn, &route, pool, req, &host, started).await
+            }
+        },
+    };
+    (route, result)
+}
+
+/// The host a request is for: `:authority` / absolute-form, else `Host`.
+fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    let from_header = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| {
+            h.to_str()
+                .map_err(|_| ProxyError::BadRequest("the Host header is not valid"))
+        })
+        .transpose()?;
+    match (req.uri().authority(), from_header) {
+        (Some(a), Some(h)) if req.version() < Version::HTTP_2 => {
+            // Absolute-form: the target's host must agree with Host.
+            if crate::routing::normalize_host(a.as_str()) != crate::routing::normalize_host(h) {
+                return Err(ProxyError::BadRequest(
+                    "the request target's host disagrees with the Host header",
+                ));
+            }
+            Ok(h.to_string())
+        }
+        (Some(a), _) => Ok(a.as_str().to_string()),
+        (None, Some(h)) if !h.is_empty() => Ok(h.to_string()),
+        _ => Err(ProxyError::BadRequest("the request has no Host header")),
+    }
+}
+
+fn redirect_location(host: &str, https_port: u16, uri: &Uri) -> String {
+    let bare = crate::routing::strip_port(host);
+    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    if https_port == 443 {
+        format!("https://{bare}{pq}")
+    } else {
+        format!("https://{bare}:{https_port}{pq}")
+    }
+}
+
+/// Rewrites a client request into the request sent to `lease`'s server.
+pub(crate) fn upstream_request(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    host: &str,
+    authority: &http::uri::Authority,
+) -> Result<(), ProxyError> {
+    let trailers = headers::remove_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.https, host);
+    if !parts.headers.contains_key(header::HOST) {
+        let v = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("invalid host"))?;
+        parts.headers.insert(header::HOST, v);
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(pq);
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+async fn forward(
+    generation: &Arc<Generation>,
+    conn: &ConnInfo,
+    route: &Arc<Route>,
+    req: Request<Incoming>,
+    host: &str,
+    started: Instant,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(pool) = &route.pool else {
+        return Err(ProxyError::WebSocketOnly);
+    };
+    let buffering = pool.buffering();
+    let method = req.method().clone();
+    let (mut parts, body) = req.into_parts();
+    // A request without a body may be retried on another server when the
+    // first one could not be reached.
+    let retryable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
+    let mut body = Some(if buffering && !hyper::body::Body::is_end_stream(&body) {
+        // Read the whole body before taking a worker's slot, so a slow
+        // upload never holds one.
+        let spilled = buffer::read_request(body, pool.settings.max_body)
+            .await
+            .map_err(ProxyError::Body)?;
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(spilled.len()));
+        Body::Replay {
+            inner: buffer::Replay(spilled),
+        }
+    } else {
+        if hyper::body::Body::size_hint(&body).lower() > pool.settings.max_body {
+            return Err(ProxyError::Body(buffer::BufferError::TooLarge(
+                pool.settings.max_body,
+            )));
+        }
+        Body::from(body)
+    });
+    let mut failed_on = None;
+    loop {
+        let queued = Instant::now();
+        let lease = pool
+            .acquire(failed_on.as_ref())
+            .await
+            .map_err(ProxyError::Pool)?;
+        let queue_wait = queued.elapsed();
+        let Some(server) = lease.server().cloned() else {
+            return Err(ProxyError::Pool(PoolError::NoHealthyServer));
+        };
+        let mut p = if retryable {
+            clone_parts(&parts)
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        upstream_request(&mut p, conn, host, &server.authority)?;
+        let b = body.take().unwrap_or_else(Body::empty);
+        match generation.upstream.send(Request::from_parts(p, b)).await {
+            Ok(resp) => {
+                server.report_success();
+                let (mut rparts, rbody) = resp.into_parts();
+                headers::remove_hop_by_hop(&mut rparts.headers);
+                let status = rparts.status;
+                let (body, lease) = if buffering {
+                    let timeout = generation.config.timeouts.upstream_response;
+                    (buffer::drain_response(rbody, lease, timeout).await, None)
+                } else {
+                    (Body::from(rbody), Some(lease))
+                };
+                let mut finish = Finish::new(
+                    route.clone(),
+                    started,
+                    method,
+                    status,
+                    lease,
+                    Some(server.addr.clone()),
+                );
+                finish.queue_wait = queue_wait;
+                return Ok(finish_plain(Response::from_parts(rparts, body), finish));
+            }
+            Err(e) => {
+                let before_sent = e.before_request_sent();
+                if !matches!(e, UpstreamError::Timeout) {
+                    server.report_failure();
+                }
+                tracing::warn!(
+                    site = %pool.site, pool = %pool.name, server = %server.addr,
+                    error = %e, "upstream request failed"
+                );
+                drop(lease);
+                if before_sent && retryable && failed_on.is_none() && pool.servers().len() > 1 {
+                    failed_on = Some(server);
+                    body = Some(Body::empty());
+                    continue;
+                }
+                return Err(ProxyError::Upstream(e));
+            }
+        }
+    }
+}
+
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r.into_parts().0
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No site claims the host.
+    #[error("no site is configured for this host")]
+    UnknownHost,
+    /// No route matches the path.
+    #[error("no route matches this path")]
+    NoRoute,
+    /// The TLS certificate was for another site.
+    #[error("this connection was opened for another site")]
+    Misdirected,
+    /// Plain HTTP on a site that redirects to https.
+    #[error("redirect to {0}")]
+    Redirect(String),
+    /// A malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A WebSocket upgrade on a route without `websocket`.
+    #[error("this route does not accept WebSocket upgrades")]
+    NoWebSocketOnRoute,
+    /// A malformed WebSocket upgrade.
+    #[error("malformed WebSocket upgrade: {0}")]
+    BadUpgrade(&'static str),
+    /// A plain request on a route that only has `websocket`.
+    #[error("this route only accepts WebSocket upgrades")]
+    WebSocketOnly,
+    /// The pool turned the request away.
+    #[error("{0}")]
+    Pool(PoolError),
+    /// The upstream exchange failed.
+    #[error("{0}")]
+    Upstream(UpstreamError),
+    /// The request body could not be buffered.
+    #[error("{0}")]
+    Body(buffer::BufferError),
+}
+
+impl ProxyError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost | ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Redirect(_) => StatusCode::PERMANENT_REDIRECT,
+            ProxyError::BadRequest(_)
+            | ProxyError::NoWebSocketOnRoute
+            | ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            ProxyError::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::Pool(PoolError::NoHealthyServer) => StatusCode::BAD_GATEWAY,
+            ProxyError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Body(buffer::BufferError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Body(buffer::BufferError::Client(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Body(buffer::BufferError::Spill(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response sent to the client.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::Upstream(_) => match status {
+                StatusCode::GATEWAY_TIMEOUT => "upstream server did not answer in time".to_string(),
+                _ => "no upstream server could be reached".to_string(),
+            },
+            other => other.to_string(),
+        };
+        let mut resp = Response::new(Body::full(format!("{text}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match self {
+            ProxyError::Redirect(location) => {
+                if let Ok(v) = HeaderValue::try_from(location) {
+                    h.insert(header::LOCATION, v);
+                }
+            }
+            ProxyError::Pool(PoolError::QueueTimeout | PoolError::QueueFull) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::WebSocketOnly => {
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Records a request when its response is done: metrics and the access log.
+pub struct Finish {
+    route: Arc<Route>,
+    started: Instant,
+    method: Method,
+    status: StatusCode,
+    lease: Option<Lease>,
+    upstream: Option<Arc<str>>,
+    /// Time spent in the pool's queue.
+    pub queue_wait: std::time::Duration,
+    bytes: u64,
+    complete: bool,
+}
+
+impl Finish {
+    /// Starts tracking a response.
+    pub fn new(
+        route: Arc<Route>,
+        started: Instant,
+        method: Method,
+        status: StatusCode,
+        lease: Option<Lease>,
+        upstream: Option<Arc<str>>,
+    ) -> Self {
+        let upstream = upstream.or_else(|| {
+            lease
+                .as_ref()
+                .and_then(|l| l.server())
+                .map(|s| s.addr.clone())
+        });
+        Finish {
+            route,
+            started,
+            method,
+            status,
+            lease,
+            upstream,
+            queue_wait: std::time::Duration::ZERO,
+            bytes: 0,
+            complete: false,
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        // Free the upstream slot before logging.
+        self.lease.take();
+        let elapsed = self.started.elapsed();
+        let m = &self.route.metrics;
+        m.requests.inc(&self.method, self.status);
+        m.duration.record(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "switchyard::access",
+            site = %self.route.site,
+            route = %self.route.name,
+            method = %self.method,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            queue_ms = %format_args!("{:.3}", self.queue_wait.as_secs_f64() * 1000.0),
+            complete = self.complete,
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the request when it ends or is dropped.
+    pub struct ResponseBody {
+        #[pin]
+        body: Body,
+        finish: Option<Finish>,
+        active: Option<crate::connection::ActiveGuard>,
+    }
+}
+
+impl ResponseBody {
+    /// A proxy-generated body with no request accounting.
+    pub fn plain(body: Body) -> Self {
+        ResponseBody {
+            body,
+            finish: None,
+            active: None,
+        }
+    }
+
+    /// Keeps the connection counted as busy until this body ends.
+    pub fn with_active(mut self, guard: crate::connection::ActiveGuard) -> Self {
+        if http_body::Body::is_end_stream(&self.body) {
+            // Nothing left to send: the request is over once hyper writes the head.
+            drop(guard);
+        } else {
+            self.active = Some(guard);
+        }
+        self
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let r = this.body.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(f), Some(d)) = (this.finish.as_mut(), frame.data_ref()) {
+                    f.bytes += d.len() as u64;
+                }
+                // hyper stops polling once the body says it has ended, so
+                // the request is recorded here rather than on a final None.
+                if this.body.is_end_stream() {
+                    if let Some(mut f) = this.finish.take() {
+                        f.complete = true;
+                    }
+                    this.active.take();
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut f) = this.finish.take() {
+                    f.complete = true;
+                }
+                this.active.take();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.finish.take();
+                this.active.take();
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,257 @@
+//! Routing: from a request's host and path to a site and route.
+//!
+//! A [`Router`] is built once per configuration generation. Host lookup is a
+//! hash-map probe on the lower-cased host without port; the route is the
+//! longest path prefix among the site's routes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Route as RouteConfig, Site as SiteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::pool::{Pool, Server};
+use crate::tls;
+
+/// A route, resolved: its pools and metric handles.
+pub struct Route {
+    /// The site's name.
+    pub site: Arc<str>,
+    /// Route name; the `route` metric label.
+    pub name: Arc<str>,
+    /// Path prefix.
+    pub path: String,
+    /// Pool for plain requests.
+    pub pool: Option<Arc<Pool>>,
+    /// Pool for WebSocket upgrades.
+    pub websocket: Option<Arc<Pool>>,
+    /// Close a silent WebSocket after this.
+    pub idle_timeout: Option<Duration>,
+    /// Ping the client this often.
+    pub ping_interval: Option<Duration>,
+    /// Largest WebSocket message allowed.
+    pub max_message_bytes: Option<u64>,
+    /// Pre-resolved metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// A site, resolved.
+pub struct Site {
+    /// File stem; the `site` metric label.
+    pub name: Arc<str>,
+    /// 308 plain-HTTP requests to https.
+    pub redirect_https: bool,
+    /// rustls configuration presenting this site's certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Routes, longest path first.
+    routes: Vec<Arc<Route>>,
+    /// Pools by name.
+    pub pools: Vec<Arc<Pool>>,
+    /// Metrics for requests that match no route.
+    pub unrouted: Arc<Route>,
+}
+
+impl Site {
+    /// The route with the longest prefix of `path`.
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.path.as_str()))
+    }
+}
+
+/// Host → site, for one configuration generation.
+pub struct Router {
+    hosts: HashMap<String, usize>,
+    sites: Vec<Arc<Site>>,
+    /// Metrics for requests whose host matches no site.
+    pub unknown: Arc<Route>,
+}
+
+/// Label used for `site` and `route` when a request matched none.
+pub const UNMATCHED: &str = "_unmatched";
+
+fn unrouted(metrics: &Arc<Metrics>, site: &str) -> Arc<Route> {
+    Arc::new(Route {
+        site: site.into(),
+        name: UNMATCHED.into(),
+        path: String::new(),
+        pool: None,
+        websocket: None,
+        idle_timeout: None,
+        ping_interval: None,
+        max_message_bytes: None,
+        metrics: RouteMetrics::new(metrics, site, UNMATCHED),
+    })
+}
+
+/// `host` without a trailing `:port` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Lower-cases `host` and strips a port and a trailing dot, borrowing when
+/// nothing needs to change.
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = strip_port(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+impl Router {
+    /// Resolves a configuration. Upstream servers that `previous` already
+    /// knows (same site, pool and address) are carried over with their
+    /// accounting and health.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Router>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, BuildError> {
+        let mut hosts = HashMap::new();
+        let mut sites = Vec::with_capacity(config.sites.len());
+        for (i, site) in config.sites.iter().enumerate() {
+            for h in &site.hosts {
+                hosts.insert(h.clone(), i);
+            }
+            let prev = previous.and_then(|p| p.site_named(&site.name));
+            sites.push(Arc::new(build_site(site, prev, metrics)?));
+        }
+        Ok(Router {
+            hosts,
+            sites,
+            unknown: unrouted(metrics, UNMATCHED),
+        })
+    }
+
+    /// The site serving `host` (any case, with or without port).
+    pub fn site(&self, host: &str) -> Option<&Arc<Site>> {
+        let host = normalize_host(host);
+        self.hosts.get(host.as_ref()).map(|&i| &self.sites[i])
+    }
+
+    /// The site with this name.
+    pub fn site_named(&self, name: &str) -> Option<&Arc<Site>> {
+        self.sites.iter().find(|s| &*s.name == name)
+    }
+
+    /// Every site.
+    pub fn sites(&self) -> &[Arc<Site>] {
+        &self.sites
+    }
+}
+
+/// Why a validated configuration could still not be put into service.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A server address is not a valid URI authority.
+    #[error("site {site}: pool {pool}: server {server:?} is not a valid host:port")]
+    BadServer {
+        /// Site name.
+        site: String,
+        /// Pool name.
+        pool: String,
+        /// The address.
+        server: String,
+    },
+    /// rustls refused the certificate.
+    #[error("site {site}: TLS: {source}")]
+    Tls {
+        /// Site name.
+        site: String,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+}
+
+fn build_site(
+    site: &SiteConfig,
+    previous: Option<&Arc<Site>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Site, BuildError> {
+    let mut pools = Vec::with_capacity(site.pools.len());
+    for p in &site.pools {
+        let prev_pool = previous.and_then(|s| s.pools.iter().find(|q| *q.name == *p.name));
+        let mut servers = Vec::with_capacity(p.servers.len());
+        for addr in &p.servers {
+            let reused = prev_pool.and_then(|q| q.servers().iter().find(|s| *s.addr == **addr));
+            let server = match reused {
+                Some(s) => s.clone(),
+                None => Server::new(addr, metrics, &site.name, &p.name).map_err(|_| {
+                    BuildError::BadServer {
+                        site: site.name.clone(),
+                        pool: p.name.clone(),
+                        server: addr.clone(),
+                    }
+                })?,
+            };
+            server.set_health(p.health.clone());
+            servers.push(server);
+        }
+        pools.push(Pool::new(&site.name, p.clone(), servers, metrics));
+    }
+    let mut routes: Vec<Arc<Route>> = site
+        .routes
+        .iter()
+        .map(|r: &RouteConfig| {
+            Arc::new(Route {
+                site: site.name.as_str().into(),
+                name: r.name.as_str().into(),
+                path: r.path.clone(),
+                pool: r.pool.and_then(|i| pools.get(i).cloned()),
+                websocket: r.websocket.and_then(|i| pools.get(i).cloned()),
+                idle_timeout: r.idle_timeout,
+                ping_interval: r.ping_interval,
+                max_message_bytes: r.max_message_bytes,
+                metrics: RouteMetrics::new(metrics, &site.name, &r.name),
+            })
+        })
+        .collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+    let tls = match &site.tls {
+        Some(t) => Some(
+            tls::site_server_config(t.certified_key.clone()).map_err(|source| BuildError::Tls {
+                site: site.name.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    Ok(Site {
+        name: site.name.as_str().into(),
+        redirect_https: site.redirect_https,
+        tls,
+        routes,
+        pools,
+        unrouted: unrouted(metrics, &site.name),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_host;
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM:8443"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:443"), "::1");
+        assert_eq!(normalize_host("localhost"), "localhost");
+    }
+}

@@ -1,0 +1,282 @@
+//! Server: starting a proxy from a configuration, reloading it, and draining
+//! it — the lifecycle the binary and the tests drive.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin;
+use crate::config::Config;
+use crate::listener::{self, Accepting, Kind};
+use crate::metrics::{self, Metrics};
+use crate::routing::BuildError;
+use crate::state::{Generation, Shared};
+
+/// Why the proxy could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr} ({kind}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        kind: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration could not be put into service.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+struct ListenerSlot {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// A running proxy.
+pub struct Server {
+    shared: Arc<Shared>,
+    accepting: Accepting,
+    /// Listeners by (kind, configured address).
+    listeners: Mutex<HashMap<(Kind, SocketAddr), ListenerSlot>>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: CancellationToken,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Server {
+    /// Binds every listener and starts serving `config`.
+    pub async fn start(config: Config) -> Result<Arc<Self>, ServerError> {
+        let metrics = Metrics::new();
+        let config = Arc::new(config);
+        let generation = Generation::build(config.clone(), None, &metrics)?;
+        let shared = Shared::new(generation, metrics.clone());
+        publish_config(&metrics, &config);
+        metrics
+            .counter(metrics::CONFIG_RELOADS_TOTAL, &[("result", "success")])
+            .absolute(0);
+        metrics
+            .counter(metrics::CONFIG_RELOADS_TOTAL, &[("result", "failure")])
+            .absolute(0);
+
+        // Bind everything before serving anything: a bad address fails the start.
+        let mut bound = Vec::new();
+        for (kind, addrs) in [
+            (Kind::Https, &config.listen.https),
+            (Kind::Http, &config.listen.http),
+        ] {
+            for &addr in addrs.iter() {
+                let l = listener::bind(addr, kind)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr,
+                        kind: kind.scheme(),
+                        source,
+                    })?;
+                bound.push((addr, l));
+            }
+        }
+        let admin_socket =
+            match config.listen.admin {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| ServerError::Bind {
+                        addr,
+                        kind: "admin",
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        let https_port = bound
+            .iter()
+            .find(|(_, l)| l.kind == Kind::Https)
+            .map_or(443, |(_, l)| l.addr.port());
+        let accepting = Accepting {
+            shared: shared.clone(),
+            limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+            stop: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            https_port,
+        };
+        let mut listeners = HashMap::new();
+        for (configured, l) in bound {
+            let stop = CancellationToken::new();
+            let key = (l.kind, configured);
+            let addr = l.addr;
+            tracing::info!(listener = %format!("{}://{}", l.kind.scheme(), addr), "listening");
+            tokio::spawn(listener::run(l, accepting.clone(), stop.clone()));
+            listeners.insert(key, ListenerSlot { addr, stop });
+        }
+        let admin_stop = CancellationToken::new();
+        let admin_addr = match admin_socket {
+            Some(s) => {
+                let addr = s.local_addr().ok();
+                tracing::info!(admin = ?addr, "admin listening");
+                tokio::spawn(admin::run(s, shared.clone(), admin_stop.clone()));
+                addr
+            }
+            None => None,
+        };
+        // Histograms buffer samples until upkeep folds them into buckets.
+        let upkeep_metrics = metrics.clone();
+        let upkeep_stop = admin_stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => upkeep_metrics.upkeep(),
+                    () = upkeep_stop.cancelled() => return,
+                }
+            }
+        });
+        Ok(Arc::new(Server {
+            shared,
+            accepting,
+            listeners: Mutex::new(listeners),
+            admin_addr,
+            admin_stop,
+        }))
+    }
+
+    /// Bound addresses of the https listeners.
+    pub async fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(Kind::Https).await
+    }
+
+    /// Bound addresses of the http listeners.
+    pub async fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(Kind::Http).await
+    }
+
+    async fn addrs(&self, kind: Kind) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self
+            .listeners
+            .lock()
+            .await
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|(_, s)| s.addr)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Bound address of the admin listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The shared state (for tests and the admin listener).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Swaps in a new configuration: new connections and requests use it;
+    /// requests and sessions already running keep the one they started on.
+    /// Listeners whose address changed are bound or released; the rest are
+    /// untouched.
+    pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
+        let result = self.try_reload(config).await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.shared
+            .metrics
+            .counter(metrics::CONFIG_RELOADS_TOTAL, &[("result", label)])
+            .increment(1);
+        result
+    }
+
+    async fn try_reload(&self, config: Config) -> Result<(), ServerError> {
+        let config = Arc::new(config);
+        let previous = self.shared.generation.load_full();
+        let generation = Generation::build(config.clone(), Some(&previous), &self.shared.metrics)?;
+        let mut listeners = self.listeners.lock().await;
+        let wanted: Vec<(Kind, SocketAddr)> = config
+            .listen
+            .https
+            .iter()
+            .map(|a| (Kind::Https, *a))
+            .chain(config.listen.http.iter().map(|a| (Kind::Http, *a)))
+            .collect();
+        let mut new_listeners = Vec::new();
+        for key in &wanted {
+            if !listeners.contains_key(key) {
+                let l = listener::bind(key.1, key.0)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: key.1,
+                        kind: key.0.scheme(),
+                        source,
+                    })?;
+                new_listeners.push((*key, l));
+            }
+        }
+        self.shared.generation.store(Arc::new(generation));
+        publish_config(&self.shared.metrics, &config);
+        listeners.retain(|key, slot| {
+            let keep = wanted.contains(key);
+            if !keep {
+                tracing::info!(listener = %slot.addr, "listener released by reload");
+                slot.stop.cancel();
+            }
+            keep
+        });
+        for (key, l) in new_listeners {
+            let stop = CancellationToken::new();
+            let addr = l.addr;
+            tracing::info!(listener = %format!("{}://{}", l.kind.scheme(), addr), "listening (added by reload)");
+            tokio::spawn(listener::run(l, self.accepting.clone(), stop.clone()));
+            listeners.insert(key, ListenerSlot { addr, stop });
+        }
+        Ok(())
+    }
+
+    /// Drains: `/readyz` turns 503, listeners stop accepting, in-flight
+    /// requests finish, and WebSockets still open when `drain` runs out are
+    /// closed with 1001. Returns when everything has ended.
+    pub async fn shutdown(&self) {
+        self.shared.set_draining();
+        self.accepting.stop.cancel();
+        let drain = self.shared.generation.load().config.timeouts.drain;
+        self.accepting.connections.close();
+        self.shared.sessions.close();
+        let all_done = async {
+            self.accepting.connections.wait().await;
+            self.shared.sessions.wait().await;
+        };
+        if tokio::time::timeout(drain, all_done).await.is_err() {
+            tracing::info!("drain timeout reached; closing WebSockets with 1001");
+            self.shared.close_websockets.cancel();
+            // Sessions close within their own bounded close handshake.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), self.shared.sessions.wait()).await;
+        }
+        self.admin_stop.cancel();
+    }
+}
+
+fn publish_config(metrics: &Metrics, config: &Config) {
+    metrics
+        .gauge(metrics::CONFIG_LOADED_TIMESTAMP, &[])
+        .set(unix_now());
+    // 52 bits fit a float exactly.
+    metrics
+        .gauge(metrics::CONFIG_HASH, &[])
+        .set((config.hash & ((1 << 52) - 1)) as f64);
+}

@@ -1,0 +1,133 @@
+//! TLS: one rustls configuration per site, and the handshake that picks it
+//! from the client's SNI.
+//!
+//! The handshake reads the ClientHello first ([`LazyConfigAcceptor`]), so a
+//! name no site claims is refused before any certificate is chosen, and each
+//! failure is classified for `switchyard_tls_handshake_failures_total`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::server::Acceptor;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::routing::{Router, Site};
+
+/// ALPN protocols offered, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A rustls server configuration that presents this certificate, offering
+/// TLS 1.2 and 1.3 and ALPN h2 and http/1.1.
+pub fn site_server_config(
+    key: Arc<rustls::sign::CertifiedKey>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Why a handshake failed; the index is its position in
+/// [`crate::metrics::TLS_FAILURE_REASONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The SNI names no site with a certificate (or there was no SNI and
+    /// more than one site has one).
+    #[error("no site has a certificate for the requested server name")]
+    NoSniMatch,
+    /// The client spoke something other than TLS.
+    #[error("the client did not speak TLS")]
+    NotTls,
+    /// A TLS protocol error.
+    #[error("TLS protocol error")]
+    Protocol,
+    /// The handshake took longer than the header timeout.
+    #[error("the handshake timed out")]
+    Timeout,
+    /// The socket failed.
+    #[error("I/O error during the handshake")]
+    Io,
+}
+
+impl HandshakeError {
+    /// Index into [`crate::metrics::TLS_FAILURE_REASONS`].
+    pub fn reason_index(self) -> usize {
+        match self {
+            HandshakeError::NoSniMatch => 0,
+            HandshakeError::NotTls => 1,
+            HandshakeError::Protocol => 2,
+            HandshakeError::Timeout => 3,
+            HandshakeError::Io => 4,
+        }
+    }
+}
+
+/// The TLS record type byte that opens every handshake.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 46\r\n\r\nThis port speaks HTTPS; use https:// for it.\r\n";
+
+/// Runs the server side of a handshake, choosing the site by SNI.
+/// Returns the stream and the site whose certificate was presented.
+pub async fn accept(
+    mut tcp: TcpStream,
+    router: &Router,
+    timeout: Duration,
+) -> Result<(TlsStream<TcpStream>, Arc<Site>), HandshakeError> {
+    let work = async {
+        let mut first = [0u8; 1];
+        let n = tcp.peek(&mut first).await.map_err(|_| HandshakeError::Io)?;
+        if n == 0 {
+            return Err(HandshakeError::Io);
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            if first[0].is_ascii_uppercase() {
+                // Looks like plain HTTP: tell the client, as nginx does.
+                let _ = tcp.write_all(PLAIN_HTTP_ON_TLS).await;
+                let _ = tcp.shutdown().await;
+            }
+            return Err(HandshakeError::NotTls);
+        }
+        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
+            .await
+            .map_err(|e| classify(&e))?;
+        let hello = start.client_hello();
+        let site = match hello.server_name() {
+            Some(name) => router.site(name).filter(|s| s.tls.is_some()),
+            None => only_tls_site(router),
+        }
+        .cloned()
+        .ok_or(HandshakeError::NoSniMatch)?;
+        let Some(config) = site.tls.clone() else {
+            return Err(HandshakeError::NoSniMatch);
+        };
+        let stream = start.into_stream(config).await.map_err(|e| classify(&e))?;
+        Ok((stream, site))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeError::Timeout),
+    }
+}
+
+/// Without SNI (a client connecting by IP address), the only site with a
+/// certificate answers; with several, there is no right choice.
+fn only_tls_site(router: &Router) -> Option<&Arc<Site>> {
+    let mut it = router.sites().iter().filter(|s| s.tls.is_some());
+    let first = it.next()?;
+    it.next().is_none().then_some(first)
+}
+
+fn classify(e: &std::io::Error) -> HandshakeError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => HandshakeError::Protocol,
+        _ => HandshakeError::Io,
+    }
+}

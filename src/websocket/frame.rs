@@ -1,0 +1,1265 @@
+//! Incremental WebSocket frame walking (RFC 6455 §5).
+//!
+//! [`FrameWalker`] follows one direction of a WebSocket byte stream, fed in
+//! chunks split at any point (including inside a 2–14-byte frame header). It
+//! reports where every frame starts and ends and what its header says, and
+//! validates the stream as it goes, without copying, unmasking or buffering
+//! data payloads and without allocating. Only control-frame payloads (at most
+//! 125 bytes) are captured, unmasked, into a fixed array so a close code or a
+//! ping payload can be read.
+//!
+//! [`ControlFrame`] builds the few frames the proxy injects itself (close,
+//! ping) in a small stack buffer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Opcode of a continuation frame.
+pub const OP_CONTINUATION: u8 = 0x0;
+/// Opcode of a text frame.
+pub const OP_TEXT: u8 = 0x1;
+/// Opcode of a binary frame.
+pub const OP_BINARY: u8 = 0x2;
+/// Opcode of a close frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// Opcode of a ping frame.
+pub const OP_PING: u8 = 0x9;
+/// Opcode of a pong frame.
+pub const OP_PONG: u8 = 0xA;
+
+/// Longest possible frame header: 2 bytes, a 64-bit length and a mask key.
+pub const MAX_HEADER_LEN: usize = 14;
+/// Largest payload a control frame may carry.
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+/// Largest control frame on the wire (2-byte header, mask key, payload).
+pub const MAX_CONTROL_FRAME: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
+
+/// Close code 1000: normal closure.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code 1001: going away (server shutdown, idle, client gone).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code 1002: protocol error.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code 1005: a close frame without a status code (never sent on the
+/// wire; reported when a peer's close frame has an empty payload).
+pub const CLOSE_NO_STATUS: u16 = 1005;
+/// Close code 1009: message too big.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code 1011: internal error (the backend went away).
+pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+
+/// Which way a stream flows; indexes [`crate::metrics::DIRECTIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the downstream client to the backend: every frame is masked.
+    ClientToUpstream = 0,
+    /// From the backend to the client: no frame is masked.
+    UpstreamToClient = 1,
+}
+
+impl Direction {
+    /// Index into [`crate::metrics::DIRECTIONS`] and per-direction arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether frames in this direction must be masked.
+    pub const fn masked(self) -> bool {
+        matches!(self, Direction::ClientToUpstream)
+    }
+}
+
+/// A protocol violation found while walking a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Opcodes 0x3–0x7 and 0xB–0xF are reserved.
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    /// RSV1–3 set without a negotiated extension.
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    /// A close, ping or pong frame with FIN clear.
+    #[error("fragmented control frame")]
+    FragmentedControl,
+    /// A control frame with more than 125 bytes of payload.
+    #[error("control frame payload over 125 bytes")]
+    ControlTooLong,
+    /// A close frame whose payload is one byte (a code needs two).
+    #[error("close frame with a one-byte payload")]
+    BadClosePayload,
+    /// A continuation frame with no fragmented message open.
+    #[error("continuation frame without a started message")]
+    UnexpectedContinuation,
+    /// A text or binary frame while a fragmented message is still open.
+    #[error("new message started before the fragmented one finished")]
+    UnfinishedMessage,
+    /// A 64-bit payload length with its most significant bit set.
+    #[error("64-bit payload length with the most significant bit set")]
+    LengthOverflow,
+    /// A frame from the client without a mask.
+    #[error("unmasked frame from the client")]
+    Unmasked,
+    /// A frame from the backend with a mask.
+    #[error("masked frame from the backend")]
+    Masked,
+    /// A message whose data payloads add up to more than the limit.
+    #[error("message larger than {limit} bytes")]
+    MessageTooBig {
+        /// The configured `max_message_bytes`.
+        limit: u64,
+    },
+}
+
+impl FrameError {
+    /// The close code this violation calls for: 1009 for an oversized
+    /// message, 1002 for everything else.
+    pub const fn close_code(self) -> u16 {
+        match self {
+            FrameError::MessageTooBig { .. } => CLOSE_TOO_BIG,
+            _ => CLOSE_PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// What one frame header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameHeader {
+    /// FIN: the last frame of its message.
+    pub fin: bool,
+    /// RSV1–RSV3 as the low three bits (RSV1 = `0b100`).
+    pub rsv: u8,
+    /// The opcode (low four bits of the first byte).
+    pub opcode: u8,
+    /// Whether the payload is masked.
+    pub masked: bool,
+    /// The masking key (zero when unmasked).
+    pub mask: [u8; 4],
+    /// Payload length in bytes.
+    pub payload_len: u64,
+    /// Header length in bytes (2..=14).
+    pub header_len: u8,
+}
+
+impl FrameHeader {
+    /// Close, ping or pong.
+    pub const fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+
+    /// Header plus payload length.
+    pub const fn frame_len(&self) -> u64 {
+        self.payload_len.saturating_add(self.header_len as u64)
+    }
+
+    /// Index of this frame's opcode in [`crate::metrics::OPCODES`].
+    pub const fn opcode_class(&self) -> usize {
+        match opcode_class(self.opcode) {
+            Some(c) => c,
+            None => 0,
+        }
+    }
+}
+
+/// Index of an opcode in [`crate::metrics::OPCODES`] (`None` if reserved).
+pub const fn opcode_class(opcode: u8) -> Option<usize> {
+    match opcode {
+        OP_CONTINUATION => Some(0),
+        OP_TEXT => Some(1),
+        OP_BINARY => Some(2),
+        OP_CLOSE => Some(3),
+        OP_PING => Some(4),
+        OP_PONG => Some(5),
+        _ => None,
+    }
+}
+
+/// One thing [`FrameWalker::next`] found.
+///
+/// Offsets are into the chunk passed to that call. A frame whose header began
+/// in an earlier chunk has `carried > 0` header bytes before `start` (and
+/// `start` is then where this call began reading).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A complete, valid header; the position now points at the payload.
+    Header {
+        /// The header.
+        header: FrameHeader,
+        /// Where this frame's bytes in this chunk begin.
+        start: usize,
+        /// Header bytes of this frame that came in earlier chunks.
+        carried: usize,
+    },
+    /// The frame's last byte has been consumed; the position is the offset
+    /// just past it, a frame boundary.
+    End {
+        /// The header of the frame that ended.
+        header: FrameHeader,
+    },
+    /// The frame beginning at `start - carried` breaks the protocol. The
+    /// walker is poisoned: every later call returns `None`.
+    Invalid {
+        /// What is wrong.
+        error: FrameError,
+        /// Where this frame's bytes in this chunk begin.
+        start: usize,
+        /// Header bytes of this frame that came in earlier chunks.
+        carried: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Collecting a header; `have` bytes so far.
+    Header,
+    /// Inside a payload with this many bytes left.
+    Payload(u64),
+    /// A violation was found.
+    Failed(FrameError),
+}
+
+/// Follows one direction of a WebSocket stream frame by frame.
+///
+/// Feed it every byte of the stream exactly once, in order, by calling
+/// [`next`](Self::next) with a chunk and a position until it returns `None`
+/// (the chunk is used up, or the walker has failed):
+///
+/// ```
+/// use switchyard::websocket::frame::{Direction, FrameWalker, Step};
+/// let mut walker = FrameWalker::new(Direction::UpstreamToClient, false, None);
+/// let chunk = [0x81, 0x02, b'h', b'i', 0x89, 0x00];
+/// let mut pos = 0;
+/// let mut ends = Vec::new();
+/// while let Some(step) = walker.next(&chunk, &mut pos) {
+///     if let Step::End { .. } = step {
+///         ends.push(pos);
+///     }
+/// }
+/// assert_eq!(ends, [4, 6]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct FrameWalker {
+    direction: Direction,
+    extensions: bool,
+    max_message: Option<u64>,
+    state: State,
+    /// The header being collected, or the last complete one.
+    hdr: [u8; MAX_HEADER_LEN],
+    /// Header bytes collected so far.
+    have: u8,
+    /// The header's full length, 0 until its first two bytes are in.
+    need: u8,
+    /// The last complete header.
+    header: FrameHeader,
+    /// A fragmented message is open.
+    in_message: bool,
+    /// Data payload bytes of the open message so far.
+    message_bytes: u64,
+    /// The last control frame's payload, unmasked.
+    ctrl: [u8; MAX_CONTROL_PAYLOAD],
+    ctrl_len: u8,
+}
+
+impl FrameWalker {
+    /// A walker for one direction. `extensions`: an extension was negotiated,
+    /// so RSV bits are allowed. `max_message_bytes`: the largest message
+    /// (sum of its data frames' payloads) accepted.
+    pub fn new(direction: Direction, extensions: bool, max_message_bytes: Option<u64>) -> Self {
+        FrameWalker {
+            direction,
+            extensions,
+            max_message: max_message_bytes,
+            state: State::Header,
+            hdr: [0; MAX_HEADER_LEN],
+            have: 0,
+            need: 0,
+            header: FrameHeader::default(),
+            in_message: false,
+            message_bytes: 0,
+            ctrl: [0; MAX_CONTROL_PAYLOAD],
+            ctrl_len: 0,
+        }
+    }
+
+    /// The direction this walker validates for.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Walks `chunk` from `*pos`, advancing `*pos` past what it consumed, and
+    /// returns the next thing found, or `None` once the chunk is used up (or
+    /// the walker has failed). A frame with an empty payload yields `End`
+    /// right after its `Header`, even at the very end of a chunk.
+    pub fn next(&mut self, chunk: &[u8], pos: &mut usize) -> Option<Step> {
+        match self.state {
+            State::Failed(_) => None,
+            State::Payload(remaining) => self.walk_payload(chunk, pos, remaining),
+            State::Header => self.walk_header(chunk, pos),
+        }
+    }
+
+    fn walk_payload(&mut self, chunk: &[u8], pos: &mut usize, remaining: u64) -> Option<Step> {
+        let mut remaining = remaining;
+        if remaining > 0 {
+            let avail = chunk.len().saturating_sub(*pos);
+            let take = usize::try_from(remaining).map_or(avail, |r| r.min(avail));
+            if take == 0 {
+                return None;
+            }
+            if self.header.is_control() {
+                self.capture(&chunk[*pos..*pos + take]);
+            }
+            *pos += take;
+            remaining -= take as u64;
+            self.state = State::Payload(remaining);
+            if remaining > 0 {
+                return None;
+            }
+        }
+        self.state = State::Header;
+        self.have = 0;
+        self.need = 0;
+        Some(Step::End {
+            header: self.header,
+        })
+    }
+
+    /// Appends (unmasked) control payload bytes; control payloads are at most
+    /// 125 bytes, which validation guarantees before any are seen.
+    fn capture(&mut self, bytes: &[u8]) {
+        let at = usize::from(self.ctrl_len);
+        let end = (at + bytes.len()).min(MAX_CONTROL_PAYLOAD);
+        let dst = &mut self.ctrl[at..end];
+        dst.copy_from_slice(&bytes[..end - at]);
+        if self.header.masked {
+            apply_mask(dst, self.header.mask, at);
+        }
+        self.ctrl_len = end as u8;
+    }
+
+    fn walk_header(&mut self, chunk: &[u8], pos: &mut usize) -> Option<Step> {
+        let start = *pos;
+        loop {
+            let need = if self.need == 0 { 2 } else { self.need };
+            if self.have == need {
+                if self.need == 0 {
+                    match self.size_header() {
+                        Ok(n) => self.need = n,
+                        Err(e) => return Some(self.fail(e, start, *pos)),
+                    }
+                    continue;
+                }
+                break;
+            }
+            let avail = chunk.len().saturating_sub(*pos);
+            if avail == 0 {
+                return None;
+            }
+            let n = usize::from(need - self.have).min(avail);
+            let at = usize::from(self.have);
+            self.hdr[at..at + n].copy_from_slice(&chunk[*pos..*pos + n]);
+            *pos += n;
+            self.have += n as u8;
+        }
+        match self.finish_header() {
+            Ok(header) => {
+                let in_chunk = *pos - start;
+                Some(Step::Header {
+                    header,
+                    start,
+                    carried: usize::from(self.have) - in_chunk,
+                })
+            }
+            Err(e) => Some(self.fail(e, start, *pos)),
+        }
+    }
+
+    fn fail(&mut self, error: FrameError, start: usize, pos: usize) -> Step {
+        self.state = State::Failed(error);
+        let in_chunk = pos - start;
+        Step::Invalid {
+            error,
+            start,
+            carried: usize::from(self.have).saturating_sub(in_chunk),
+        }
+    }
+
+    /// Checks the first two header bytes; returns the full header length.
+    fn size_header(&self) -> Result<u8, FrameError> {
+        let (b0, b1) = (self.hdr[0], self.hdr[1]);
+        let fin = b0 & 0x80 != 0;
+        let rsv = (b0 >> 4) & 0x7;
+        let opcode = b0 & 0x0F;
+        let masked = b1 & 0x80 != 0;
+        let len7 = b1 & 0x7F;
+        let Some(_) = opcode_class(opcode) else {
+            return Err(FrameError::ReservedOpcode(opcode));
+        };
+        if rsv != 0 && !self.extensions {
+            return Err(FrameError::ReservedBits);
+        }
+        if masked != self.direction.masked() {
+            return Err(if masked {
+                FrameError::Masked
+            } else {
+                FrameError::Unmasked
+            });
+        }
+        if opcode & 0x8 != 0 {
+            if !fin {
+                return Err(FrameError::FragmentedControl);
+            }
+            if usize::from(len7) > MAX_CONTROL_PAYLOAD {
+                return Err(FrameError::ControlTooLong);
+            }
+            if opcode == OP_CLOSE && len7 == 1 {
+                return Err(FrameError::BadClosePayload);
+            }
+        } else if opcode == OP_CONTINUATION {
+            if !self.in_message {
+                return Err(FrameError::UnexpectedContinuation);
+            }
+        } else if self.in_message {
+            return Err(FrameError::UnfinishedMessage);
+        }
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        Ok(2 + ext + if masked { 4 } else { 0 })
+    }
+
+    /// Decodes a complete, already sized header and applies the
+    /// message-level checks.
+    fn finish_header(&mut self) -> Result<FrameHeader, FrameError> {
+        let h = &self.hdr;
+        let (b0, b1) = (h[0], h[1]);
+        let masked = b1 & 0x80 != 0;
+        let (payload_len, ext) = match b1 & 0x7F {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 2),
+            127 => {
+                let len = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]);
+                if len >> 63 != 0 {
+                    return Err(FrameError::LengthOverflow);
+                }
+                (len, 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        let mut mask = [0; 4];
+        if masked {
+            mask.copy_from_slice(&h[2 + ext..6 + ext]);
+        }
+        let header = FrameHeader {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x7,
+            opcode: b0 & 0x0F,
+            masked,
+            mask,
+            payload_len,
+            header_len: self.need,
+        };
+        if header.is_control() {
+            self.ctrl_len = 0;
+        } else {
+            let total = if header.opcode == OP_CONTINUATION {
+                self.message_bytes.saturating_add(payload_len)
+            } else {
+                payload_len
+            };
+            if let Some(limit) = self.max_message
+                && total > limit
+            {
+                return Err(FrameError::MessageTooBig { limit });
+            }
+            self.in_message = !header.fin;
+            self.message_bytes = if header.fin { 0 } else { total };
+        }
+        self.header = header;
+        self.state = State::Payload(payload_len);
+        Ok(header)
+    }
+
+    /// No frame is in progress: the next byte starts a new frame.
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Header) && self.have == 0
+    }
+
+    /// A header is complete and its payload is not yet all consumed.
+    pub fn in_payload(&self) -> bool {
+        matches!(self.state, State::Payload(_))
+    }
+
+    /// Bytes of an incomplete header collected so far (0 outside a header).
+    /// They are the last bytes fed, so a caller that wants to hold back a
+    /// partial header knows how many to keep.
+    pub fn pending_header_len(&self) -> usize {
+        match self.state {
+            State::Header => usize::from(self.have),
+            _ => 0,
+        }
+    }
+
+    /// Payload bytes of the current frame still to come.
+    pub fn remaining(&self) -> u64 {
+        match self.state {
+            State::Payload(r) => r,
+            _ => 0,
+        }
+    }
+
+    /// A fragmented message is open (its final frame has not arrived).
+    pub fn in_message(&self) -> bool {
+        self.in_message
+    }
+
+    /// The violation that poisoned the walker, if any.
+    pub fn error(&self) -> Option<FrameError> {
+        match self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The most recent complete header (the current frame's while inside
+    /// one, the last frame's at a boundary).
+    pub fn header(&self) -> FrameHeader {
+        self.header
+    }
+
+    /// The most recent control frame's payload, unmasked, as far as it has
+    /// arrived (complete once its [`Step::End`] was returned).
+    pub fn control_payload(&self) -> &[u8] {
+        &self.ctrl[..usize::from(self.ctrl_len)]
+    }
+
+    /// The close code of the close frame that just ended: `None` if its
+    /// payload is empty (or the last frame was not a close).
+    pub fn close_code(&self) -> Option<u16> {
+        if self.header.opcode != OP_CLOSE {
+            return None;
+        }
+        close_code(self.control_payload())
+    }
+
+    /// The exact wire bytes of the control frame that just ended (its header
+    /// and its payload masked again with its own key), so a caller that held
+    /// a control frame back can still pass it on unchanged. Valid right after
+    /// its [`Step::End`], before the next header begins.
+    pub fn reencode_control(&self) -> Option<ControlFrame> {
+        let h = &self.header;
+        if !h.is_control() || !self.at_boundary() {
+            return None;
+        }
+        let payload = self.control_payload();
+        if payload.len() as u64 != h.payload_len {
+            return None;
+        }
+        let hl = usize::from(h.header_len);
+        let mut frame = ControlFrame {
+            bytes: [0; MAX_CONTROL_FRAME],
+            len: (hl + payload.len()) as u8,
+        };
+        frame.bytes[..hl].copy_from_slice(&self.hdr[..hl]);
+        let body = &mut frame.bytes[hl..hl + payload.len()];
+        body.copy_from_slice(payload);
+        if h.masked {
+            apply_mask(body, h.mask, 0);
+        }
+        Some(frame)
+    }
+}
+
+/// The status code at the start of a close frame's (unmasked) payload.
+pub fn close_code(payload: &[u8]) -> Option<u16> {
+    match payload {
+        [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
+        _ => None,
+    }
+}
+
+/// XORs `data` with `mask`, where `data` starts `offset` bytes into the
+/// payload (masking and unmasking are the same operation).
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= mask[(offset + i) & 3];
+    }
+}
+
+/// A masking key from a cheap non-cryptographic source (a counter mixed with
+/// the clock through splitmix64). Masking exists to stop cache poisoning by
+/// scripts in browsers; frames the proxy makes up need no more than this.
+pub fn random_mask() -> [u8; 4] {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
+    let mut z = STATE
+        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        .wrapping_add(nanos);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z as u32).to_be_bytes()
+}
+
+/// A complete control frame in a stack buffer, ready to write.
+#[derive(Clone, Copy)]
+pub struct ControlFrame {
+    bytes: [u8; MAX_CONTROL_FRAME],
+    len: u8,
+}
+
+impl std::fmt::Debug for ControlFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ControlFrame")
+            .field(&self.as_bytes())
+            .finish()
+    }
+}
+
+impl ControlFrame {
+    /// A control frame (FIN set) with `opcode` and up to 125 bytes of
+    /// `payload` (longer payloads are cut), masked with `mask` if given.
+    pub fn new(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+        let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+        let mut bytes = [0; MAX_CONTROL_FRAME];
+        bytes[0] = 0x80 | (opcode & 0x0F);
+        bytes[1] = payload.len() as u8;
+        let mut at = 2;
+        if let Some(key) = mask {
+            bytes[1] |= 0x80;
+            bytes[2..6].copy_from_slice(&key);
+            at = 6;
+        }
+        let body = &mut bytes[at..at + payload.len()];
+        body.copy_from_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(body, key, 0);
+        }
+        ControlFrame {
+            bytes,
+            len: (at + payload.len()) as u8,
+        }
+    }
+
+    /// A close frame with `code` and `reason` (cut at a character boundary
+    /// to fit the 123 bytes left after the code).
+    pub fn close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Self {
+        let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        payload[..2].copy_from_slice(&code.to_be_bytes());
+        payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+        Self::new(OP_CLOSE, &payload[..2 + end], mask)
+    }
+
+    /// A ping frame.
+    pub fn ping(payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+        Self::new(OP_PING, payload, mask)
+    }
+
+    /// A pong frame.
+    pub fn pong(payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+        Self::new(OP_PONG, payload, mask)
+    }
+
+    /// The frame's wire bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Length on the wire.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Never true: a frame has at least a two-byte header.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AsRef<[u8]> for ControlFrame {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::OPCODES;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// Encodes a frame; `wide` forces the 64-bit length form.
+    fn encode(
+        fin: bool,
+        rsv: u8,
+        opcode: u8,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+        wide: bool,
+    ) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        let len = payload.len();
+        if wide || len > 0xFFFF {
+            out.push(m | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        } else if len > 125 {
+            out.push(m | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(m | len as u8);
+        }
+        if let Some(k) = mask {
+            out.extend_from_slice(&k);
+        }
+        let at = out.len();
+        out.extend_from_slice(payload);
+        if let Some(k) = mask {
+            apply_mask(&mut out[at..], k, 0);
+        }
+        out
+    }
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8], dir: Direction) -> Vec<u8> {
+        encode(fin, 0, opcode, payload, dir.masked().then_some(KEY), false)
+    }
+
+    /// Everything observed while walking, with absolute stream offsets.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Seen {
+        Header {
+            header: FrameHeader,
+            start: usize,
+            end: usize,
+        },
+        End {
+            opcode: u8,
+            at: usize,
+            control: Vec<u8>,
+        },
+        Invalid {
+            error: FrameError,
+            start: usize,
+        },
+    }
+
+    /// Walks `stream` cut at `cuts` (sorted offsets).
+    fn walk(walker: &mut FrameWalker, stream: &[u8], cuts: &[usize]) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        let mut base = 0;
+        let bounds = cuts.iter().copied().chain(std::iter::once(stream.len()));
+        for end in bounds {
+            let chunk = &stream[base..end];
+            let mut pos = 0;
+            while let Some(step) = walker.next(chunk, &mut pos) {
+                match step {
+                    Step::Header {
+                        header,
+                        start,
+                        carried,
+                    } => {
+                        assert!(
+                            carried == 0 || start == 0,
+                            "carried bytes only at a chunk start"
+                        );
+                        seen.push(Seen::Header {
+                            header,
+                            start: base + start - carried,
+                            end: base + pos,
+                        });
+                    }
+                    Step::End { header } => seen.push(Seen::End {
+                        opcode: header.opcode,
+                        at: base + pos,
+                        control: if header.is_control() {
+                            walker.control_payload().to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                    }),
+                    Step::Invalid {
+                        error,
+                        start,
+                        carried,
+                    } => {
+                        seen.push(Seen::Invalid {
+                            error,
+                            start: base + start - carried,
+                        });
+                    }
+                }
+            }
+            if walker.error().is_none() {
+                assert_eq!(pos, chunk.len(), "a live walker consumes every byte");
+            }
+            base = end;
+        }
+        seen
+    }
+
+    /// A stream of frames of every kind and length encoding, with a
+    /// fragmented message interleaved with control frames.
+    fn sample(dir: Direction, big: bool) -> (Vec<u8>, Vec<usize>) {
+        let m = |fin, op, p: &[u8]| frame(fin, op, p, dir);
+        let mut frames = vec![
+            m(true, OP_TEXT, b"hello"),
+            m(true, OP_BINARY, &[]),
+            m(true, OP_BINARY, &[7u8; 126]),
+            m(true, OP_PING, b"are you there"),
+            m(false, OP_TEXT, b"frag-1 "),
+            m(true, OP_PING, b""),
+            m(false, OP_CONTINUATION, &[]),
+            m(true, OP_PONG, &[9u8; 125]),
+            m(true, OP_CONTINUATION, b"frag-3"),
+            encode(
+                true,
+                0,
+                OP_BINARY,
+                b"wide",
+                dir.masked().then_some(KEY),
+                true,
+            ),
+        ];
+        if big {
+            frames.push(m(true, OP_BINARY, &[1u8; 65535]));
+            frames.push(m(true, OP_TEXT, &[b'x'; 65536]));
+        }
+        let mut close = vec![0x03, 0xE8];
+        close.extend_from_slice(b"bye");
+        frames.push(m(true, OP_CLOSE, &close));
+        let mut stream = Vec::new();
+        let mut starts = Vec::new();
+        for f in frames {
+            starts.push(stream.len());
+            stream.extend_from_slice(&f);
+        }
+        (stream, starts)
+    }
+
+    #[test]
+    fn opcode_classes_match_metric_labels() {
+        for (op, name) in [
+            (OP_CONTINUATION, "continuation"),
+            (OP_TEXT, "text"),
+            (OP_BINARY, "binary"),
+            (OP_CLOSE, "close"),
+            (OP_PING, "ping"),
+            (OP_PONG, "pong"),
+        ] {
+            assert_eq!(opcode_class(op).map(|c| OPCODES[c]), Some(name));
+        }
+        for op in (3..=7).chain(0xB..=0xF) {
+            assert_eq!(opcode_class(op), None);
+        }
+    }
+
+    #[test]
+    fn walks_whole_stream_in_one_chunk() {
+        for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+            let (stream, starts) = sample(dir, true);
+            let mut w = FrameWalker::new(dir, false, None);
+            let seen = walk(&mut w, &stream, &[]);
+            assert!(w.at_boundary());
+            let headers: Vec<_> = seen
+                .iter()
+                .filter_map(|s| match s {
+                    Seen::Header { header, start, .. } => Some((*start, *header)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(headers.iter().map(|h| h.0).collect::<Vec<_>>(), starts);
+            let ends: Vec<_> = seen
+                .iter()
+                .filter_map(|s| match s {
+                    Seen::End { at, .. } => Some(*at),
+                    _ => None,
+                })
+                .collect();
+            let mut expected_ends: Vec<_> = starts[1..].to_vec();
+            expected_ends.push(stream.len());
+            assert_eq!(ends, expected_ends);
+            for (start, h) in &headers {
+                assert_eq!(h.masked, dir.masked());
+                if h.masked {
+                    assert_eq!(h.mask, KEY);
+                }
+                let hl = usize::from(h.header_len);
+                let expect_hl = match h.payload_len {
+                    _ if stream[start + 1] & 0x7F == 127 => 10,
+                    0..=125 => 2,
+                    126..=0xFFFF => 4,
+                    _ => 10,
+                } + if h.masked { 4 } else { 0 };
+                assert_eq!(hl, expect_hl);
+            }
+            let lens: Vec<u64> = headers.iter().map(|h| h.1.payload_len).collect();
+            assert_eq!(lens, [5, 0, 126, 13, 7, 0, 0, 125, 6, 4, 65535, 65536, 5]);
+            // Control payloads are captured unmasked; the close code is read.
+            let controls: Vec<_> = seen
+                .iter()
+                .filter_map(|s| match s {
+                    Seen::End {
+                        opcode, control, ..
+                    } if opcode & 8 != 0 => Some((*opcode, control.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(controls[0], (OP_PING, b"are you there".to_vec()));
+            assert_eq!(controls[1], (OP_PING, Vec::new()));
+            assert_eq!(controls[2], (OP_PONG, vec![9u8; 125]));
+            assert_eq!(controls[3].0, OP_CLOSE);
+            assert_eq!(&controls[3].1[2..], b"bye");
+            assert_eq!(w.close_code(), Some(1000));
+        }
+    }
+
+    #[test]
+    fn every_single_split_point_gives_the_same_walk() {
+        for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+            let (stream, _) = sample(dir, true);
+            let reference = walk(&mut FrameWalker::new(dir, false, None), &stream, &[]);
+            for cut in 0..=stream.len() {
+                let mut w = FrameWalker::new(dir, false, None);
+                let seen = walk(&mut w, &stream, &[cut]);
+                assert_eq!(seen, reference, "split at {cut}");
+                assert!(w.at_boundary());
+            }
+        }
+    }
+
+    #[test]
+    fn every_pair_of_split_points_gives_the_same_walk() {
+        for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+            let (stream, _) = sample(dir, false);
+            let reference = walk(&mut FrameWalker::new(dir, false, None), &stream, &[]);
+            for a in 0..=stream.len() {
+                for b in a..=stream.len() {
+                    let seen = walk(&mut FrameWalker::new(dir, false, None), &stream, &[a, b]);
+                    assert_eq!(seen, reference, "split at {a} and {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_the_same_walk() {
+        for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+            let (stream, _) = sample(dir, true);
+            let reference = walk(&mut FrameWalker::new(dir, false, None), &stream, &[]);
+            let cuts: Vec<usize> = (1..stream.len()).collect();
+            assert_eq!(
+                walk(&mut FrameWalker::new(dir, false, None), &stream, &cuts),
+                reference
+            );
+        }
+    }
+
+    #[test]
+    fn pending_header_and_payload_state_across_chunks() {
+        let dir = Direction::ClientToUpstream;
+        let f = frame(true, OP_BINARY, &[0u8; 300], dir); // 4 + 4 header bytes
+        let mut w = FrameWalker::new(dir, false, None);
+        let mut pos = 0;
+        assert_eq!(w.next(&f[..3], &mut pos), None);
+        assert_eq!(
+            (pos, w.pending_header_len(), w.at_boundary()),
+            (3, 3, false)
+        );
+        let mut pos = 0;
+        match w.next(&f[3..10], &mut pos) {
+            Some(Step::Header {
+                header,
+                start,
+                carried,
+            }) => {
+                assert_eq!((start, carried, pos), (0, 3, 5));
+                assert_eq!(header.payload_len, 300);
+                assert_eq!(header.header_len, 8);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(w.next(&f[3..10], &mut pos), None);
+        assert!(w.in_payload());
+        assert_eq!(w.remaining(), 298);
+        let mut pos = 0;
+        assert!(matches!(w.next(&f[10..], &mut pos), Some(Step::End { .. })));
+        assert_eq!(pos, f.len() - 10);
+        assert!(w.at_boundary());
+    }
+
+    fn first_error(
+        dir: Direction,
+        ext: bool,
+        max: Option<u64>,
+        stream: &[u8],
+    ) -> Option<(FrameError, usize)> {
+        let seen = walk(&mut FrameWalker::new(dir, ext, max), stream, &[]);
+        seen.iter().find_map(|s| match s {
+            Seen::Invalid { error, start } => Some((*error, *start)),
+            _ => None,
+        })
+    }
+
+    /// Checks a violation is found at `at` however the stream is split, and
+    /// that nothing after it is reported.
+    fn assert_violation(
+        dir: Direction,
+        ext: bool,
+        max: Option<u64>,
+        stream: &[u8],
+        error: FrameError,
+        at: usize,
+    ) {
+        for cut in 0..=stream.len() {
+            let mut w = FrameWalker::new(dir, ext, max);
+            let seen = walk(&mut w, stream, &[cut]);
+            let last = seen.last().cloned();
+            assert_eq!(
+                last,
+                Some(Seen::Invalid { error, start: at }),
+                "split at {cut}: {seen:?}"
+            );
+            assert_eq!(w.error(), Some(error));
+            let mut pos = 0;
+            assert_eq!(w.next(stream, &mut pos), None, "poisoned");
+            assert_eq!(pos, 0);
+        }
+    }
+
+    #[test]
+    fn rejects_reserved_opcodes() {
+        for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+            let ok = frame(true, OP_TEXT, b"fine", dir);
+            for op in (3..=7).chain(0xB..=0xF) {
+                let mut s = ok.clone();
+                s.extend(frame(true, op, b"x", dir));
+                assert_violation(
+                    dir,
+                    false,
+                    None,
+                    &s,
+                    FrameError::ReservedOpcode(op),
+                    ok.len(),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn checks_masking_by_direction() {
+        let c = Direction::ClientToUpstream;
+        let u = Direction::UpstreamToClient;
+        let ok = frame(true, OP_TEXT, b"a", c);
+        let mut s = ok.clone();
+        s.extend(encode(true, 0, OP_TEXT, b"b", None, false));
+        assert_violation(c, false, None, &s, FrameError::Unmasked, ok.len());
+        let ok = frame(true, OP_TEXT, b"a", u);
+        let mut s = ok.clone();
+        s.extend(encode(true, 0, OP_PING, b"b", Some(KEY), false));
+        assert_violation(u, false, None, &s, FrameError::Masked, ok.len());
+    }
+
+    #[test]
+    fn checks_control_frames() {
+        let d = Direction::UpstreamToClient;
+        let s = encode(false, 0, OP_PING, b"x", None, false);
+        assert_violation(d, false, None, &s, FrameError::FragmentedControl, 0);
+        // 126 bytes, whatever the encoding.
+        let s = encode(true, 0, OP_PONG, &[0; 126], None, false);
+        assert_violation(d, false, None, &s, FrameError::ControlTooLong, 0);
+        let s = encode(true, 0, OP_PING, &[0; 3], None, true);
+        assert_violation(d, false, None, &s, FrameError::ControlTooLong, 0);
+        let s = encode(true, 0, OP_CLOSE, &[3], None, false);
+        assert_violation(d, false, None, &s, FrameError::BadClosePayload, 0);
+        // A close frame with no payload is fine and has no code.
+        let mut w = FrameWalker::new(d, false, None);
+        let seen = walk(&mut w, &encode(true, 0, OP_CLOSE, &[], None, false), &[]);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(w.close_code(), None);
+    }
+
+    #[test]
+    fn checks_rsv_bits_unless_an_extension_was_negotiated() {
+        let d = Direction::ClientToUpstream;
+        for rsv in 1..8 {
+            let s = encode(true, rsv, OP_TEXT, b"z", Some(KEY), false);
+            assert_violation(d, false, None, &s, FrameError::ReservedBits, 0);
+            let mut w = FrameWalker::new(d, true, None);
+            let seen = walk(&mut w, &s, &[]);
+            assert!(matches!(seen[0], Seen::Header { header, .. } if header.rsv == rsv));
+            assert!(w.at_boundary());
+        }
+    }
+
+    #[test]
+    fn checks_fragmentation() {
+        let d = Direction::UpstreamToClient;
+        let s = frame(true, OP_CONTINUATION, b"x", d);
+        assert_violation(d, false, None, &s, FrameError::UnexpectedContinuation, 0);
+        let mut s = frame(false, OP_TEXT, b"a", d);
+        let at = s.len();
+        s.extend(frame(true, OP_BINARY, b"b", d));
+        assert_violation(d, false, None, &s, FrameError::UnfinishedMessage, at);
+        // After a finished message, a continuation is again unexpected.
+        let mut s = frame(false, OP_TEXT, b"a", d);
+        s.extend(frame(true, OP_CONTINUATION, b"b", d));
+        let at = s.len();
+        s.extend(frame(true, OP_CONTINUATION, b"c", d));
+        assert_violation(d, false, None, &s, FrameError::UnexpectedContinuation, at);
+        // Control frames in the middle of a message are fine.
+        let mut s = frame(false, OP_BINARY, b"a", d);
+        s.extend(frame(true, OP_PING, b"p", d));
+        s.extend(frame(true, OP_CONTINUATION, b"b", d));
+        assert_eq!(first_error(d, false, None, &s), None);
+    }
+
+    #[test]
+    fn rejects_64_bit_length_with_msb_set() {
+        let d = Direction::ClientToUpstream;
+        let mut s = frame(true, OP_TEXT, b"ok", d);
+        let at = s.len();
+        s.extend_from_slice(&[0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+        s.extend_from_slice(&KEY);
+        assert_violation(d, false, None, &s, FrameError::LengthOverflow, at);
+        // The largest legal length is accepted.
+        let mut w = FrameWalker::new(d, false, None);
+        let hdr = [
+            0x82,
+            0x80 | 127,
+            0x7F,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            1,
+            2,
+            3,
+            4,
+        ];
+        let mut pos = 0;
+        assert!(matches!(
+            w.next(&hdr, &mut pos),
+            Some(Step::Header { header, .. }) if header.payload_len == u64::MAX >> 1
+        ));
+    }
+
+    #[test]
+    fn limits_message_size() {
+        let d = Direction::ClientToUpstream;
+        let limit = Some(10);
+        // Exactly at the limit, fragmented, with a ping in between: fine.
+        let mut s = frame(false, OP_TEXT, &[b'a'; 4], d);
+        s.extend(frame(true, OP_PING, &[0; 100], d));
+        s.extend(frame(false, OP_CONTINUATION, &[b'b'; 3], d));
+        s.extend(frame(true, OP_CONTINUATION, &[b'c'; 3], d));
+        // A new message starts counting again.
+        s.extend(frame(true, OP_BINARY, &[0; 10], d));
+        assert_eq!(first_error(d, false, limit, &s), None);
+        // One byte over, in a continuation.
+        let mut over = s.clone();
+        over.extend(frame(false, OP_TEXT, &[b'a'; 6], d));
+        let at = over.len();
+        over.extend(frame(true, OP_CONTINUATION, &[b'b'; 5], d));
+        let e = FrameError::MessageTooBig { limit: 10 };
+        assert_eq!(e.close_code(), 1009);
+        assert_violation(d, false, limit, &over, e, at);
+        // One byte over in a single frame, with a 16-bit length.
+        let mut over = s;
+        let at = over.len();
+        over.extend(frame(true, OP_BINARY, &[0; 300], d));
+        assert_violation(
+            d,
+            false,
+            Some(299),
+            &over,
+            FrameError::MessageTooBig { limit: 299 },
+            at,
+        );
+    }
+
+    #[test]
+    fn errors_map_to_close_codes() {
+        assert_eq!(FrameError::Unmasked.close_code(), 1002);
+        assert_eq!(FrameError::ReservedOpcode(3).close_code(), 1002);
+        assert_eq!(FrameError::MessageTooBig { limit: 1 }.close_code(), 1009);
+    }
+
+    #[test]
+    fn builds_control_frames() {
+        let f = ControlFrame::close(1002, "", None);
+        assert_eq!(f.as_bytes(), [0x88, 0x02, 0x03, 0xEA]);
+        let f = ControlFrame::ping(b"hi", None);
+        assert_eq!(f.as_bytes(), [0x89, 0x02, b'h', b'i']);
+        assert!(!f.is_empty());
+        // Masked frames walk cleanly in the client direction and unmask.
+        let key = random_mask();
+        let f = ControlFrame::close(4001, "bye now", Some(key));
+        assert_eq!(f.len(), 6 + 2 + 7);
+        let mut w = FrameWalker::new(Direction::ClientToUpstream, false, None);
+        let seen = walk(&mut w, f.as_bytes(), &[]);
+        assert!(
+            matches!(seen[0], Seen::Header { header, .. } if header.mask == key && header.opcode == OP_CLOSE)
+        );
+        assert_eq!(w.close_code(), Some(4001));
+        assert_eq!(&w.control_payload()[2..], b"bye now");
+        // Long reasons are cut at a character boundary.
+        let reason = "é".repeat(100);
+        let f = ControlFrame::close(1000, &reason, None);
+        assert_eq!(f.len(), 2 + 2 + 122);
+        let mut w = FrameWalker::new(Direction::UpstreamToClient, false, None);
+        walk(&mut w, f.as_bytes(), &[]);
+        assert!(std::str::from_utf8(&w.control_payload()[2..]).is_ok());
+        // Oversized ping payloads are cut to 125 bytes.
+        assert_eq!(ControlFrame::ping(&[0; 200], None).len(), 127);
+    }
+
+    #[test]
+    fn reencodes_control_frames_exactly() {
+        for (dir, mask) in [
+            (Direction::ClientToUpstream, Some(KEY)),
+            (Direction::UpstreamToClient, None),
+        ] {
+            for payload in [&b""[..], b"switchyard0001", &[0xAB; 125]] {
+                let original = encode(true, 0, OP_PONG, payload, mask, false);
+                for cut in 0..=original.len() {
+                    let mut w = FrameWalker::new(dir, false, None);
+                    walk(&mut w, &original, &[cut]);
+                    let again = w.reencode_control();
+                    assert_eq!(
+                        again.as_ref().map(ControlFrame::as_bytes),
+                        Some(&original[..])
+                    );
+                }
+            }
+        }
+        // Not for data frames.
+        let mut w = FrameWalker::new(Direction::UpstreamToClient, false, None);
+        walk(
+            &mut w,
+            &frame(true, OP_TEXT, b"x", Direction::UpstreamToClient),
+            &[],
+        );
+        assert!(w.reencode_control().is_none());
+    }
+
+    #[test]
+    fn masks_differ() {
+        let keys: std::collections::HashSet<[u8; 4]> = (0..64).map(|_| random_mask()).collect();
+        assert!(keys.len() > 60);
+        let mut data = *b"payload";
+        apply_mask(&mut data, KEY, 0);
+        assert_ne!(&data, b"payload");
+        apply_mask(&mut data[..3], KEY, 0);
+        apply_mask(&mut data[3..], KEY, 3);
+        assert_eq!(&data, b"payload");
+    }
+}

@@ -1,0 +1,340 @@
+//! WebSocket: recognising upgrades (HTTP/1.1 `Upgrade` and HTTP/2 extended
+//! CONNECT, RFC 8441), relaying the handshake to the async backend, and
+//! running each session's frame relay in its own task.
+
+pub mod frame;
+pub mod relay;
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::headers;
+use crate::pool::{Lease, Pool};
+use crate::proxy::{ConnInfo, Finish, ProxyError, ResponseBody, finish_plain, upstream_request};
+use crate::routing::Route;
+use crate::state::{Generation, Shared};
+use crate::upstream::{UpstreamError, error_chain};
+
+/// What kind of upgrade a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// A plain request.
+    None,
+    /// A well-formed WebSocket upgrade (HTTP/1.1 or HTTP/2 extended CONNECT).
+    WebSocket,
+    /// A WebSocket upgrade missing something it needs.
+    Malformed(&'static str),
+}
+
+static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+static SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
+
+fn has_token(req: &Request<Incoming>, name: HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Classifies a request as plain, a WebSocket upgrade, or a broken one.
+pub fn classify(req: &Request<Incoming>) -> Upgrade {
+    if req.version() == Version::HTTP_2 {
+        if req.method() != Method::CONNECT {
+            return Upgrade::None;
+        }
+        return match req.extensions().get::<hyper::ext::Protocol>() {
+            Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => {
+                if version_ok(req) {
+                    Upgrade::WebSocket
+                } else {
+                    Upgrade::Malformed("Sec-WebSocket-Version must be 13")
+                }
+            }
+            _ => Upgrade::None,
+        };
+    }
+    if !has_token(req, header::UPGRADE, "websocket") {
+        return Upgrade::None;
+    }
+    if req.method() != Method::GET {
+        return Upgrade::Malformed("a WebSocket upgrade must be a GET");
+    }
+    if req.version() != Version::HTTP_11 {
+        return Upgrade::Malformed("a WebSocket upgrade needs HTTP/1.1");
+    }
+    if !has_token(req, header::CONNECTION, "upgrade") {
+        return Upgrade::Malformed("Connection must include upgrade");
+    }
+    if !req
+        .headers()
+        .get(&SEC_WEBSOCKET_KEY)
+        .is_some_and(|k| key_ok(k.as_bytes()))
+    {
+        return Upgrade::Malformed("Sec-WebSocket-Key must be 16 bytes in base64");
+    }
+    if !version_ok(req) {
+        return Upgrade::Malformed("Sec-WebSocket-Version must be 13");
+    }
+    Upgrade::WebSocket
+}
+
+fn version_ok(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(&SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13")
+}
+
+/// A base64 encoding of 16 bytes: 22 characters and `==`.
+fn key_ok(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// A fresh random `Sec-WebSocket-Key` for a handshake the proxy originates
+/// (HTTP/2 clients send none).
+fn new_key() -> HeaderValue {
+    let s = std::collections::hash_map::RandomState::new();
+    let a = s.build_hasher().finish().to_le_bytes();
+    let mut h = s.build_hasher();
+    h.write_u8(1);
+    let b = h.finish().to_le_bytes();
+    let mut raw = [0u8; 18];
+    raw[..8].copy_from_slice(&a);
+    raw[8..16].copy_from_slice(&b);
+    let mut out = [b'='; 24];
+    for (i, chunk) in raw.chunks(3).enumerate() {
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]);
+        for j in 0..4 {
+            out[i * 4 + j] = B64[((n >> (18 - 6 * j)) & 63) as usize];
+        }
+    }
+    out[22] = b'=';
+    out[23] = b'=';
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// Relays a WebSocket handshake to `pool` and, when the backend accepts,
+/// starts the session's relay task.
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy(
+    shared: &Arc<Shared>,
+    generation: &Arc<Generation>,
+    conn: &ConnInfo,
+    route: &Arc<Route>,
+    pool: &Arc<Pool>,
+    mut req: Request<Incoming>,
+    host: &str,
+    started: Instant,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let h2 = req.version() == Version::HTTP_2;
+    let on_client_upgrade = hyper::upgrade::on(&mut req);
+    let lease = pool.acquire(None).await.map_err(ProxyError::Pool)?;
+    let Some(server) = lease.server().cloned() else {
+        return Err(ProxyError::Pool(crate::pool::PoolError::NoHealthyServer));
+    };
+    let (mut parts, _body) = req.into_parts();
+    upstream_request(&mut parts, conn, host, &server.authority)?;
+    parts.method = Method::GET;
+    parts.extensions = http::Extensions::new();
+    let h = &mut parts.headers;
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if h2 {
+        h.insert(&SEC_WEBSOCKET_KEY, new_key());
+    }
+    // The handshake request has no body.
+    h.remove(header::CONTENT_LENGTH);
+    let upstream_req = Request::from_parts(parts, Body::empty());
+
+    let timeouts = generation.config.timeouts;
+    let connect =
+        tokio::time::timeout(timeouts.upstream_connect, TcpStream::connect(&*server.addr));
+    let tcp = match connect.await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            server.report_failure();
+            tracing::warn!(site = %pool.site, pool = %pool.name, server = %server.addr, error = %e, "WebSocket backend connect failed");
+            return Err(ProxyError::Upstream(UpstreamError::Connect(e.to_string())));
+        }
+        Err(_) => {
+            server.report_failure();
+            tracing::warn!(site = %pool.site, pool = %pool.name, server = %server.addr, "WebSocket backend connect timed out");
+            return Err(ProxyError::Upstream(UpstreamError::Connect(
+                "timed out".into(),
+            )));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
+                .await
+                .map_err(|e| UpstreamError::Response(error_chain(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        sender
+            .send_request(upstream_req)
+            .await
+            .map_err(|e| UpstreamError::Response(error_chain(&e)))
+    };
+    let mut resp = match tokio::time::timeout(timeouts.upstream_response, exchange).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            server.report_failure();
+            tracing::warn!(site = %pool.site, pool = %pool.name, server = %server.addr, error = %e, "WebSocket handshake failed");
+            return Err(ProxyError::Upstream(e));
+        }
+        Err(_) => return Err(ProxyError::Upstream(UpstreamError::Timeout)),
+    };
+    server.report_success();
+
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // An auth check said no, or similar: relay it as a normal response.
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut rparts.headers);
+        let status = rparts.status;
+        let finish = Finish::new(
+            route.clone(),
+            started,
+            Method::GET,
+            status,
+            Some(lease),
+            None,
+        );
+        return Ok(finish_plain(
+            Response::from_parts(rparts, Body::from(rbody)),
+            finish,
+        ));
+    }
+
+    let on_upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let extensions = resp.headers().contains_key(&SEC_WEBSOCKET_EXTENSIONS);
+    let (mut rparts, _) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    if h2 {
+        rparts.status = StatusCode::OK;
+        rparts.headers.remove(&SEC_WEBSOCKET_ACCEPT);
+    } else {
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        rparts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let status = rparts.status;
+
+    let session = Session {
+        shared: shared.clone(),
+        route: route.clone(),
+        lease,
+        settings: relay::RelaySettings {
+            idle_timeout: route.idle_timeout,
+            ping_interval: route.ping_interval,
+            max_message_bytes: route.max_message_bytes,
+            extensions,
+        },
+        peer: conn.peer,
+        _active: if h2 {
+            conn.activity.as_ref().map(|a| a.begin())
+        } else {
+            None
+        },
+    };
+    let upgrade_timeout = timeouts.upstream_response;
+    shared.sessions.spawn(async move {
+        let both = async { tokio::try_join!(on_client_upgrade, on_upstream_upgrade) };
+        match tokio::time::timeout(upgrade_timeout, both).await {
+            Ok(Ok((client, upstream))) => {
+                session
+                    .run(TokioIo::new(client), TokioIo::new(upstream))
+                    .await
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
+            Err(_) => tracing::debug!("WebSocket upgrade did not complete in time"),
+        }
+    });
+    let finish = Finish::new(
+        route.clone(),
+        started,
+        Method::GET,
+        status,
+        None,
+        Some(server.addr.clone()),
+    );
+    Ok(finish_plain(
+        Response::from_parts(rparts, Body::empty()),
+        finish,
+    ))
+}
+
+/// One open WebSocket session.
+struct Session {
+    shared: Arc<Shared>,
+    route: Arc<Route>,
+    lease: Lease,
+    settings: relay::RelaySettings,
+    peer: std::net::SocketAddr,
+    /// Keeps an HTTP/2 connection carrying this session out of its idle timeout.
+    _active: Option<crate::connection::ActiveGuard>,
+}
+
+impl Session {
+    async fn run<C, U>(self, client: C, upstream: U)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let m = &self.route.metrics;
+        m.ws_total.increment(1);
+        m.ws_active.increment(1.0);
+        let started = Instant::now();
+        let outcome = relay::relay(
+            client,
+            upstream,
+            &self.settings,
+            m,
+            self.shared.close_websockets.clone(),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        m.ws_active.decrement(1.0);
+        m.ws_duration.record(elapsed.as_secs_f64());
+        let upstream = self.lease.server().map_or("-", |s| &s.addr);
+        tracing::info!(
+            target: "switchyard::access",
+            site = %self.route.site,
+            route = %self.route.name,
+            client = %self.peer,
+            upstream,
+            websocket = true,
+            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            frames_in = outcome.frames[0].iter().sum::<u64>(),
+            bytes_in = outcome.bytes[0],
+            frames_out = outcome.frames[1].iter().sum::<u64>(),
+            bytes_out = outcome.bytes[1],
+            client_close = outcome.client_close.map_or(-1, i32::from),
+            upstream_close = outcome.upstream_close.map_or(-1, i32::from),
+            end = ?outcome.end,
+        );
+    }
+}

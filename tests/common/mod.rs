@@ -1,0 +1,405 @@
+//! Shared test harness: a test CA and site certificates, config directories
+//! on disk, recording hyper backends, and TLS clients that trust the test CA.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Bound on every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A certificate authority and the leaf certificates it signed.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub ca_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_der = cert.der().clone();
+        let ca = rcgen::Issuer::new(params, key);
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+            ca_der,
+        }
+    }
+
+    /// Writes `NAME.crt` and `NAME.key` for these host names; returns their paths.
+    pub fn leaf(&self, name: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        let params =
+            rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let crt = self.dir.path().join(format!("{name}.crt"));
+        let keyp = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&keyp, key.serialize_pem()).unwrap();
+        (crt, keyp)
+    }
+
+    /// A rustls client config trusting this CA, offering these ALPN protocols.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
+/// A config directory on disk.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    /// `main` is switchyard.toml; `sites` are (name, text).
+    pub fn new(main: &str, sites: &[(&str, String)]) -> ConfigDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("switchyard.toml"), main).unwrap();
+        std::fs::create_dir(dir.path().join("sites")).unwrap();
+        for (name, text) in sites {
+            std::fs::write(dir.path().join("sites").join(format!("{name}.toml")), text).unwrap();
+        }
+        ConfigDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write_site(&self, name: &str, text: &str) {
+        std::fs::write(
+            self.dir.path().join("sites").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
+    }
+
+    pub fn load(&self) -> switchyard::Config {
+        match switchyard::config::load(self.path()) {
+            Ok(c) => c,
+            Err(e) => panic!("config failed to load:\n{e}"),
+        }
+    }
+}
+
+/// switchyard.toml listening on ephemeral loopback ports.
+pub fn main_toml(extra: &str) -> String {
+    format!(
+        "[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n{extra}\n"
+    )
+}
+
+/// A TOML inline table naming a cert and key by absolute path.
+pub fn tls_toml(crt: &Path, key: &Path) -> String {
+    format!(
+        "tls = {{ cert = {:?}, key = {:?} }}",
+        crt.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+/// A running proxy and its addresses.
+pub struct Proxy {
+    pub server: Arc<switchyard::Server>,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Proxy {
+    pub async fn start(config: switchyard::Config) -> Proxy {
+        let server = switchyard::Server::start(config).await.unwrap();
+        let https = server.https_addrs().await[0];
+        let http = server.http_addrs().await[0];
+        let admin = server.admin_addr().unwrap();
+        Proxy {
+            server,
+            https,
+            http,
+            admin,
+        }
+    }
+
+    /// The /metrics text.
+    pub async fn metrics(&self) -> String {
+        let resp = plain_request(
+            self.admin,
+            Request::get("/metrics")
+                .header("host", "admin")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        String::from_utf8(resp.body().to_vec()).unwrap()
+    }
+
+    /// The value of one metric sample, by its exact name-and-labels prefix
+    /// (e.g. `switchyard_requests_total{site="a"`), summed over matches.
+    pub async fn metric(&self, name_and_labels: &[&str]) -> f64 {
+        metric_value(&self.metrics().await, name_and_labels)
+    }
+}
+
+/// Sums the samples whose line starts with the metric name and contains every label.
+pub fn metric_value(text: &str, parts: &[&str]) -> f64 {
+    let (name, labels) = parts.split_first().unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(*name) && labels.iter().all(|lab| l.contains(lab))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What a backend received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body_len: usize,
+    pub body: Bytes,
+}
+
+type Handler = Arc<
+    dyn Fn(
+            Seen,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A hyper HTTP/1.1 backend that records every request.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Cancelled on drop: every open connection closes, like a killed process.
+    killed: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.killed.cancel();
+    }
+}
+
+impl Backend {
+    /// A backend answering `200 NAME` to everything.
+    pub async fn named(name: &'static str) -> Backend {
+        Backend::with(move |_| async move { Response::new(Full::new(Bytes::from(name))) }).await
+    }
+
+    /// A backend with a custom handler (bodies are read whole first).
+    pub async fn with<F, Fut>(f: F) -> Backend
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::on(listener, f)
+    }
+
+    pub fn on<F, Fut>(listener: TcpListener, f: F) -> Backend
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(move |s| Box::pin(f(s)));
+        let seen2 = seen.clone();
+        let killed = tokio_util::sync::CancellationToken::new();
+        let killed2 = killed.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                let killed = killed2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let s = Seen {
+                                method: parts.method,
+                                uri: parts.uri,
+                                version: parts.version,
+                                headers: parts.headers,
+                                body_len: body.len(),
+                                body,
+                            };
+                            seen.lock().unwrap().push(s.clone());
+                            Ok::<_, std::convert::Infallible>(handler(s).await)
+                        }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        () = killed.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            seen,
+            task,
+            killed,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Requests other than health checks.
+    pub fn app_count(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.uri.path() != "/healthz")
+            .count()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+/// A response with its body read whole.
+pub type Got = Response<Bytes>;
+
+async fn collect(resp: Response<Incoming>) -> Result<Got, hyper::Error> {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Connects over TLS with this SNI and ALPN.
+pub async fn tls_connect(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = TlsConnector::from(pki.client_config(alpn));
+    let name = ServerName::try_from(sni.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    connector.connect(name, tcp).await
+}
+
+/// Sends one request over a new HTTPS connection (HTTP/1.1 or HTTP/2).
+pub async fn https_request<B>(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: &str,
+    h2: bool,
+    req: Request<B>,
+) -> Result<Got, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let tls = tls_connect(pki, addr, sni, alpn).await?;
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    };
+    Ok(tokio::time::timeout(WAIT, collect(resp)).await??)
+}
+
+/// Sends one request over a new plain HTTP/1.1 connection.
+pub async fn plain_request<B>(
+    addr: SocketAddr,
+    req: Request<B>,
+) -> Result<Got, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await?;
+    Ok(tokio::time::timeout(WAIT, collect(resp)).await??)
+}
+
+/// A GET with this Host.
+pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Headers as a simple map of lower-case name → joined values, for asserts.
+pub fn header_map(h: &http::HeaderMap) -> HashMap<String, String> {
+    let mut m: HashMap<String, String> = HashMap::new();
+    for (k, v) in h {
+        let e = m.entry(k.as_str().to_string()).or_default();
+        if !e.is_empty() {
+            e.push_str(", ");
+        }
+        e.push_str(v.to_str().unwrap_or("?"));
+    }
+    m
+}
