@@ -66,6 +66,11 @@ impl Spilled {
         self.len == 0
     }
 
+    /// The trailer fields that will follow the body, if any.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
+    }
+
     async fn push(&mut self, data: Bytes) -> std::io::Result<()> {
         self.len += data.len() as u64;
         let in_memory: usize = self.memory.iter().map(Bytes::len).sum();
@@ -174,6 +179,10 @@ impl http_body::Body for Replay {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.0.trailers.is_some() {
+            // Trailers need chunked framing, which an exact size would rule out.
+            return SizeHint::default();
+        }
         let rest =
             self.0.memory.iter().map(|b| b.len() as u64).sum::<u64>() + self.0.file_remaining;
         SizeHint::with_exact(rest)

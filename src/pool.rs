@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::config;
@@ -183,15 +184,25 @@ struct Queue {
     next_id: u64,
 }
 
+/// What a pool is configured with; swapped whole on reload.
+#[derive(Debug)]
+pub struct Members {
+    /// Settings as configured.
+    pub settings: config::Pool,
+    /// The servers, shared with earlier generations where they survived.
+    pub servers: Vec<Arc<Server>>,
+}
+
 /// One `[pools.NAME]` of a site, with its queue.
+///
+/// The same `Pool` lives on across reloads that keep its name, so requests
+/// queued before a reload are served by slots freed after it.
 pub struct Pool {
     /// The site's name.
     pub site: Arc<str>,
     /// The pool's name.
     pub name: Arc<str>,
-    servers: Vec<Arc<Server>>,
-    /// Settings as configured.
-    pub settings: config::Pool,
+    members: ArcSwap<Members>,
     queue: Mutex<Queue>,
     rr: AtomicUsize,
     metrics: PoolMetrics,
@@ -202,7 +213,7 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("site", &self.site)
             .field("name", &self.name)
-            .field("servers", &self.servers)
+            .field("members", &self.members.load())
             .finish()
     }
 }
@@ -219,22 +230,28 @@ impl Pool {
             site: site.into(),
             name: settings.name.as_str().into(),
             metrics: PoolMetrics::new(metrics, site, &settings.name),
-            servers,
-            settings,
+            members: ArcSwap::from_pointee(Members { settings, servers }),
             queue: Mutex::new(Queue::default()),
             rr: AtomicUsize::new(0),
         })
     }
 
+    /// Replaces settings and servers (on reload), then lets waiters take
+    /// any room the change made.
+    pub fn update(self: &Arc<Self>, settings: config::Pool, servers: Vec<Arc<Server>>) {
+        self.members.store(Arc::new(Members { settings, servers }));
+        self.dispatch();
+    }
+
+    /// The current settings and servers.
+    pub fn members(&self) -> arc_swap::Guard<Arc<Members>> {
+        self.members.load()
+    }
+
     /// Whether bodies are buffered at the proxy (on by default for pools
     /// that serve plain requests).
     pub fn buffering(&self) -> bool {
-        self.settings.buffering
-    }
-
-    /// The pool's servers.
-    pub fn servers(&self) -> &[Arc<Server>] {
-        &self.servers
+        self.members.load().settings.buffering
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -246,13 +263,15 @@ impl Pool {
     /// Least in-flight among available servers with room, ties round-robin.
     /// `exclude` skips one server (the one a retry just failed on).
     fn pick(&self, exclude: Option<&Arc<Server>>) -> Pick {
-        let n = self.servers.len();
+        let members = self.members.load();
+        let servers = &members.servers;
+        let n = servers.len();
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let limit = self.settings.max_in_flight.unwrap_or(usize::MAX);
+        let limit = members.settings.max_in_flight.unwrap_or(usize::MAX);
         let mut best: Option<&Arc<Server>> = None;
         let mut any_available = false;
         for i in 0..n {
-            let s = &self.servers[(start + i) % n];
+            let s = &servers[(start + i) % n];
             if exclude.is_some_and(|e| Arc::ptr_eq(e, s)) || !s.is_available() {
                 continue;
             }
@@ -274,7 +293,7 @@ impl Pool {
         self: &Arc<Self>,
         exclude: Option<&Arc<Server>>,
     ) -> Result<Lease, PoolError> {
-        let (id, rx) = {
+        let (id, rx, queue_timeout) = {
             let mut q = self.lock();
             // Someone already waiting goes first: no overtaking the queue.
             if q.waiters.is_empty() {
@@ -287,7 +306,8 @@ impl Pool {
                     Pick::Full => {}
                 }
             }
-            if self
+            let members = self.members.load();
+            if members
                 .settings
                 .max_queue
                 .is_some_and(|max| q.waiters.len() >= max)
@@ -300,7 +320,7 @@ impl Pool {
             q.next_id += 1;
             q.waiters.push_back(Waiter { id, tx });
             self.metrics.queue_depth.set(q.waiters.len() as f64);
-            (id, rx)
+            (id, rx, members.settings.queue_timeout)
         };
         let started = Instant::now();
         let mut guard = QueuedGuard {
@@ -308,7 +328,7 @@ impl Pool {
             id,
             active: true,
         };
-        let result = tokio::time::timeout(self.settings.queue_timeout, rx).await;
+        let result = tokio::time::timeout(queue_timeout, rx).await;
         guard.active = false;
         drop(guard);
         self.metrics
@@ -345,8 +365,13 @@ impl Pool {
 
     /// A slot on `server` was freed: hand it to the first live waiter.
     fn release(self: &Arc<Self>, server: Arc<Server>) {
-        let mut q = self.lock();
         server.sub_in_flight();
+        self.dispatch();
+    }
+
+    /// Hands free slots to waiters, first come first served.
+    fn dispatch(self: &Arc<Self>) {
+        let mut q = self.lock();
         while !q.waiters.is_empty() {
             let server = match self.pick(None) {
                 Pick::Server(s) => s,
@@ -358,7 +383,7 @@ impl Pool {
             self.metrics.queue_depth.set(q.waiters.len() as f64);
             let lease = self.lease(server);
             match w.tx.send(lease) {
-                Ok(()) => break,
+                Ok(()) => {}
                 Err(mut lease) => {
                     // The waiter gave up between timing out and removing
                     // itself; undo without recursing into release.

@@ -48,8 +48,9 @@ pub async fn handle(
     let started = Instant::now();
     let generation = shared.generation.load_full();
     let method = req.method().clone();
+    let uri = req.uri().clone();
     let (route, response) = route_and_forward(&shared, &generation, &conn, req, started).await;
-    match response {
+    let mut resp = match response {
         Ok(resp) => resp,
         Err(e) => {
             let resp = e.into_response();
@@ -59,7 +60,11 @@ pub async fn handle(
                 Finish::new(route, started, method, status, None, None),
             )
         }
+    };
+    if let Some(finish) = resp.body_mut().finish.as_mut() {
+        finish.uri = Some(uri);
     }
+    resp
 }
 
 pub(crate) fn finish_plain(resp: Response<Body>, finish: Finish) -> Response<ResponseBody> {
@@ -200,7 +205,10 @@ async fn forward(
     let Some(pool) = &route.pool else {
         return Err(ProxyError::WebSocketOnly);
     };
-    let buffering = pool.buffering();
+    let (buffering, max_body) = {
+        let m = pool.members();
+        (m.settings.buffering, m.settings.max_body)
+    };
     let method = req.method().clone();
     let (mut parts, body) = req.into_parts();
     // A request without a body may be retried on another server when the
@@ -209,21 +217,31 @@ async fn forward(
     let mut body = Some(if buffering && !hyper::body::Body::is_end_stream(&body) {
         // Read the whole body before taking a worker's slot, so a slow
         // upload never holds one.
-        let spilled = buffer::read_request(body, pool.settings.max_body)
+        let spilled = buffer::read_request(body, max_body)
             .await
             .map_err(ProxyError::Body)?;
         parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(spilled.len()));
+        match spilled.trailers() {
+            None => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(spilled.len()));
+            }
+            Some(trailers) => {
+                // Announce the trailers so HTTP/1.1 chunked framing carries them.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+                if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+                    parts.headers.insert(header::TRAILER, v);
+                }
+            }
+        }
         Body::Replay {
             inner: buffer::Replay(spilled),
         }
     } else {
-        if hyper::body::Body::size_hint(&body).lower() > pool.settings.max_body {
-            return Err(ProxyError::Body(buffer::BufferError::TooLarge(
-                pool.settings.max_body,
-            )));
+        if hyper::body::Body::size_hint(&body).lower() > max_body {
+            return Err(ProxyError::Body(buffer::BufferError::TooLarge(max_body)));
         }
         Body::from(body)
     });
@@ -278,7 +296,11 @@ async fn forward(
                     error = %e, "upstream request failed"
                 );
                 drop(lease);
-                if before_sent && retryable && failed_on.is_none() && pool.servers().len() > 1 {
+                if before_sent
+                    && retryable
+                    && failed_on.is_none()
+                    && pool.members().servers.len() > 1
+                {
                     failed_on = Some(server);
                     body = Some(Body::empty());
                     continue;
@@ -406,6 +428,8 @@ pub struct Finish {
     upstream: Option<Arc<str>>,
     /// Time spent in the pool's queue.
     pub queue_wait: std::time::Duration,
+    /// The request target, for the access log's `path`.
+    pub uri: Option<Uri>,
     bytes: u64,
     complete: bool,
 }
@@ -434,6 +458,7 @@ impl Finish {
             lease,
             upstream,
             queue_wait: std::time::Duration::ZERO,
+            uri: None,
             bytes: 0,
             complete: false,
         }
@@ -453,6 +478,7 @@ impl Drop for Finish {
             site = %self.route.site,
             route = %self.route.name,
             method = %self.method,
+            path = self.uri.as_ref().map_or("-", |u| u.path()),
             status = self.status.as_u16(),
             bytes = self.bytes,
             duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),

@@ -190,9 +190,15 @@ fn build_site(
         let prev_pool = previous.and_then(|s| s.pools.iter().find(|q| *q.name == *p.name));
         let mut servers = Vec::with_capacity(p.servers.len());
         for addr in &p.servers {
-            let reused = prev_pool.and_then(|q| q.servers().iter().find(|s| *s.addr == **addr));
+            let reused = prev_pool.and_then(|q| {
+                q.members()
+                    .servers
+                    .iter()
+                    .find(|s| *s.addr == **addr)
+                    .cloned()
+            });
             let server = match reused {
-                Some(s) => s.clone(),
+                Some(s) => s,
                 None => Server::new(addr, metrics, &site.name, &p.name).map_err(|_| {
                     BuildError::BadServer {
                         site: site.name.clone(),
@@ -204,7 +210,16 @@ fn build_site(
             server.set_health(p.health.clone());
             servers.push(server);
         }
-        pools.push(Pool::new(&site.name, p.clone(), servers, metrics));
+        // A pool that survives keeps its queue: requests waiting across the
+        // reload are served by slots freed after it.
+        let pool = match prev_pool {
+            Some(q) => {
+                q.update(p.clone(), servers);
+                q.clone()
+            }
+            None => Pool::new(&site.name, p.clone(), servers, metrics),
+        };
+        pools.push(pool);
     }
     let mut routes: Vec<Arc<Route>> = site
         .routes

@@ -571,3 +571,109 @@ async fn admin_endpoints_and_connection_gauge() {
     assert_eq!(seen, 1.0);
     drop(tls);
 }
+
+/// A backend that answers with a chunked body and an `x-checksum` trailer,
+/// and reports the request trailers it received in a response header.
+async fn trailer_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let collected = req.into_body().collect().await;
+                        let got = collected
+                            .ok()
+                            .and_then(|c| c.trailers().and_then(|t| t.get("x-req-sum").cloned()));
+                        let frames = vec![
+                            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"payload"))),
+                            Ok(Frame::trailers({
+                                let mut t = http::HeaderMap::new();
+                                t.insert("x-checksum", http::HeaderValue::from_static("abc123"));
+                                t
+                            })),
+                        ];
+                        let mut resp =
+                            Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                        resp.headers_mut()
+                            .insert("trailer", http::HeaderValue::from_static("x-checksum"));
+                        if let Some(v) = got {
+                            resp.headers_mut().insert("x-got-req-sum", v);
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn trailers_pass_through_both_ways() {
+    let (addr, _task) = trailer_backend().await;
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("a", &["a.test"]);
+    let site = format!(
+        "hosts = [\"a.test\"]\n{}\n[pools.buffered]\nservers = [\"{addr}\"]\n[pools.streamed]\nservers = [\"{addr}\"]\nbuffering = false\n[[routes]]\npath = \"/b\"\npool = \"buffered\"\n[[routes]]\npath = \"/s\"\npool = \"streamed\"\n",
+        tls_toml(&crt, &key)
+    );
+    let cfg = ConfigDir::new(&main_toml(""), &[("a", site)]);
+    let proxy = Proxy::start(cfg.load()).await;
+    for path in ["/s", "/b"] {
+        // HTTP/2 carries trailers natively; send one on the request too.
+        let frames = vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"up"))),
+            Ok(Frame::trailers({
+                let mut t = http::HeaderMap::new();
+                t.insert("x-req-sum", http::HeaderValue::from_static("r1"));
+                t
+            })),
+        ];
+        let req = Request::post(format!("https://a.test{path}"))
+            .header("te", "trailers")
+            .header("trailer", "x-req-sum")
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        let tls = tls_connect(&pki, proxy.https, "a.test", &[b"h2"])
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let resp = tokio::time::timeout(WAIT, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(
+            resp.headers()
+                .get("x-got-req-sum")
+                .map(|v| v.to_str().unwrap()),
+            Some("r1"),
+            "{path}: request trailer"
+        );
+        let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            body.trailers()
+                .and_then(|t| t.get("x-checksum"))
+                .map(|v| v.to_str().unwrap()),
+            Some("abc123"),
+            "{path}: response trailer"
+        );
+        assert_eq!(body.to_bytes(), "payload");
+    }
+}
