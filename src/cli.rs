@@ -132,11 +132,15 @@ fn init_logging(c: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&c.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(ansi);
     let _ = match c.log.format {
-        LogFormat::Json => builder.json().try_init(),
+        // One flat object per line: {"timestamp", "level", "target", "site", ...}.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -161,18 +165,17 @@ fn run(dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(dir.to_path_buf(), config))
+    let code = rt.block_on(serve(dir.to_path_buf(), config));
+    // Tasks still running (a second signal cut the drain short) are
+    // dropped; do not wait on blocking work either.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }
 
 async fn serve(dir: PathBuf, config: Config) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let server = match Server::start(config).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("switchyard: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Handlers first: a signal that arrives while the listeners are being
+    // bound must not take the default action (terminate the process).
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -180,6 +183,13 @@ async fn serve(dir: PathBuf, config: Config) -> ExitCode {
     ) else {
         eprintln!("switchyard: cannot install signal handlers");
         return ExitCode::FAILURE;
+    };
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     loop {
         tokio::select! {

@@ -10,7 +10,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +37,46 @@ pub struct Activity {
     /// When the first byte of a new request head arrived, ms since `epoch`
     /// plus one (0: not reading a head).
     head_started_ms: AtomicU64,
+    /// Whether the bytes being read are (probably) an HTTP/1 request head,
+    /// checked for line endings hyper tolerates but we refuse.
+    scanning: AtomicBool,
+    /// Where the scan of the current head is.
+    scan: Mutex<HeadScan>,
+    /// A head was ambiguous (see [`Activity::scan_head`]); its request is
+    /// answered 400.
+    bad_head: AtomicBool,
+}
+
+/// What [`Activity::scan_head`] has seen of one request head.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// The last four bytes.
+    window: u32,
+    /// The start of the current line, lower-cased (enough for a name).
+    line: [u8; 24],
+    line_len: usize,
+    content_length: u32,
+    transfer_encoding: u32,
+}
+
+impl HeadScan {
+    /// A line ended: count the framing headers.
+    fn end_line(&mut self) {
+        let line = &self.line[..self.line_len];
+        if line.starts_with(b"content-length:") {
+            self.content_length += 1;
+        } else if line.starts_with(b"transfer-encoding:") {
+            self.transfer_encoding += 1;
+        }
+        self.line_len = 0;
+    }
+
+    /// Whether the head's framing is ambiguous in a way hyper would
+    /// quietly resolve (it drops Content-Length next to
+    /// Transfer-Encoding and merges equal repeated ones).
+    fn ambiguous(&self) -> bool {
+        self.content_length > 1 || (self.content_length > 0 && self.transfer_encoding > 0)
+    }
 }
 
 impl Activity {
@@ -45,7 +86,54 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_io_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            scanning: AtomicBool::new(true),
+            scan: Mutex::new(HeadScan::default()),
+            bad_head: AtomicBool::new(false),
         })
+    }
+
+    /// Looks at the raw bytes of an HTTP/1 request head for what hyper
+    /// accepts but a proxy must refuse, since the server behind it may frame
+    /// the request differently (RFC 9112 §6.3, §11.2): a bare LF line ending
+    /// (hyper takes it as CRLF), Content-Length repeated (hyper merges equal
+    /// values) or next to Transfer-Encoding (hyper drops it). Only the bytes
+    /// from the start of a head, read while the connection was idle, to its
+    /// blank line are looked at; a head pipelined behind an earlier request
+    /// is not, and keeps hyper's own checks only.
+    fn scan_head(&self, bytes: &[u8]) {
+        if !self.scanning.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut scan) = self.scan.lock() else {
+            return;
+        };
+        for &b in bytes {
+            if b == b'\n' {
+                if scan.window & 0xff != u32::from(b'\r') {
+                    self.bad_head.store(true, Ordering::Relaxed);
+                    self.scanning.store(false, Ordering::Relaxed);
+                    return;
+                }
+                scan.end_line();
+            } else if b != b'\r' && scan.line_len < scan.line.len() {
+                let i = scan.line_len;
+                scan.line[i] = b.to_ascii_lowercase();
+                scan.line_len += 1;
+            }
+            scan.window = (scan.window << 8) | u32::from(b);
+            if scan.window == 0x0d0a_0d0a {
+                if scan.ambiguous() {
+                    self.bad_head.store(true, Ordering::Relaxed);
+                }
+                self.scanning.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Whether the head just read used a bare LF (and clears the mark).
+    fn take_bad_head(&self) -> bool {
+        self.bad_head.swap(false, Ordering::Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -99,7 +187,13 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let a = &self.0;
         a.last_io_ms.store(a.now_ms(), Ordering::Relaxed);
-        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Idle again: the next bytes start a new request head.
+            if let Ok(mut scan) = a.scan.lock() {
+                *scan = HeadScan::default();
+            }
+            a.scanning.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -123,6 +217,7 @@ impl<IO: AsyncRead> AsyncRead for Tracked<IO> {
         let r = this.io.poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.on_read();
+            this.activity.scan_head(&buf.filled()[before..]);
         }
         r
     }
@@ -172,6 +267,24 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
     }
 }
 
+/// The answer to a request whose head [`Activity::scan_head`] refused.
+fn ambiguous_head_response() -> hyper::Response<proxy::ResponseBody> {
+    let mut resp = hyper::Response::new(proxy::ResponseBody::plain(crate::body::Body::full(
+        "bad request: ambiguous message framing (bare LF line ending, or Content-Length repeated or with Transfer-Encoding)\n",
+    )));
+    *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// hyper's server settings for a configuration.
 fn builder(config: &Config, https: bool) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -213,11 +326,15 @@ where
     };
     let svc_shared = shared.clone();
     let svc_activity = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = svc_activity.begin();
-        let fut = proxy::handle(svc_shared.clone(), info.clone(), req);
+        let bad_head = svc_activity.take_bad_head() && req.version() < hyper::Version::HTTP_2;
+        let fut = (!bad_head).then(|| proxy::handle(svc_shared.clone(), info.clone(), req));
         async move {
-            let resp = fut.await;
+            let resp = match fut {
+                Some(fut) => fut.await,
+                None => ambiguous_head_response(),
+            };
             Ok::<_, std::convert::Infallible>(resp.map(|b| b.with_active(guard)))
         }
     });

@@ -76,17 +76,8 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 pub async fn run(listener: Listener, accepting: Accepting, stop_this: CancellationToken) {
     let label = format!("{}://{}", listener.kind.scheme(), listener.addr);
     let metrics = ListenerMetrics::new(&accepting.shared.metrics, &label);
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
-        // At max_connections, stop accepting: new clients wait in the
-        // kernel's backlog instead of being served badly.
-        let permit = tokio::select! {
-            p = accepting.limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = accepting.stop.cancelled() => return,
-            () = stop_this.cancelled() => return,
-        };
         let accepted = tokio::select! {
             r = listener.socket.accept() => r,
             () = accepting.stop.cancelled() => return,
@@ -98,10 +89,31 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
                 // Out of descriptors or a transient error: back off rather
                 // than spin, and keep the listener.
                 let pause = if is_fd_exhaustion(&e) { 100 } else { 10 };
-                tracing::warn!(listener = %label, error = %e, "accept failed; retrying");
+                // Warn once a second at most: this can repeat ten times a
+                // second for as long as descriptors run short.
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(listener = %label, error = %e, "accept failed; retrying");
+                    last_warning = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
             }
+        };
+        // At max_connections, the connection just accepted waits for a
+        // permit and this listener accepts no more: later clients wait in
+        // the kernel's backlog instead of being served badly. The permit is
+        // taken after accepting, not before, so a listener with no clients
+        // never holds one that another listener's client is waiting for.
+        let permit = match accepting.limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = accepting.limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = accepting.stop.cancelled() => return,
+                () = stop_this.cancelled() => return,
+            },
         };
         let _ = tcp.set_nodelay(true);
         let accepting2 = accepting.clone();
@@ -135,7 +147,11 @@ async fn handle(
         Kind::Https => {
             let generation = a.shared.generation.load_full();
             let timeout = generation.config.timeouts.header;
-            let result = tls::accept(tcp, &generation.router, timeout).await;
+            // A drain does not wait for handshakes still in progress.
+            let result = tokio::select! {
+                r = tls::accept(tcp, &generation.router, timeout) => r,
+                () = a.stop.cancelled() => return,
+            };
             drop(generation);
             match result {
                 Ok((stream, site)) => {

@@ -49,12 +49,22 @@ pub async fn handle(
     let generation = shared.generation.load_full();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let (route, response) = route_and_forward(&shared, &generation, &conn, req, started).await;
+    let version = req.version();
+    let (route, response) = match check_framing(&req) {
+        Ok(()) => route_and_forward(&shared, &generation, &conn, req, started).await,
+        Err(e) => (generation.router.unknown.clone(), Err(e)),
+    };
     let mut resp = match response {
         Ok(resp) => resp,
         Err(e) => {
-            let resp = e.into_response();
+            let mut resp = e.into_response();
             let status = resp.status();
+            if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
+                // After a malformed request, what follows on the connection
+                // cannot be trusted to start a new request (RFC 9112 §6.3).
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             finish_plain(
                 resp,
                 Finish::new(route, started, method, status, None, None),
@@ -123,6 +133,29 @@ async fn route_and_forward(
         },
     };
     (route, result)
+}
+
+/// Refuses ambiguous message framing (RFC 9112 §6.3): Content-Length with
+/// Transfer-Encoding, and a Content-Length that is repeated or not a plain
+/// number. hyper rejects the rest (bad chunking, unknown codings).
+fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.next().is_some() {
+            return Err(ProxyError::BadRequest("duplicate Content-Length"));
+        }
+        let v = first.as_bytes();
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err(ProxyError::BadRequest("malformed Content-Length"));
+        }
+        if h.contains_key(header::TRANSFER_ENCODING) {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The host a request is for: `:authority` / absolute-form, else `Host`.
@@ -288,7 +321,7 @@ async fn forward(
             }
             Err(e) => {
                 let before_sent = e.before_request_sent();
-                if !matches!(e, UpstreamError::Timeout) {
+                if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
                     server.report_failure();
                 }
                 tracing::warn!(
@@ -376,6 +409,7 @@ impl ProxyError {
             ProxyError::Pool(PoolError::NoHealthyServer) => StatusCode::BAD_GATEWAY,
             ProxyError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::RequestBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Body(buffer::BufferError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(buffer::BufferError::Client(_)) => StatusCode::BAD_REQUEST,
@@ -389,6 +423,7 @@ impl ProxyError {
         let text = match &self {
             ProxyError::Upstream(_) => match status {
                 StatusCode::GATEWAY_TIMEOUT => "upstream server did not answer in time".to_string(),
+                StatusCode::BAD_REQUEST => "the request body was malformed or incomplete".to_string(),
                 _ => "no upstream server could be reached".to_string(),
             },
             other => other.to_string(),

@@ -123,7 +123,9 @@ impl Server {
         let admin_addr = match admin_socket {
             Some(s) => {
                 let addr = s.local_addr().ok();
-                tracing::info!(admin = ?addr, "admin listening");
+                if let Some(a) = addr {
+                    tracing::info!(admin = %a, "admin listening");
+                }
                 tokio::spawn(admin::run(s, shared.clone(), admin_stop.clone()));
                 addr
             }
@@ -204,8 +206,8 @@ impl Server {
 
     async fn try_reload(&self, config: Config) -> Result<(), ServerError> {
         let config = Arc::new(config);
-        let previous = self.shared.generation.load_full();
-        let generation = Generation::build(config.clone(), Some(&previous), &self.shared.metrics)?;
+        // One reload at a time; new addresses are bound before anything
+        // else changes, so a bind failure leaves the old configuration whole.
         let mut listeners = self.listeners.lock().await;
         let wanted: Vec<(Kind, SocketAddr)> = config
             .listen
@@ -227,12 +229,15 @@ impl Server {
                 new_listeners.push((*key, l));
             }
         }
+        let previous = self.shared.generation.load_full();
+        let generation = Generation::build(config.clone(), Some(&previous), &self.shared.metrics)?;
         self.shared.generation.store(Arc::new(generation));
         publish_config(&self.shared.metrics, &config);
+        self.shared.retire_sessions(&config, &previous.config);
         listeners.retain(|key, slot| {
             let keep = wanted.contains(key);
             if !keep {
-                tracing::info!(listener = %slot.addr, "listener released by reload");
+                tracing::info!(listener = %format!("{}://{}", key.0.scheme(), slot.addr), "listener released by reload");
                 slot.stop.cancel();
             }
             keep

@@ -1,16 +1,19 @@
 //! State: what every connection and request reads — the live configuration
 //! generation (swapped atomically on reload), metrics, and the drain flag.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, RemovedSessions};
 use crate::metrics::Metrics;
-use crate::routing::{BuildError, Router};
+use crate::routing::{BuildError, Route, Router};
 use crate::upstream::Upstream;
 
 /// One configuration, resolved: routing table, pools and upstream client.
@@ -62,6 +65,109 @@ pub struct Shared {
     pub close_websockets: CancellationToken,
     /// Every WebSocket session task, so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// Open WebSocket sessions by (site, route, pool), so a reload that
+    /// removes a route or pool can close them.
+    groups: Mutex<HashMap<GroupKey, (Arc<Group>, usize)>>,
+}
+
+/// The sessions of one route relaying to one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    site: Arc<str>,
+    route: Arc<str>,
+    pool: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// Cancelled when a reload removed this route or pool and its site says
+    /// `removed_sessions = "close"`.
+    retire: CancellationToken,
+    /// The site's `close_window`, in ms, set before `retire` is cancelled.
+    window_ms: AtomicU64,
+}
+
+/// One open WebSocket session's registration: its shutdown token is
+/// cancelled when the proxy drains past its deadline, or a random moment
+/// within `close_window` after a reload retired its route or pool.
+pub struct SessionTicket {
+    shared: Arc<Shared>,
+    key: GroupKey,
+    group: Arc<Group>,
+    token: CancellationToken,
+}
+
+impl SessionTicket {
+    /// The token the session's relay watches; cancelled, it closes both
+    /// sides with 1001.
+    pub fn shutdown(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Runs the session `relay`, cancelling [`SessionTicket::shutdown`] at
+    /// its staggered moment if a reload retires the session's route or pool.
+    pub async fn watch<F: Future>(&self, relay: F) -> F::Output {
+        let retire = async {
+            self.group.retire.cancelled().await;
+            let window = self.group.window_ms.load(Ordering::Relaxed);
+            let delay = if window == 0 { 0 } else { random() % window };
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            tracing::info!(
+                site = %self.key.site,
+                route = %self.key.route,
+                pool = %self.key.pool,
+                "closing a WebSocket session whose route or pool a reload removed"
+            );
+            self.token.cancel();
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            out = relay => out,
+            () = retire => unreachable!("retire never ends"),
+        }
+    }
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        let mut groups = self
+            .shared
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((group, open)) = groups.get_mut(&self.key)
+            && Arc::ptr_eq(group, &self.group)
+        {
+            *open -= 1;
+            if *open == 0 {
+                groups.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A random number, good enough to spread closes over a window.
+fn random() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into()),
+    );
+    h.finish()
+}
+
+/// Whether `config` still has `key`'s route, relaying WebSockets to the same pool.
+fn still_configured(config: &Config, key: &GroupKey) -> bool {
+    let Some(site) = config.sites.iter().find(|s| *s.name == *key.site) else {
+        return false;
+    };
+    site.routes.iter().any(|r| {
+        *r.name == *key.route
+            && r.websocket
+                .and_then(|i| site.pools.get(i))
+                .is_some_and(|p| *p.name == *key.pool)
+    })
 }
 
 impl Shared {
@@ -73,7 +179,79 @@ impl Shared {
             draining: AtomicBool::new(false),
             close_websockets: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            groups: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Registers a WebSocket session opened on `route` (which must have a
+    /// `websocket` pool; sessions without one are only closed by the drain).
+    pub fn session_ticket(self: &Arc<Self>, route: &Route) -> SessionTicket {
+        let key = GroupKey {
+            site: route.site.clone(),
+            route: route.name.clone(),
+            pool: route
+                .websocket
+                .as_ref()
+                .map_or_else(|| Arc::from(""), |p| p.name.clone()),
+        };
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let (group, open) = groups.entry(key.clone()).or_default();
+        *open += 1;
+        let group = group.clone();
+        drop(groups);
+        SessionTicket {
+            shared: self.clone(),
+            key,
+            group,
+            token: self.close_websockets.child_token(),
+        }
+    }
+
+    /// After a reload from `previous` to `config`: the open sessions of
+    /// every route or pool that `config` no longer has are closed, spread
+    /// over `close_window`, if their site says `removed_sessions = "close"`
+    /// (the new file's setting, or the old one's for a removed site).
+    /// Returns how many sessions were scheduled to close.
+    pub fn retire_sessions(&self, config: &Config, previous: &Config) -> usize {
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut closing = 0;
+        groups.retain(|key, (group, open)| {
+            if still_configured(config, key) {
+                return true;
+            }
+            let site = config
+                .sites
+                .iter()
+                .chain(&previous.sites)
+                .find(|s| *s.name == *key.site);
+            let Some(site) = site.filter(|s| s.removed_sessions == RemovedSessions::Close) else {
+                return true;
+            };
+            let window = u64::try_from(site.close_window.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(
+                site = %key.site,
+                route = %key.route,
+                pool = %key.pool,
+                sessions = *open,
+                window = ?site.close_window,
+                "reload removed this route or pool; closing its WebSocket sessions with 1001"
+            );
+            group.window_ms.store(window, Ordering::Relaxed);
+            group.retire.cancel();
+            closing += *open;
+            false
+        });
+        closing
+    }
+
+    /// Open WebSocket sessions the proxy knows of.
+    pub fn open_sessions(&self) -> usize {
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(_, open)| open)
+            .sum()
     }
 
     /// Whether shutdown has begun.

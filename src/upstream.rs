@@ -24,6 +24,10 @@ pub enum UpstreamError {
     /// No response head within `upstream_response`.
     #[error("no response within the upstream_response timeout")]
     Timeout,
+    /// The client's request body failed while it was being sent (bad
+    /// chunking, a disconnect): the client's fault, not the server's.
+    #[error("the request body failed: {0}")]
+    RequestBody(String),
 }
 
 impl UpstreamError {
@@ -75,7 +79,9 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let msg = error_chain(&e);
-                if e.is_connect() {
+                if request_body_failed(&e) {
+                    Err(UpstreamError::RequestBody(msg))
+                } else if e.is_connect() {
                     Err(UpstreamError::Connect(msg))
                 } else {
                     Err(UpstreamError::Response(msg))
@@ -83,6 +89,20 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Whether hyper gave up because the request body (the client's stream) failed.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// An error and its sources, joined, for logs an operator can act on.

@@ -18,8 +18,8 @@ use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 use super::units::{parse_duration, parse_size};
 use super::{
-    Config, ConfigError, ConfigErrors, Health, Limits, Listen, Log, LogFormat, Pool, Route,
-    Runtime, Site, SiteTls, Timeouts,
+    Config, ConfigError, ConfigErrors, Health, Limits, Listen, Log, LogFormat, Pool,
+    RemovedSessions, Route, Runtime, Site, SiteTls, Timeouts,
 };
 
 /// The process-wide settings file inside the config directory.
@@ -39,7 +39,15 @@ const TIMEOUT_FIELDS: &[&str] = &[
 const LIMIT_FIELDS: &[&str] = &["max_connections", "max_header_bytes"];
 const RUNTIME_FIELDS: &[&str] = &["worker_threads"];
 const LOG_FIELDS: &[&str] = &["format", "level"];
-const SITE_FIELDS: &[&str] = &["hosts", "tls", "redirect_https", "pools", "routes"];
+const SITE_FIELDS: &[&str] = &[
+    "hosts",
+    "tls",
+    "redirect_https",
+    "removed_sessions",
+    "close_window",
+    "pools",
+    "routes",
+];
 const TLS_FIELDS: &[&str] = &["cert", "key"];
 const POOL_FIELDS: &[&str] = &[
     "servers",
@@ -924,6 +932,8 @@ fn parse_site(
         hosts: Vec::new(),
         tls: None,
         redirect_https: false,
+        removed_sessions: RemovedSessions::Keep,
+        close_window: Duration::from_secs(30),
         pools: Vec::new(),
         routes: Vec::new(),
     };
@@ -988,6 +998,35 @@ fn parse_site(
             cx.error(
                 v.span(),
                 "redirect_https: needs tls = { cert = \"...\", key = \"...\" } in this site, or HTTPS requests could not be served",
+            );
+        }
+    }
+
+    // removed_sessions, close_window
+    let mut keeping = true; // false also when removed_sessions is invalid
+    if let Some(v) = top.get("removed_sessions") {
+        keeping = false;
+        match get_str(cx, v, "removed_sessions") {
+            Some("keep") => {
+                site.removed_sessions = RemovedSessions::Keep;
+                keeping = true;
+            }
+            Some("close") => site.removed_sessions = RemovedSessions::Close,
+            Some(other) => cx.error(
+                v.span(),
+                format!("removed_sessions: expected \"keep\" or \"close\", found {other:?}"),
+            ),
+            None => {}
+        }
+    }
+    if let Some(v) = top.get("close_window")
+        && let Some(d) = get_duration(cx, v, "close_window", true)
+    {
+        site.close_window = d;
+        if keeping {
+            cx.error(
+                v.span(),
+                "close_window: only applies with removed_sessions = \"close\"",
             );
         }
     }
@@ -1696,6 +1735,8 @@ pool = "web"
         assert_eq!(site.hosts, ["a.example"]);
         assert!(site.tls.is_none());
         assert!(!site.redirect_https);
+        assert_eq!(site.removed_sessions, RemovedSessions::Keep);
+        assert_eq!(site.close_window, Duration::from_secs(30));
         assert_eq!(
             site.pools,
             [Pool {
@@ -1843,7 +1884,7 @@ websockets = "web"
                 "cfg/switchyard.toml:8:1: unknown field \"threads\" in [runtime] (expected one of: worker_threads)",
                 "cfg/switchyard.toml:10:1: unknown field \"colour\" in [log] (expected one of: format, level)",
                 "cfg/switchyard.toml:11:2: unknown field \"extra\" in the top level (expected one of: listen, timeouts, limits, runtime, log)",
-                "cfg/sites/shop.toml:2:1: unknown field \"tsl\" in the top level (expected one of: hosts, tls, redirect_https, pools, routes); did you mean \"tls\"?",
+                "cfg/sites/shop.toml:2:1: unknown field \"tsl\" in the top level (expected one of: hosts, tls, redirect_https, removed_sessions, close_window, pools, routes); did you mean \"tls\"?",
                 "cfg/sites/shop.toml:5:1: unknown field \"max_inflight\" in [pools.web] (expected one of: servers, max_in_flight, queue_timeout, max_queue, max_body, buffering, health); did you mean \"max_in_flight\"?",
                 "cfg/sites/shop.toml:6:25: unknown field \"intervall\" in [pools.web.health] (expected one of: path, interval, timeout, rise, fall); did you mean \"interval\"?",
                 "cfg/sites/shop.toml:10:1: unknown field \"websockets\" in routes[0] (expected one of: name, path, pool, websocket, idle_timeout, ping_interval, max_message_bytes); did you mean \"websocket\"?",
@@ -1969,6 +2010,77 @@ idle_timeout = "-5m"
                 "cfg/sites/shop.toml:15:17: routes[1].ping_interval: only applies to WebSocket sessions",
                 "cfg/sites/shop.toml:19:21: routes[2].max_message_bytes: expected a size like \"64KiB\" or \"100MiB\", found \"lots\"",
                 "cfg/sites/shop.toml:20:16: routes[2].idle_timeout: expected a duration like \"10s\" or \"500ms\", found \"-5m\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn removed_sessions_and_close_window() {
+        let site = ok(
+            "",
+            &[(
+                "shop",
+                &format!("removed_sessions = \"close\"\nclose_window = \"2m\"\n{SITE}"),
+            )],
+        );
+        assert_eq!(site.sites[0].removed_sessions, RemovedSessions::Close);
+        assert_eq!(site.sites[0].close_window, Duration::from_secs(120));
+        let site = ok(
+            "",
+            &[(
+                "shop",
+                &format!("removed_sessions = \"close\"\nclose_window = \"0s\"\n{SITE}"),
+            )],
+        );
+        assert_eq!(
+            site.sites[0].close_window,
+            Duration::ZERO,
+            "0s closes at once"
+        );
+        let site = ok(
+            "",
+            &[("shop", &format!("removed_sessions = \"keep\"\n{SITE}"))],
+        );
+        assert_eq!(site.sites[0].removed_sessions, RemovedSessions::Keep);
+
+        let e = errors(
+            "",
+            &[
+                (
+                    "a",
+                    &format!("removed_sessions = \"drop\"\nclose_window = \"1s\"\n{SITE}"),
+                ),
+                (
+                    "b",
+                    &format!(
+                        "removed_sessions = true\nclose_window = 30\n{}",
+                        SITE.replace("a.example", "b.example")
+                    ),
+                ),
+                (
+                    "c",
+                    &format!(
+                        "close_window = \"10s\"\n{}",
+                        SITE.replace("a.example", "c.example")
+                    ),
+                ),
+                (
+                    "d",
+                    &format!(
+                        "removed_sessions = \"close\"\nclose_window = \"soon\"\n{}",
+                        SITE.replace("a.example", "d.example")
+                    ),
+                ),
+            ],
+        );
+        assert_errors(
+            &e,
+            &[
+                "cfg/sites/a.toml:1:20: removed_sessions: expected \"keep\" or \"close\", found \"drop\"",
+                "cfg/sites/b.toml:1:20: expected a string for removed_sessions, found boolean true",
+                "cfg/sites/b.toml:2:16: expected a duration string like \"10s\" for close_window, found integer 30",
+                "cfg/sites/c.toml:1:16: close_window: only applies with removed_sessions = \"close\"",
+                "cfg/sites/d.toml:2:16: close_window: expected a duration like \"10s\" or \"500ms\", found \"soon\"",
             ],
         );
     }

@@ -110,10 +110,26 @@ pub struct Site {
     pub tls: Option<SiteTls>,
     /// Plain-HTTP requests get 308 to https.
     pub redirect_https: bool,
+    /// What a reload does to open WebSocket sessions of a route or pool it
+    /// removes. Default [`RemovedSessions::Keep`].
+    pub removed_sessions: RemovedSessions,
+    /// With [`RemovedSessions::Close`]: each session is closed at a random
+    /// moment within this window after the reload. Default 30s.
+    pub close_window: Duration,
     /// Upstream pools by name, in file order.
     pub pools: Vec<Pool>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+}
+
+/// `removed_sessions`: the fate of open WebSocket sessions whose route or
+/// pool a reload removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovedSessions {
+    /// They stay open on their old route and backend (the default).
+    Keep,
+    /// They are closed with 1001, spread over `close_window`.
+    Close,
 }
 
 /// A site's certificate chain and private key.

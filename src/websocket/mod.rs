@@ -39,7 +39,7 @@ static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocke
 static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 static SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
 
-fn has_token(req: &Request<Incoming>, name: HeaderName, token: &str) -> bool {
+fn has_token<B>(req: &Request<B>, name: HeaderName, token: &str) -> bool {
     req.headers()
         .get_all(name)
         .iter()
@@ -49,7 +49,7 @@ fn has_token(req: &Request<Incoming>, name: HeaderName, token: &str) -> bool {
 }
 
 /// Classifies a request as plain, a WebSocket upgrade, or a broken one.
-pub fn classify(req: &Request<Incoming>) -> Upgrade {
+pub fn classify<B>(req: &Request<B>) -> Upgrade {
     if req.version() == Version::HTTP_2 {
         if req.method() != Method::CONNECT {
             return Upgrade::None;
@@ -90,7 +90,7 @@ pub fn classify(req: &Request<Incoming>) -> Upgrade {
     Upgrade::WebSocket
 }
 
-fn version_ok(req: &Request<Incoming>) -> bool {
+fn version_ok<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(&SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13")
@@ -308,14 +308,19 @@ impl Session {
         m.ws_total.increment(1);
         m.ws_active.increment(1.0);
         let started = Instant::now();
-        let outcome = relay::relay(
-            client,
-            upstream,
-            &self.settings,
-            m,
-            self.shared.close_websockets.clone(),
-        )
-        .await;
+        // Closed by the drain deadline, or by a reload that removes this
+        // route or pool (when its site asks for that).
+        let ticket = self.shared.session_ticket(&self.route);
+        let outcome = ticket
+            .watch(relay::relay(
+                client,
+                upstream,
+                &self.settings,
+                m,
+                ticket.shutdown(),
+            ))
+            .await;
+        drop(ticket);
         let elapsed = started.elapsed();
         m.ws_active.decrement(1.0);
         m.ws_duration.record(elapsed.as_secs_f64());
