@@ -320,7 +320,7 @@ async fn forward(
                 return Ok(finish_plain(Response::from_parts(rparts, body), finish));
             }
             Err(e) => {
-                let before_sent = e.before_request_sent();
+                let before_response = e.before_response();
                 if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
                     server.report_failure();
                 }
@@ -329,7 +329,7 @@ async fn forward(
                     error = %e, "upstream request failed"
                 );
                 drop(lease);
-                if before_sent
+                if before_response
                     && retryable
                     && failed_on.is_none()
                     && pool.members().servers.len() > 1
@@ -423,7 +423,9 @@ impl ProxyError {
         let text = match &self {
             ProxyError::Upstream(_) => match status {
                 StatusCode::GATEWAY_TIMEOUT => "upstream server did not answer in time".to_string(),
-                StatusCode::BAD_REQUEST => "the request body was malformed or incomplete".to_string(),
+                StatusCode::BAD_REQUEST => {
+                    "the request body was malformed or incomplete".to_string()
+                }
                 _ => "no upstream server could be reached".to_string(),
             },
             other => other.to_string(),

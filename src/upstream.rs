@@ -31,10 +31,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether the request certainly never reached the application, so an
-    /// idempotent request may be retried elsewhere.
-    pub fn before_request_sent(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_))
+    /// Whether the exchange failed before any response byte came back
+    /// (connect refused, reset before the status line), so an idempotent
+    /// request without a body may be retried on another server.
+    pub fn before_response(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::Response(_))
     }
 }
 

@@ -455,3 +455,58 @@ async fn request_bodies_over_max_body_get_413_and_never_reach_the_pool() {
     );
     assert_eq!(w.backend.count(), 0);
 }
+
+/// A server that reads a request head and hangs up without answering, like
+/// a worker killed mid-request.
+async fn dies_mid_request() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                // Dropping the socket closes it before any status line.
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_get_cut_off_before_the_status_line_is_retried_once_but_a_post_is_not() {
+    let (dying, dying_seen) = dies_mid_request().await;
+    let good = sync_worker(Duration::from_millis(1)).await;
+    // The dying server is listed first, so round-robin tries it first.
+    let s = site(&[dying, good.backend.addr], "max_in_flight = 4", "").await;
+    let r = plain_request(s.proxy.http, get("p.test", "/get"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the GET was retried on the other server");
+    assert_eq!(dying_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(good.backend.app_count(), 1);
+
+    // A fresh proxy so round-robin starts on the dying server again.
+    let s = site(&[dying, good.backend.addr], "max_in_flight = 4", "").await;
+    let req = http::Request::post("/post")
+        .header("host", "p.test")
+        .body(Full::new(Bytes::from("x")))
+        .unwrap();
+    let r = plain_request(s.proxy.http, req).await.unwrap();
+    assert_eq!(r.status(), 502, "a POST is never retried");
+    assert_eq!(dying_seen.load(Ordering::SeqCst), 2);
+    assert_eq!(good.backend.app_count(), 1);
+}

@@ -146,10 +146,8 @@ pub async fn proxy(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let h2 = req.version() == Version::HTTP_2;
     let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let lease = pool.acquire(None).await.map_err(ProxyError::Pool)?;
-    let Some(server) = lease.server().cloned() else {
-        return Err(ProxyError::Pool(crate::pool::PoolError::NoHealthyServer));
-    };
+    let timeouts = generation.config.timeouts;
+    let (lease, server, tcp) = connect_backend(pool, timeouts.upstream_connect).await?;
     let (mut parts, _body) = req.into_parts();
     upstream_request(&mut parts, conn, host, &server.authority)?;
     parts.method = Method::GET;
@@ -164,24 +162,6 @@ pub async fn proxy(
     h.remove(header::CONTENT_LENGTH);
     let upstream_req = Request::from_parts(parts, Body::empty());
 
-    let timeouts = generation.config.timeouts;
-    let connect =
-        tokio::time::timeout(timeouts.upstream_connect, TcpStream::connect(&*server.addr));
-    let tcp = match connect.await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            server.report_failure();
-            tracing::warn!(site = %pool.site, pool = %pool.name, server = %server.addr, error = %e, "WebSocket backend connect failed");
-            return Err(ProxyError::Upstream(UpstreamError::Connect(e.to_string())));
-        }
-        Err(_) => {
-            server.report_failure();
-            tracing::warn!(site = %pool.site, pool = %pool.name, server = %server.addr, "WebSocket backend connect timed out");
-            return Err(ProxyError::Upstream(UpstreamError::Connect(
-                "timed out".into(),
-            )));
-        }
-    };
     let _ = tcp.set_nodelay(true);
     let exchange = async {
         let (mut sender, connection) =
@@ -285,6 +265,42 @@ pub async fn proxy(
         Response::from_parts(rparts, Body::empty()),
         finish,
     ))
+}
+
+/// Leases a server and connects to it; a refused or timed-out connect is
+/// retried once on another server of the pool (a handshake is an idempotent
+/// GET that has not reached any application yet).
+async fn connect_backend(
+    pool: &Arc<Pool>,
+    connect_timeout: std::time::Duration,
+) -> Result<(Lease, Arc<crate::pool::Server>, TcpStream), ProxyError> {
+    let mut failed_on: Option<Arc<crate::pool::Server>> = None;
+    loop {
+        let lease = pool
+            .acquire(failed_on.as_ref())
+            .await
+            .map_err(ProxyError::Pool)?;
+        let Some(server) = lease.server().cloned() else {
+            return Err(ProxyError::Pool(crate::pool::PoolError::NoHealthyServer));
+        };
+        let error =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(&*server.addr)).await {
+                Ok(Ok(tcp)) => return Ok((lease, server, tcp)),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+        server.report_failure();
+        tracing::warn!(
+            site = %pool.site, pool = %pool.name, server = %server.addr, %error,
+            "WebSocket backend connect failed"
+        );
+        drop(lease);
+        if failed_on.is_none() && pool.members().servers.len() > 1 {
+            failed_on = Some(server);
+            continue;
+        }
+        return Err(ProxyError::Upstream(UpstreamError::Connect(error)));
+    }
 }
 
 /// One open WebSocket session.

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from chatsite import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("info", views.info, name="info"),
+    path("form", views.form, name="form"),
+    path("upload", views.upload, name="upload"),
+    path("slow", views.slow, name="slow"),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# The Django example behind switchyard, all on 127.0.0.1:
+#
+#   redis-server     127.0.0.1:16379   channels_redis group messages
+#   gunicorn-1, -2   127.0.0.1:18001, :18002   views (2 sync workers each)
+#   daphne-1, -2     127.0.0.1:19001, :19002   the Channels chat consumer
+#   switchyard       https://localhost:18443/  (http :18080 redirects; admin :19901)
+#
+# usage: examples/django/run.sh {install|start|stop|restart|status|test}
+#
+#   install   venv with the pinned requirements.txt; redis-server from Debian
+#             packages if it is missing (apt-get, as root or with sudo)
+#   start     install, then start whatever is not running, waiting (bounded)
+#             until each answers; idempotent
+#   stop      SIGTERM everything (switchyard first, so it drains), SIGKILL what
+#             is still there after a few seconds
+#   status    what runs, with pids
+#   test      start, run the end-to-end test (e2e/test_django.py), stop
+#
+# Environment: VENV (default examples/django/.venv), RUN_DIR (pids and logs,
+# default examples/django/.run), SWITCHYARD_BIN (default: target/release or
+# target/debug switchyard, built with cargo if neither exists), PYTHON
+# (the interpreter that makes the venv, default python3).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+VENV="${VENV:-$HERE/.venv}"
+RUN_DIR="${RUN_DIR:-$HERE/.run}"
+PYTHON="${PYTHON:-python3}"
+CONFIG="$HERE/switchyard"
+
+REDIS_PORT=16379
+GUNICORN_PORTS=(18001 18002)
+DAPHNE_PORTS=(19001 19002)
+HTTPS_PORT=18443
+ADMIN=127.0.0.1:19901
+
+log() { echo "run.sh: $*"; }
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
+switchyard_bin() {
+    if [ -n "${SWITCHYARD_BIN:-}" ]; then
+        echo "$SWITCHYARD_BIN"
+    elif [ -x "$REPO/target/release/switchyard" ]; then
+        echo "$REPO/target/release/switchyard"
+    elif [ -x "$REPO/target/debug/switchyard" ]; then
+        echo "$REPO/target/debug/switchyard"
+    else
+        (cd "$REPO" && cargo build --bin switchyard >&2)
+        echo "$REPO/target/debug/switchyard"
+    fi
+}
+
+install() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing redis-server (Debian package)"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
+}
+
+# --- processes: one session (process group) each, pid in $RUN_DIR/NAME.pid -----
+
+pid_of() {
+    local f="$RUN_DIR/$1.pid"
+    [ -f "$f" ] || return 1
+    local pid
+    pid="$(cat "$f")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    # A killed process that nobody has reaped yet is a zombie: not running.
+    case "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" in
+        "" | Z) return 1 ;;
+    esac
+    echo "$pid"
+}
+
+running() { pid_of "$1" >/dev/null; }
+
+# spawn NAME DIR ENV... -- ARGV...: start ARGV in DIR in a new session.
+spawn() {
+    local name="$1" dir="$2"
+    shift 2
+    local envs=()
+    while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+    shift
+    (cd "$dir" && exec env "${envs[@]}" setsid "$@" >>"$RUN_DIR/$name.log" 2>&1 </dev/null) &
+    echo $! >"$RUN_DIR/$name.pid"
+    disown $!   # no "Killed" job notices when a test kills one
+}
+
+# wait_for NAME SECONDS CHECK...: run CHECK until it succeeds; fail after SECONDS.
+wait_for() {
+    local name="$1" secs="$2"
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if ! running "$name"; then
+            tail -n 30 "$RUN_DIR/$name.log" >&2 || true
+            die "$name exited while starting (log: $RUN_DIR/$name.log)"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            tail -n 30 "$RUN_DIR/$name.log" >&2 || true
+            die "$name not ready after ${secs}s (log: $RUN_DIR/$name.log)"
+        fi
+        sleep 0.2
+    done
+}
+
+http_ok() {
+    "$VENV/bin/python" - "$1" <<'EOF'
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=1) as r:
+    sys.exit(0 if r.status == 200 else 1)
+EOF
+}
+
+redis_ok() {
+    "$VENV/bin/python" -c "import redis,sys; sys.exit(0 if redis.Redis(port=$REDIS_PORT, socket_timeout=1).ping() else 1)"
+}
+
+start_redis() {
+    running redis && return 0
+    spawn redis "$RUN_DIR" -- redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+        --save "" --appendonly no --dir "$RUN_DIR"
+    wait_for redis 20 redis_ok
+}
+
+start_gunicorn() {
+    local i="$1" port="${GUNICORN_PORTS[$(($1 - 1))]}"
+    running "gunicorn-$i" && return 0
+    spawn "gunicorn-$i" "$HERE" INSTANCE="gunicorn-$i" -- \
+        "$VENV/bin/gunicorn" --workers 2 --worker-class sync --bind "127.0.0.1:$port" \
+        --graceful-timeout 5 --access-logfile - chatsite.wsgi:application
+    wait_for "gunicorn-$i" 30 http_ok "http://127.0.0.1:$port/healthz"
+}
+
+start_daphne() {
+    local i="$1" port="${DAPHNE_PORTS[$(($1 - 1))]}"
+    running "daphne-$i" && return 0
+    spawn "daphne-$i" "$HERE" INSTANCE="daphne-$i" -- \
+        "$VENV/bin/daphne" --bind 127.0.0.1 --port "$port" --proxy-headers \
+        chatsite.asgi:application
+    wait_for "daphne-$i" 30 http_ok "http://127.0.0.1:$port/healthz"
+}
+
+start_switchyard() {
+    running switchyard && return 0
+    local bin
+    bin="$(switchyard_bin)"
+    [ -x "$bin" ] || die "no switchyard binary at $bin"
+    "$bin" check -c "$CONFIG" >/dev/null
+    spawn switchyard "$REPO" -- "$bin" run -c "$CONFIG"
+    wait_for switchyard 20 http_ok "http://$ADMIN/readyz"
+}
+
+# Exported for the end-to-end test, which restarts one instance at a time.
+start_one() {
+    case "$1" in
+        redis) start_redis ;;
+        gunicorn-[12]) start_gunicorn "${1#gunicorn-}" ;;
+        daphne-[12]) start_daphne "${1#daphne-}" ;;
+        switchyard) start_switchyard ;;
+        *) die "unknown service $1" ;;
+    esac
+}
+
+start() {
+    install
+    mkdir -p "$RUN_DIR"
+    start_redis
+    start_gunicorn 1
+    start_gunicorn 2
+    start_daphne 1
+    start_daphne 2
+    start_switchyard
+    # The site is up once both pools' health checks pass.
+    log "ready: https://localhost:$HTTPS_PORT/  (metrics: http://$ADMIN/metrics, logs: $RUN_DIR)"
+}
+
+stop_one() {
+    local name="$1" pid
+    pid="$(pid_of "$name")" || { rm -f "$RUN_DIR/$name.pid"; return 0; }
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + ${2:-10}))
+    while pid_of "$name" >/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if pid_of "$name" >/dev/null; then
+        log "$name did not stop in time: SIGKILL"
+    fi
+    # Whatever is left of the group (a gunicorn worker whose master was killed).
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$RUN_DIR/$name.pid"
+}
+
+stop() {
+    [ -d "$RUN_DIR" ] || return 0
+    stop_one switchyard 10   # drain = 5s in switchyard.toml
+    local jobs=() name
+    for name in daphne-1 daphne-2 gunicorn-1 gunicorn-2; do
+        stop_one "$name" 10 &
+        jobs+=($!)
+    done
+    # Only these: when `test` started the services, they are jobs of this shell too.
+    wait "${jobs[@]}"
+    stop_one redis 10
+    log "stopped"
+}
+
+status() {
+    local name pid
+    for name in redis gunicorn-1 gunicorn-2 daphne-1 daphne-2 switchyard; do
+        if pid="$(pid_of "$name")"; then
+            echo "$name: running (pid $pid)"
+        else
+            echo "$name: stopped"
+        fi
+    done
+}
+
+run_test() {
+    start
+    local rc=0
+    # The test finds the services running and leaves them so; stop here.
+    (cd "$REPO" && DJANGO_EXAMPLE_VENV="$VENV" RUN_DIR="$RUN_DIR" \
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r e2e/requirements.txt &&
+        "$VENV/bin/python" -m pytest e2e/test_django.py "$@") || rc=$?
+    stop
+    return "$rc"
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+    install) install ;;
+    start) start ;;
+    start-one) mkdir -p "$RUN_DIR"; start_one "$@" ;;
+    stop) stop ;;
+    restart) stop; start ;;
+    status) status ;;
+    test) run_test "$@" ;;
+    *) echo "usage: $0 {install|start|stop|restart|status|test}" >&2; exit 2 ;;
+esac
