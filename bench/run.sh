@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# switchyard side-by-side benchmark against nginx and HAProxy (issue 8, plus
+# the WebSocket case of issue 3 and the sync-pool case of issue 4).
+# See bench/README.md. Usage:
+#
+#   bench/run.sh                 # everything, ~12 minutes on 2 cores
+#   REPS=1 DUR=3 bench/run.sh    # a quick smoke run
+#   CASES="a d128" PROXIES="switchyard nginx" bench/run.sh
+#
+# Every load targets 127.0.0.1 only and is bounded in time and count.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+REPS=${REPS:-3}                  # repetitions of each case per proxy (>= 3 for the table)
+DUR=${DUR:-5}                    # seconds per CPU / latency run
+IDLE_SESSIONS=${IDLE_SESSIONS:-9000}
+SYNC_WORKERS=${SYNC_WORKERS:-4}  # sync pool: workers, 20 ms each
+SYNC_CONNS=${SYNC_CONNS:-128}    # sync pool: concurrent clients (capacity is SYNC_WORKERS*50 req/s)
+XFER_BYTES=${XFER_BYTES:-1073741824}
+PROXIES=${PROXIES:-"switchyard nginx haproxy"}
+CASES=${CASES:-"a b c d128 d64k e fup fdown sync"}
+SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
+PROXY_CPU=${PROXY_CPU:-0}        # the core every proxy is pinned to
+LOAD_CPU=${LOAD_CPU:-1}          # the core for load generators and backends
+
+# Unusual ports: other developers on this machine use the 8xxx and 18xxx ones.
+PORT=${PORT:-28443} ADMIN_PORT=${ADMIN_PORT:-29901} HTTP_PORT=${HTTP_PORT:-28080}
+WS_PORT=${WS_PORT:-28090} SYNC_BASE=${SYNC_BASE:-28100}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RUN=${RUN_DIR:-$BENCH/results/$STAMP}
+RAW=$RUN/raw
+mkdir -p "$RAW" "$RUN/conf" "$RUN/nginx-body" "$RUN/nginx-proxy"
+T0=$(date +%s)
+
+log() { printf '[%4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Each process may hold 9,000 client sockets plus 9,000 upstream sockets.
+ulimit -n 20000 || die "cannot raise the open-files limit to 20000"
+
+# ---------------------------------------------------------------- install ---
+install_deps() {
+    local need=()
+    command -v nginx >/dev/null || need+=(nginx)
+    command -v haproxy >/dev/null || need+=(haproxy)
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v h2load >/dev/null || need+=(nghttp2-client)
+    command -v curl >/dev/null || need+=(curl)
+    command -v openssl >/dev/null || need+=(openssl)
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v python3 >/dev/null || need+=(python3)
+    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    local v; v=$(nginx -V 2>&1)
+    for m in http_ssl_module http_v2_module stream; do
+        grep -q -- "--with-$m" <<<"$v" || die "nginx lacks --with-$m (install nginx or nginx-light from Debian)"
+    done
+    # The Debian packages start services where an init system runs: the port must be ours.
+    local q
+    for q in "$PORT" "$ADMIN_PORT" "$HTTP_PORT" "$WS_PORT" "$SYNC_BASE"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null; then die "127.0.0.1:$q is already in use"; fi
+    done
+}
+
+build() {
+    log "building bench/tools (release)"
+    cargo build --release --quiet --manifest-path "$BENCH/tools/Cargo.toml"
+    if [ "$SKIP_BUILD" != 1 ]; then
+        log "building switchyard (release; lto = fat takes minutes)"
+        (cd "$ROOT" && cargo build --release --quiet)
+    fi
+    # A private copy, so that another rebuild of target/ cannot change it mid-run.
+    cp "$ROOT/target/release/switchyard" "$RUN/switchyard"
+    TOOLS=$BENCH/tools/target/release
+}
+
+certs() {
+    if [ -f "$ROOT/certs/localhost.crt" ] && [ -f "$ROOT/certs/localhost.key" ] && [ -f "$ROOT/certs/dev-ca.crt" ]; then
+        CERT=$ROOT/certs/localhost.crt KEY=$ROOT/certs/localhost.key CA=$ROOT/certs/dev-ca.crt
+    else
+        log "generating a self-signed ECDSA P-256 certificate"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -keyout "$RUN/bench.key" -out "$RUN/bench.crt" 2>/dev/null
+        CERT=$RUN/bench.crt KEY=$RUN/bench.key CA=$RUN/bench.crt
+    fi
+    cat "$CERT" "$KEY" >"$RUN/bench.pem"
+}
+
+# ---------------------------------------------------------------- configs ---
+render() { # template output
+    local sq="" sn="" sh="" i p
+    for ((i = 0; i < SYNC_WORKERS; i++)); do
+        p=$((SYNC_BASE + i))
+        sq+="${sq:+, }\"127.0.0.1:$p\""
+        sn+="${sn:+$'\n'}        server 127.0.0.1:$p;"
+        sh+="${sh:+$'\n'}    server w$i 127.0.0.1:$p maxconn 1"
+    done
+    PORT=$PORT ADMIN_PORT=$ADMIN_PORT HTTP_PORT=$HTTP_PORT WS_PORT=$WS_PORT CERT=$CERT KEY=$KEY \
+    PEM=$RUN/bench.pem RUN=$RUN SYNC_SERVERS_QUOTED=$sq SYNC_SERVERS_NGINX=$sn SYNC_SERVERS_HAPROXY=$sh \
+    python3 -c '
+import os, sys
+t = open(sys.argv[1]).read()
+for k in ("PORT ADMIN_PORT HTTP_PORT WS_PORT CERT KEY PEM RUN SYNC_SERVERS_QUOTED "
+          "SYNC_SERVERS_NGINX SYNC_SERVERS_HAPROXY").split():
+    t = t.replace("@" + k + "@", os.environ[k])
+open(sys.argv[2], "w").write(t)
+' "$1" "$2"
+}
+
+configs() {
+    mkdir -p "$RUN/conf/switchyard/sites"
+    render "$BENCH/conf/switchyard/switchyard.toml" "$RUN/conf/switchyard/switchyard.toml"
+    render "$BENCH/conf/switchyard/sites/bench.toml" "$RUN/conf/switchyard/sites/bench.toml"
+    render "$BENCH/conf/nginx.conf.in" "$RUN/conf/nginx.conf"
+    render "$BENCH/conf/haproxy.cfg.in" "$RUN/conf/haproxy.cfg"
+    "$RUN/switchyard" check -c "$RUN/conf/switchyard" >/dev/null || die "switchyard check failed"
+    nginx -t -q -c "$RUN/conf/nginx.conf" -e "$RUN/nginx-error.log" || die "nginx -t failed"
+    haproxy -c -q -f "$RUN/conf/haproxy.cfg" || die "haproxy -c failed"
+}
+
+# --------------------------------------------------------------- processes ---
+BACKEND_PIDS=()
+PROXY_PID=""
+cleanup() {
+    stop_proxy || true
+    for p in "${BACKEND_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() { # port
+    local i
+    for ((i = 0; i < 100; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+start_backends() {
+    taskset -c "$LOAD_CPU" "$TOOLS/bench-http" --listen "127.0.0.1:$HTTP_PORT" 2>"$RUN/bench-http.log" &
+    BACKEND_PIDS+=($!)
+    taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-echo" --listen "127.0.0.1:$WS_PORT" 2>"$RUN/bench-ws-echo.log" &
+    BACKEND_PIDS+=($!)
+    taskset -c "$LOAD_CPU" "$TOOLS/bench-sync-pool" --base-port "$SYNC_BASE" --workers "$SYNC_WORKERS" \
+        --delay-ms 20 2>"$RUN/bench-sync-pool.log" &
+    BACKEND_PIDS+=($!)
+    wait_port "$HTTP_PORT" && wait_port "$WS_PORT" && wait_port "$SYNC_BASE" || die "backends did not start"
+}
+
+start_proxy() { # name
+    case $1 in
+    switchyard)
+        taskset -c "$PROXY_CPU" "$RUN/switchyard" run -c "$RUN/conf/switchyard" 2>>"$RUN/switchyard.log" &
+        PROXY_PID=$! ;;
+    nginx)
+        taskset -c "$PROXY_CPU" nginx -c "$RUN/conf/nginx.conf" -e "$RUN/nginx-error.log" &
+        PROXY_PID=$! ;;
+    haproxy)
+        taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/conf/haproxy.cfg" 2>>"$RUN/haproxy.log" &
+        PROXY_PID=$! ;;
+    esac
+    wait_port "$PORT" || die "$1 did not start listening"
+    # One request through, so that every process is up and the TLS stack warm.
+    curl -s -o /dev/null --max-time 5 --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        "https://localhost:$PORT/" || die "$1 does not answer"
+}
+
+stop_proxy() {
+    [ -n "$PROXY_PID" ] || return 0
+    kill -TERM "$PROXY_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$PROXY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=""
+    sleep 0.3
+}
+
+proxy_pids() { echo "$PROXY_PID" $(pgrep -P "$PROXY_PID" || true); }
+cpu_ticks() { # utime + stime of the proxy and its children (nginx workers), in clock ticks
+    local t=0 p f
+    for p in $(proxy_pids); do
+        f=$(cut -d')' -f2 "/proc/$p/stat" 2>/dev/null) || continue
+        set -- $f
+        t=$((t + ${12} + ${13}))   # fields 14 and 15 of /proc/PID/stat
+    done
+    echo $t
+}
+status_kib() { # field: VmRSS or VmHWM, summed over the proxy's processes
+    local t=0 p v
+    for p in $(proxy_pids); do
+        v=$(awk -v k="$1:" '$1 == k {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+        t=$((t + ${v:-0}))
+    done
+    echo $t
+}
+now() { date +%s.%N; }
+
+# ------------------------------------------------------------------ cases ---
+# Each run leaves RAW/CASE.PROXY.REP.out (the load tool's output) and .meta
+# (key=value: cpu_ticks, wall, rss/hwm figures); summarize.py makes the table.
+measure() { # case proxy rep -- command...
+    local c=$1 p=$2 r=$3; shift 4
+    local t0 w0 t1 w1
+    t0=$(cpu_ticks); w0=$(now)
+    timeout 150 taskset -c "$LOAD_CPU" "$@" >"$RAW/$c.$p.$r.out" 2>&1 || true
+    t1=$(cpu_ticks); w1=$(now)
+    printf 'cpu_ticks=%s\nwall=%s\nclk_tck=%s\nhwm_kib=%s\n' $((t1 - t0)) \
+        "$(awk "BEGIN {print $w1 - $w0}")" "$(getconf CLK_TCK)" "$(status_kib VmHWM)" >"$RAW/$c.$p.$r.meta"
+}
+
+# wrk and h2load send the URL's host as SNI; an IP address there is illegal
+# (rustls ignores it and logs a warning per handshake), so use "localhost"
+# when it resolves to 127.0.0.1 only.
+if [ "$(getent ahosts localhost | awk '{print $1}' | sort -u)" = 127.0.0.1 ]; then
+    URL=https://localhost:$PORT
+else
+    URL=https://127.0.0.1:$PORT
+fi
+WSURL=wss://127.0.0.1:$PORT/ws/echo   # bench-ws-load connects to 127.0.0.1 with SNI "localhost"
+run_case() { # case proxy rep
+    local c=$1 p=$2 r=$3
+    case $c in
+    a) measure "$@" -- wrk -t1 -c64 -d"${DUR}s" --timeout 5s --latency "$URL/" ;;
+    b) measure "$@" -- wrk -t1 -c64 -d"${DUR}s" --timeout 5s --latency -H "Connection: close" "$URL/" ;;
+    c) measure "$@" -- h2load -t1 -c16 -m10 -D "$DUR" "$URL/" ;;
+    d128) measure "$@" -- "$TOOLS/bench-ws-load" --url "$WSURL" --ca "$CA" --sni localhost \
+        --sessions 64 --size 128 --duration "$DUR" --max 20000000 ;;
+    d64k) measure "$@" -- "$TOOLS/bench-ws-load" --url "$WSURL" --ca "$CA" --sni localhost \
+        --sessions 64 --size 65536 --duration "$DUR" --max 2000000 ;;
+    fup) measure "$@" -- curl -sS --http1.1 --max-time 120 --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        -H "Expect:" -T "$RUN/xfer.bin" -o /dev/null -w 'bytes=%{size_upload} secs=%{time_total} http=%{http_code}\n' \
+        "https://localhost:$PORT/upload" ;;
+    fdown) measure "$@" -- curl -sS --http1.1 --max-time 120 --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        -o /dev/null -w 'bytes=%{size_download} secs=%{time_total} http=%{http_code}\n' \
+        "https://localhost:$PORT/download?bytes=$XFER_BYTES" ;;
+    sync) measure "$@" -- wrk -t1 -c"$SYNC_CONNS" -d"${DUR}s" --timeout 6s --latency "$URL/sync/" ;;
+    e) idle_case "$@" ;;
+    esac
+}
+
+idle_case() { # case proxy rep: RSS with IDLE_SESSIONS idle TLS WebSockets open minus before
+    local c=$1 p=$2 r=$3 out=$RAW/$1.$2.$3.out fifo=$RUN/hold.fifo
+    local before after i
+    sleep 0.5
+    before=$(status_kib VmRSS)
+    rm -f "$fifo"; mkfifo "$fifo"
+    taskset -c "$LOAD_CPU" timeout 150 "$TOOLS/bench-ws-load" --mode hold --url "$WSURL" --ca "$CA" \
+        --sni localhost --sessions "$IDLE_SESSIONS" --concurrency 64 --max-hold 120 <"$fifo" >"$out" 2>&1 &
+    local hp=$!
+    exec 7>"$fifo"
+    for ((i = 0; i < 1200; i++)); do
+        grep -q '^ready' "$out" 2>/dev/null && break
+        kill -0 "$hp" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 2   # let the proxy settle (freed handshake buffers, etc.)
+    after=$(status_kib VmRSS)
+    exec 7>&-
+    wait "$hp" 2>/dev/null || true
+    rm -f "$fifo"
+    printf 'rss_before_kib=%s\nrss_after_kib=%s\nhwm_kib=%s\n' "$before" "$after" "$(status_kib VmHWM)" \
+        >"$RAW/$c.$p.$r.meta"
+}
+
+# ------------------------------------------------------------------- main ---
+install_deps
+build
+certs
+configs
+truncate -s "$XFER_BYTES" "$RUN/xfer.bin"   # sparse: reading it costs no disk
+start_backends
+
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "kernel=$(uname -r)"
+    echo "switchyard=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo '+uncommitted')"
+    echo "nginx=$(nginx -v 2>&1 | sed 's/.*\///')"
+    echo "haproxy=$(haproxy -v | awk 'NR==1 {print $3}')"
+    echo "wrk=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null)"
+    echo "h2load=$(dpkg-query -W -f='${Version}' nghttp2-client 2>/dev/null)"
+    echo "reps=$REPS dur=$DUR idle_sessions=$IDLE_SESSIONS sync_workers=$SYNC_WORKERS sync_conns=$SYNC_CONNS xfer_bytes=$XFER_BYTES"
+    echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$RUN/machine.txt"
+
+read -r -a plist <<<"$PROXIES"
+read -r -a clist <<<"$CASES"
+n=${#plist[@]}
+for ((r = 1; r <= REPS; r++)); do
+    for ((ci = 0; ci < ${#clist[@]}; ci++)); do
+        c=${clist[ci]}
+        # Rotate the order of the proxies run by run.
+        for ((k = 0; k < n; k++)); do
+            p=${plist[(k + r + ci) % n]}
+            log "rep $r/$REPS case $c: $p"
+            start_proxy "$p"
+            run_case "$c" "$p" "$r"
+            stop_proxy
+        done
+    done
+done
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/machine.txt"
+echo "elapsed_s=$(( $(date +%s) - T0 ))" >>"$RUN/machine.txt"
+rm -f "$RUN/xfer.bin"
+
+python3 "$BENCH/summarize.py" "$RUN" | tee "$RUN/table.md"
+ln -sfn "$RUN" "$BENCH/results/latest"
+log "done in $(( $(date +%s) - T0 ))s; raw results in $RUN"

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw results (RUN/raw/CASE.PROXY.REP.{out,meta}) into a
+markdown table: median (min–max) per proxy, and switchyard's ratio to the
+better of nginx and HAProxy (to nginx for the sync-pool case, as issue 4 asks).
+
+    python3 bench/summarize.py bench/results/latest
+"""
+
+import glob
+import os
+import re
+import statistics
+import sys
+
+PROXIES = ["switchyard", "nginx", "haproxy"]
+
+
+def unit_ms(v, u):
+    return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[u]
+
+
+def parse_wrk(t):
+    r = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t)
+    if m:
+        r["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", t)
+    if m:
+        r["rps"] = float(m.group(1))
+    for p in ("50", "99"):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s|m)\s*$" % p, t, re.M)
+        if m:
+            r["p" + p] = unit_ms(*m.groups())
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+    r["sock_err"] = sum(map(int, m.groups())) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    return r
+
+
+def parse_h2load(t):
+    r = {}
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", t)
+    if m:
+        r["rps"] = float(m.group(2))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
+    if m:
+        r["requests"] = int(m.group(3))
+        r["failed"] = int(m.group(5)) + int(m.group(6))
+    return r
+
+
+def parse_kv(t):
+    r = {}
+    for line in t.splitlines():
+        for k, v in re.findall(r"(\w+)=(\S+)", line):
+            r[k] = v
+    return r
+
+
+def cpu_us(meta):
+    return int(meta["cpu_ticks"]) * 1e6 / int(meta["clk_tck"])
+
+
+def metrics(case, out, meta):
+    """Returns {metric: value} for one run."""
+    m = {}
+    if case in ("a", "b", "c", "sync"):
+        r = parse_h2load(out) if case == "c" else parse_wrk(out)
+        n = r.get("requests", 0)
+        if not n:
+            return m
+        cpu = cpu_us(meta)
+        util = cpu / 1e6 / float(meta["wall"]) * 100
+        if case == "a":
+            m = {"cpu_us_per_req": cpu / n, "req_s": r["rps"], "p99_ms": r.get("p99"), "cpu_util_pct": util}
+        elif case == "b":
+            m = {"cpu_us_per_handshake": cpu / n, "handshakes_s": r["rps"], "cpu_util_pct": util}
+        elif case == "c":
+            m = {"cpu_us_per_req": cpu / n, "req_s": r["rps"], "cpu_util_pct": util}
+        else:
+            errors = r["non2xx"] + r["sock_err"]
+            m = {"ok_req_s": r["rps"] * (n - r["non2xx"]) / n, "p50_ms": r.get("p50"),
+                 "p99_ms": r.get("p99"), "errors": errors}
+    elif case in ("d128", "d64k"):
+        r = parse_kv(out)
+        n = int(r.get("messages", 0))
+        if not n:
+            return m
+        cpu = cpu_us(meta)
+        m = {"cpu_us_per_msg": cpu / (2 * n), "p99_rtt_ms": int(r["p99_us"]) / 1000,
+             "round_trips_s": float(r["msgs_per_s"]), "cpu_util_pct": cpu / 1e6 / float(meta["wall"]) * 100,
+             "errors": int(r["errors"])}
+    elif case == "e":
+        r = parse_kv(out)
+        n = int(r.get("opened", 0))
+        if not n:
+            return m
+        m = {"kib_per_session": (int(meta["rss_after_kib"]) - int(meta["rss_before_kib"])) / n,
+             "sessions_open": n, "failed": int(r.get("failed", 0))}
+    elif case in ("fup", "fdown"):
+        r = parse_kv(out)
+        if r.get("http") != "200" or not float(r.get("secs", 0)):
+            return {"failed": 1}
+        m = {"MiB_s": int(r["bytes"]) / float(r["secs"]) / 2**20, "peak_rss_mib": int(meta["hwm_kib"]) / 1024}
+    return m
+
+
+# metric -> (True if lower is better, target ratio or None, shown in the ratio column)
+SPEC = {
+    "a": [("cpu_us_per_req", True, 0.8), ("req_s", False, None), ("p99_ms", True, None), ("cpu_util_pct", None, None)],
+    "b": [("cpu_us_per_handshake", True, 1.0), ("handshakes_s", False, None), ("cpu_util_pct", None, None)],
+    "c": [("cpu_us_per_req", True, 0.8), ("req_s", False, None), ("cpu_util_pct", None, None)],
+    "d128": [("cpu_us_per_msg", True, 0.8), ("p99_rtt_ms", True, None), ("round_trips_s", False, None),
+             ("cpu_util_pct", None, None), ("errors", True, None)],
+    "d64k": [("cpu_us_per_msg", True, 0.8), ("p99_rtt_ms", True, None), ("round_trips_s", False, None),
+             ("cpu_util_pct", None, None), ("errors", True, None)],
+    "e": [("kib_per_session", True, 0.5), ("sessions_open", None, None)],
+    "fup": [("MiB_s", False, 0.9), ("peak_rss_mib", True, None)],
+    "fdown": [("MiB_s", False, 0.9), ("peak_rss_mib", True, None)],
+    "sync": [("ok_req_s", False, None), ("p50_ms", True, None), ("p99_ms", True, None), ("errors", True, None)],
+}
+TITLE = {
+    "a": "a. HTTPS keep-alive GET 1 KiB, 64 conns (wrk)",
+    "b": "b. new TLS connection per request (wrk, Connection: close)",
+    "c": "c. HTTP/2, 16 conns x 10 streams (h2load)",
+    "d128": "d. WebSocket echo over TLS, 64 sessions, 128 B",
+    "d64k": "d. WebSocket echo over TLS, 64 sessions, 64 KiB",
+    "e": "e. idle TLS WebSocket sessions",
+    "fup": "f. 1 GiB upload (curl, HTTP/1.1)",
+    "fdown": "f. 1 GiB download (curl, HTTP/1.1)",
+    "sync": "sync pool (issue 4): 4 workers x 20 ms, 128 clients",
+}
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if abs(v) >= 100:
+        return "%.0f" % v
+    if abs(v) >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def main():
+    run = sys.argv[1]
+    data = {}  # (case, proxy, metric) -> [values]
+    for out_path in sorted(glob.glob(os.path.join(run, "raw", "*.out"))):
+        case, proxy, rep = os.path.basename(out_path)[:-4].split(".")
+        meta_path = out_path[:-4] + ".meta"
+        meta = {}
+        if os.path.exists(meta_path):
+            meta = dict(l.split("=", 1) for l in open(meta_path).read().split())
+        try:
+            ms = metrics(case, open(out_path, errors="replace").read(), meta)
+        except (KeyError, ValueError) as e:
+            print("warning: %s: %r" % (out_path, e), file=sys.stderr)
+            ms = {}
+        if not ms:
+            ms = {"failed_runs": 1}
+        for k, v in ms.items():
+            if v is not None:
+                data.setdefault((case, proxy, k), []).append(v)
+
+    info = {}
+    mf = os.path.join(run, "machine.txt")
+    if os.path.exists(mf):
+        info = dict(l.split("=", 1) for l in open(mf).read().splitlines() if "=" in l)
+    if info:
+        print("%s; %s cores, %s; kernel %s; switchyard %s, nginx %s, HAProxy %s, wrk %s, h2load %s; %s; "
+              "load average %s at start, %s at end; %ss in all" % (
+                  info.get("date"), info.get("nproc"), info.get("cpu"), info.get("kernel"),
+                  info.get("switchyard"), info.get("nginx"), info.get("haproxy"), info.get("wrk"),
+                  info.get("h2load"), "reps=" + info.get("reps", ""), info.get("loadavg_start"),
+                  info.get("loadavg_end"), info.get("elapsed_s")))
+        print()
+    print("| case | metric | switchyard | nginx | HAProxy | switchyard ÷ best | target |")
+    print("|---|---|---|---|---|---|---|")
+    cases = [c for c in SPEC if any(k[0] == c for k in data)]
+    for case in cases:
+        for metric, lower, target in SPEC[case]:
+            cells, med = [], {}
+            for p in PROXIES:
+                vs = data.get((case, p, metric))
+                if not vs:
+                    cells.append("–")
+                    continue
+                med[p] = statistics.median(vs)
+                cells.append("%s (%s–%s)" % (fmt(med[p]), fmt(min(vs)), fmt(max(vs))) if len(vs) > 1 else fmt(vs[0]))
+            ratio, tgt = "", ""
+            rivals = ["nginx"] if case == "sync" else ["nginx", "haproxy"]
+            rv = [med[p] for p in rivals if p in med]
+            if lower is not None and "switchyard" in med and rv:
+                best = min(rv) if lower else max(rv)
+                who = [p for p in rivals if p in med and med[p] == best][0]
+                if best:
+                    r = med["switchyard"] / best
+                    ratio = "%.2f× (vs %s)" % (r, "HAProxy" if who == "haproxy" else who)
+                    if target is not None:
+                        ok = r <= target if lower else r >= target
+                        tgt = "%s %.1f× %s" % ("≤" if lower else "≥", target, "met" if ok else "**missed**")
+            if case in ("fup", "fdown") and metric == "peak_rss_mib" and "switchyard" in med:
+                tgt = "< 64 MiB %s" % ("met" if med["switchyard"] < 64 else "**missed**")
+            if case == "e" and metric == "kib_per_session" and "switchyard" in med:
+                tgt += " (aim < 10 KiB: %s)" % ("met" if med["switchyard"] < 10 else "**missed**")
+            print("| %s | %s | %s | %s |" % (TITLE[case] if metric == SPEC[case][0][0] else "", metric,
+                                             " | ".join(cells), ratio + " | " + tgt))
+    failed = sorted({(c, p) for (c, p, k) in data if k == "failed_runs"})
+    if failed:
+        print()
+        print("Runs that produced no result: " + ", ".join("%s/%s" % cp for cp in failed))
+
+
+if __name__ == "__main__":
+    main()
