@@ -154,10 +154,17 @@ fn run(dir: &Path) -> ExitCode {
         }
     };
     init_logging(&config);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        rt.worker_threads(config.runtime.worker_threads);
-    }
+    // One worker: a current-thread runtime does the same work without the
+    // work-stealing scheduler's cross-thread wake-ups.
+    let mut rt = if config.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if config.runtime.worker_threads > 0 {
+            b.worker_threads(config.runtime.worker_threads);
+        }
+        b
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

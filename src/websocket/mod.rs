@@ -150,7 +150,13 @@ pub async fn proxy(
     let (lease, server, tcp) = connect_backend(pool, timeouts.upstream_connect).await?;
     let (mut parts, _body) = req.into_parts();
     upstream_request(&mut parts, conn, host, &server.authority)?;
-    parts.method = Method::GET;
+    // hyper's conn API writes the URI as given; backends route on origin-form.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| http::Uri::from_static("/"), |pq| pq.clone().into());
+    // Metrics and logs show what the client sent (CONNECT for HTTP/2).
+    let client_method = std::mem::replace(&mut parts.method, Method::GET);
     parts.extensions = http::Extensions::new();
     let h = &mut parts.headers;
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -195,7 +201,7 @@ pub async fn proxy(
         let finish = Finish::new(
             route.clone(),
             started,
-            Method::GET,
+            client_method.clone(),
             status,
             Some(lease),
             None,
@@ -256,7 +262,7 @@ pub async fn proxy(
     let finish = Finish::new(
         route.clone(),
         started,
-        Method::GET,
+        client_method.clone(),
         status,
         None,
         Some(server.addr.clone()),
