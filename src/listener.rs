@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -72,10 +73,64 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
+/// Connections open in this process, over every listener.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// The most connections open since memory was last given back.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// A burst at least this large, once it has halved, has its freed memory
+/// given back to the system.
+const TRIM_AFTER_BURST: usize = 1024;
+
+/// Gives memory freed by a burst of connections back to the system.
+///
+/// glibc's allocator keeps freed memory in its heaps unless it lies at the
+/// top, so after thousands of connections (each task a few KiB) come and go
+/// the process would stay at its peak size. `malloc_trim` returns the free
+/// pages; it walks the heap, so it runs off the async workers and only
+/// after a large burst has receded.
+async fn trim_after_bursts() {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let peak = PEAK.load(Ordering::Relaxed);
+        let open = OPEN.load(Ordering::Relaxed);
+        if peak >= TRIM_AFTER_BURST && open <= peak / 2 {
+            PEAK.store(open, Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim takes no pointers and works under glibc's own
+    // arena locks; it is safe to call from any thread at any time.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Accepts connections until `accepting.stop` or `stop_this` is cancelled.
 pub async fn run(listener: Listener, accepting: Accepting, stop_this: CancellationToken) {
     let label = format!("{}://{}", listener.kind.scheme(), listener.addr);
     let metrics = ListenerMetrics::new(&accepting.shared.metrics, &label);
+    let _trim = AbortOnDrop(tokio::spawn(trim_after_bursts()));
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -121,7 +176,10 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
         let kind = listener.kind;
         accepting.connections.spawn(async move {
             metrics.connections.increment(1.0);
+            let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
+            PEAK.fetch_max(open, Ordering::Relaxed);
             handle(tcp, peer, kind, &accepting2, &metrics).await;
+            OPEN.fetch_sub(1, Ordering::Relaxed);
             metrics.connections.decrement(1.0);
             drop(permit);
         });
