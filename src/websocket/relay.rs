@@ -181,6 +181,8 @@ enum Goal {
     Replies,
     /// Both destinations shut down.
     Shutdown,
+    /// The backend sent its close or ended, and the client got what it sent.
+    UpstreamDone,
 }
 
 /// What a direction does with its source.
@@ -283,6 +285,8 @@ struct Half {
     out_boundary: bool,
     /// Dropping the current frame's bytes (a pong that may be ours).
     skipping: bool,
+    /// Hold back a close frame from the source instead of passing it on.
+    swallow_close: bool,
     /// A ping or a passed-on pong to write at the next boundary.
     inject: Option<Injection>,
     /// The proxy's close frame to write at the next boundary.
@@ -317,6 +321,7 @@ impl Half {
             out_end: 0,
             out_boundary: true,
             skipping: false,
+            swallow_close: false,
             inject: None,
             close: None,
             mode: Mode::Forward,
@@ -572,8 +577,11 @@ impl Half {
                     start,
                     carried,
                 } => {
-                    if self.maybe_our_pong(&header, sh) {
-                        // Pass on what precedes it; hold the pong back.
+                    if self.maybe_our_pong(&header, sh)
+                        || (self.swallow_close && header.opcode == OP_CLOSE)
+                    {
+                        // Pass on what precedes it; hold the pong (or a
+                        // close the proxy replaces with its own) back.
                         let frame_start = start.saturating_sub(carried).max(self.fwd);
                         self.queue(self.fwd, frame_start, sh);
                         self.fwd = pos;
@@ -585,6 +593,16 @@ impl Half {
                     self.count(header.opcode_class());
                 }
                 Step::End { header } => {
+                    if self.skipping && header.opcode == OP_CLOSE {
+                        // Swallowed: the proxy sends its own close instead.
+                        self.skipping = false;
+                        self.close_seen = Some(self.walker.close_code().unwrap_or(CLOSE_NO_STATUS));
+                        self.fwd = pos;
+                        self.parsed = pos;
+                        self.out_boundary = true;
+                        self.mode = Mode::Off;
+                        return Some(HalfEvent::Close);
+                    }
                     if self.skipping {
                         self.skipping = false;
                         self.fwd = pos;
@@ -717,6 +735,10 @@ struct Plan {
     to_client: Option<u16>,
     to_upstream: Option<u16>,
     await_replies: bool,
+    /// The client broke the protocol: close the backend first and pass on
+    /// what it still sends (echoes of earlier messages, its close reply)
+    /// before the client gets its close.
+    upstream_first: bool,
     end: RelayEnd,
 }
 
@@ -726,16 +748,18 @@ impl Plan {
             to_client: None,
             to_upstream: None,
             await_replies: false,
+            upstream_first: false,
             end: RelayEnd::CloseHandshake,
         }
     }
 
-    fn violation(error: FrameError) -> Self {
+    fn violation(error: FrameError, from_client: bool) -> Self {
         let code = error.close_code();
         Plan {
             to_client: Some(code),
             to_upstream: Some(code),
             await_replies: false,
+            upstream_first: from_client,
             end: if code == CLOSE_TOO_BIG {
                 RelayEnd::MessageTooBig
             } else {
@@ -749,6 +773,7 @@ impl Plan {
             to_client: None,
             to_upstream: Some(CLOSE_GOING_AWAY),
             await_replies: false,
+            upstream_first: false,
             end,
         }
     }
@@ -762,6 +787,19 @@ impl Plan {
             }),
             to_upstream: None,
             await_replies: false,
+            upstream_first: false,
+            end,
+        }
+    }
+
+    /// The backend went away during a close handshake: the client has sent
+    /// or been sent a close already, so its socket is just shut down.
+    fn upstream_gone_closing(end: RelayEnd) -> Self {
+        Plan {
+            to_client: None,
+            to_upstream: None,
+            await_replies: false,
+            upstream_first: false,
             end,
         }
     }
@@ -771,6 +809,7 @@ impl Plan {
             to_client: Some(CLOSE_GOING_AWAY),
             to_upstream: Some(CLOSE_GOING_AWAY),
             await_replies: true,
+            upstream_first: false,
             end,
         }
     }
@@ -842,6 +881,12 @@ impl Session {
                 .iter()
                 .all(|h| h.mode != Mode::Discard && h.flushed()),
             Goal::Shutdown => self.halves.iter().all(|h| h.dst_broken || h.shut_done),
+            Goal::UpstreamDone => {
+                let u2c = &self.halves[1];
+                (u2c.close_seen.is_some() || u2c.src_done || u2c.walker.error().is_some())
+                    && u2c.flushed()
+                    && self.halves[0].flushed()
+            }
         };
         if settled {
             Poll::Ready(PumpEvent::Settled)
@@ -894,7 +939,7 @@ impl Session {
                     }
                     HalfEvent::Violation(error) => {
                         tracing::debug!(direction = ?self.halves[h].dir, %error, "WebSocket protocol violation");
-                        return Plan::violation(error);
+                        return Plan::violation(error, h == 0);
                     }
                     HalfEvent::Eof | HalfEvent::ReadError | HalfEvent::WriteError => {
                         // Which side is gone: the source on a read, the
@@ -906,10 +951,7 @@ impl Session {
                             (false, false) => {
                                 Plan::upstream_gone(RelayEnd::UpstreamGone, shutdown.is_cancelled())
                             }
-                            (false, true) => Plan::upstream_gone(
-                                RelayEnd::CloseHandshake,
-                                shutdown.is_cancelled(),
-                            ),
+                            (false, true) => Plan::upstream_gone_closing(RelayEnd::CloseHandshake),
                         };
                     }
                 },
@@ -934,6 +976,7 @@ impl Session {
                                     to_client: None,
                                     to_upstream: Some(CLOSE_GOING_AWAY),
                                     await_replies: false,
+                                    upstream_first: false,
                                     end: RelayEnd::PingTimeout,
                                 };
                             }
@@ -971,6 +1014,11 @@ impl Session {
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        let mut plan = *plan;
+        if plan.upstream_first {
+            self.close_upstream_first(&mut plan, client, upstream, metrics)
+                .await;
+        }
         for (h, code) in [(0, plan.to_upstream), (1, plan.to_client)] {
             let half = &mut self.halves[h];
             if half
@@ -1034,6 +1082,50 @@ impl Session {
         )
         .await;
         self.linger(client, upstream).await;
+    }
+
+    /// After a client's protocol error: closes the backend, keeps passing on
+    /// what the backend still sends until its close reply or end (bounded),
+    /// and leaves only the client's close to the rest of `terminate`.
+    async fn close_upstream_first<C, U>(
+        &mut self,
+        plan: &mut Plan,
+        client: &mut C,
+        upstream: &mut U,
+        metrics: &RouteMetrics,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let c2u = &mut self.halves[0];
+        c2u.mode = Mode::Off;
+        let Some(code) = plan.to_upstream.take() else {
+            return;
+        };
+        if !(c2u.out_boundary && !c2u.dst_broken && !c2u.dst_closed) {
+            return;
+        }
+        let mask = c2u.dir.masked().then(random_mask);
+        c2u.close = Some(Injection::new(
+            ControlFrame::close(code, "", mask),
+            InjectKind::Close,
+        ));
+        c2u.dst_closed = true;
+        let u2c = &mut self.halves[1];
+        if u2c.mode != Mode::Forward || u2c.dst_closed || u2c.dst_broken {
+            return;
+        }
+        // The client must see the protocol error's code, not the backend's
+        // reply to it.
+        u2c.swallow_close = true;
+        self.run_phase(
+            Goal::UpstreamDone,
+            Instant::now() + CLOSE_WAIT,
+            client,
+            upstream,
+            metrics,
+        )
+        .await;
     }
 
     /// Pumps until `goal` is reached or `deadline` passes.
@@ -1573,7 +1665,10 @@ mod tests {
         let out = outcome(run.task).await;
         assert_eq!(out.end, RelayEnd::ProtocolError(1002));
         assert_eq!(out.frames[0], [0, 1, 0, 0, 0, 0]);
+        // The backend's close reply is held back: the client gets the
+        // proxy's 1002.
         assert_eq!(out.bytes, [wire(2, true), 0]);
+        assert_eq!(out.upstream_close, Some(1002));
         assert_eq!(out.client_close, None);
     }
 
