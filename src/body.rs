@@ -3,6 +3,7 @@
 //! An enum rather than a boxed trait object, so forwarding a streamed body
 //! costs no allocation and no dynamic dispatch per chunk.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -24,6 +25,14 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         /// Streamed from the other side of the proxy.
         Stream { #[pin] inner: Incoming },
+        /// Streamed from a server that must not go silent for longer than
+        /// `timeout` between frames (an unbuffered response).
+        Timed {
+            #[pin] inner: Incoming,
+            // Boxed: the client needs an Unpin body, and Sleep is not.
+            stalled: Pin<Box<tokio::time::Sleep>>,
+            timeout: std::time::Duration,
+        },
         /// Replayed from a buffered (possibly spilled) body.
         Replay { #[pin] inner: crate::buffer::Replay },
         /// Fed by a task that drains the server (see [`crate::buffer`]).
@@ -51,6 +60,17 @@ impl Body {
     }
 }
 
+impl Body {
+    /// A streamed body that fails if the sender goes silent for `timeout`.
+    pub fn timed(inner: Incoming, timeout: std::time::Duration) -> Self {
+        Body::Timed {
+            inner,
+            stalled: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
 impl From<Incoming> for Body {
     fn from(inner: Incoming) -> Self {
         Body::Stream { inner }
@@ -69,6 +89,24 @@ impl http_body::Body for Body {
             BodyProj::Empty => Poll::Ready(None),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Timed {
+                inner,
+                stalled,
+                timeout,
+            } => match inner.poll_frame(cx) {
+                Poll::Ready(r) => {
+                    stalled
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + *timeout);
+                    Poll::Ready(r.map(|f| f.map_err(Into::into)))
+                }
+                Poll::Pending => match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(
+                        "upstream response body stalled longer than upstream_response".into(),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                },
+            },
             BodyProj::Replay { inner } => inner.poll_frame(cx),
             BodyProj::Channel { rx } => rx.poll_recv(cx),
             BodyProj::Failed => Poll::Ready(Some(Err("upstream response ended early".into()))),
@@ -79,7 +117,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
-            Body::Stream { inner } => inner.is_end_stream(),
+            Body::Stream { inner } | Body::Timed { inner, .. } => inner.is_end_stream(),
             Body::Replay { inner } => inner.is_end_stream(),
             Body::Channel { .. } | Body::Failed => false,
         }
@@ -91,7 +129,7 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Stream { inner } => inner.size_hint(),
+            Body::Stream { inner } | Body::Timed { inner, .. } => inner.size_hint(),
             Body::Replay { inner } => inner.size_hint(),
             Body::Channel { .. } | Body::Failed => SizeHint::default(),
         }

@@ -230,14 +230,24 @@ pub async fn drain_response(
         };
     }
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(pipe(body, lease, tx));
+    tokio::spawn(pipe(body, lease, tx, timeout));
     Body::Channel { rx }
 }
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;
 
 /// Reads the server into memory/disk and feeds the client from it.
-async fn pipe(mut upstream: Incoming, lease: Lease, tx: mpsc::Sender<FrameResult>) {
+///
+/// A server that sends nothing for `read_timeout` while more is expected is
+/// cut off, so a stalled server cannot hold its slot forever.
+async fn pipe(
+    mut upstream: Incoming,
+    lease: Lease,
+    tx: mpsc::Sender<FrameResult>,
+    read_timeout: std::time::Duration,
+) {
+    let stalled = tokio::time::sleep(read_timeout);
+    tokio::pin!(stalled);
     let mut lease = Some(lease);
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let mut pending_bytes = 0usize;
@@ -257,6 +267,21 @@ async fn pipe(mut upstream: Incoming, lease: Lease, tx: mpsc::Sender<FrameResult
         let can_read = !upstream_done && on_disk < SPILL_LIMIT;
         tokio::select! {
             biased;
+            () = &mut stalled, if can_read => {
+                let addr = lease.as_ref().and_then(|l| l.server()).map(|s| s.addr.clone());
+                tracing::warn!(
+                    server = addr.as_deref().unwrap_or("-"),
+                    "upstream response body stalled longer than upstream_response; cut off"
+                );
+                lease.take();
+                while let Some(b) = pending.pop_front() {
+                    if tx.send(Ok(Frame::data(b))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Err("upstream response body stalled".into())).await;
+                return;
+            }
             frame = upstream.frame(), if can_read => match frame {
                 None => {
                     upstream_done = true;
@@ -275,7 +300,9 @@ async fn pipe(mut upstream: Incoming, lease: Lease, tx: mpsc::Sender<FrameResult
                     let _ = tx.send(Err(e.into())).await;
                     return;
                 }
-                Some(Ok(frame)) => match frame.into_data() {
+                Some(Ok(frame)) => {
+                    stalled.as_mut().reset(tokio::time::Instant::now() + read_timeout);
+                    match frame.into_data() {
                     Ok(data) => {
                         if spill.is_none() && pending_bytes + data.len() <= MEMORY_LIMIT {
                             pending_bytes += data.len();
@@ -304,9 +331,12 @@ async fn pipe(mut upstream: Incoming, lease: Lease, tx: mpsc::Sender<FrameResult
                             trailers = Some(t);
                         }
                     }
-                },
+                    }
+                }
             },
             permit = tx.reserve(), if has_pending => {
+                // Time the client takes is not the server's stall.
+                stalled.as_mut().reset(tokio::time::Instant::now() + read_timeout);
                 let Ok(permit) = permit else {
                     // The client went away: stop reading the server.
                     return;

@@ -306,7 +306,8 @@ async fn forward(
                     let timeout = generation.config.timeouts.upstream_response;
                     (buffer::drain_response(rbody, lease, timeout).await, None)
                 } else {
-                    (Body::from(rbody), Some(lease))
+                    let timeout = generation.config.timeouts.upstream_response;
+                    (Body::timed(rbody, timeout), Some(lease))
                 };
                 let mut finish = Finish::new(
                     route.clone(),

@@ -677,3 +677,48 @@ async fn trailers_pass_through_both_ways() {
         assert_eq!(body.to_bytes(), "payload");
     }
 }
+
+#[tokio::test]
+async fn a_server_that_stalls_mid_body_is_cut_off_and_frees_its_slot() {
+    // Sends a head and one chunk, then goes silent with the socket open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hold_tx, _hold_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let mut hold = hold_tx.subscribe();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                    .await;
+                let _ = hold.changed().await;
+            });
+        }
+    });
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("a", &["a.test"]);
+    let site = format!(
+        "hosts = [\"a.test\"]\n{}\n[pools.buffered]\nservers = [\"{addr}\"]\nmax_in_flight = 1\n[pools.streamed]\nservers = [\"{addr}\"]\nmax_in_flight = 1\nbuffering = false\n[[routes]]\npath = \"/b\"\npool = \"buffered\"\n[[routes]]\npath = \"/s\"\npool = \"streamed\"\n",
+        tls_toml(&crt, &key)
+    );
+    let cfg = ConfigDir::new(
+        &main_toml("[timeouts]\nupstream_response = \"300ms\""),
+        &[("a", site)],
+    );
+    let proxy = Proxy::start(cfg.load()).await;
+    for path in ["/b", "/s"] {
+        let r = tokio::time::timeout(
+            WAIT,
+            https_request(&pki, proxy.https, "a.test", false, get("a.test", path)),
+        )
+        .await
+        .expect("the stalled response ended within the bound");
+        // The head was 200, so the only honest ending is a visibly truncated body.
+        assert!(r.is_err(), "{path}: a stalled body must not look complete: {r:?}");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(metric_value(&m, &["switchyard_upstream_in_flight"]), 0.0, "slots freed");
+}
