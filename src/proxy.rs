@@ -246,7 +246,10 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     // A request without a body may be retried on another server when the
     // first one could not be reached.
-    let retryable = is_idempotent(&method) && hyper::body::Body::is_end_stream(&body);
+    // (Only with another server to retry on: the head is copied for it.)
+    let retryable = is_idempotent(&method)
+        && hyper::body::Body::is_end_stream(&body)
+        && pool.members().servers.len() > 1;
     let mut body = Some(if buffering && !hyper::body::Body::is_end_stream(&body) {
         // Read the whole body before taking a worker's slot, so a slow
         // upload never holds one.

@@ -215,6 +215,10 @@ struct Injection {
 }
 
 impl Injection {
+    fn boxed(frame: ControlFrame, kind: InjectKind) -> Box<Self> {
+        Box::new(Self::new(frame, kind))
+    }
+
     fn new(frame: ControlFrame, kind: InjectKind) -> Self {
         Injection {
             frame,
@@ -288,9 +292,11 @@ struct Half {
     /// Hold back a close frame from the source instead of passing it on.
     swallow_close: bool,
     /// A ping or a passed-on pong to write at the next boundary.
-    inject: Option<Injection>,
+    // Boxed: rare (pings, closes), and inline they would sit in every idle
+    // session's state.
+    inject: Option<Box<Injection>>,
     /// The proxy's close frame to write at the next boundary.
-    close: Option<Injection>,
+    close: Option<Box<Injection>>,
     mode: Mode,
     need_flush: bool,
     want_shutdown: bool,
@@ -611,7 +617,7 @@ impl Half {
                         {
                             // Not ours after all: pass it on unchanged.
                             self.count(PONG_CLASS);
-                            self.inject = Some(Injection::new(frame, InjectKind::Pong));
+                            self.inject = Some(Injection::boxed(frame, InjectKind::Pong));
                             self.parsed = pos;
                             return None;
                         }
@@ -991,7 +997,7 @@ impl Session {
                                 sh.ping_outstanding = Some(sh.ping_seq);
                                 sh.ping_written = false;
                                 let ping = ControlFrame::ping(&ping_payload(sh.ping_seq), None);
-                                u2c.inject = Some(Injection::new(ping, InjectKind::Ping));
+                                u2c.inject = Some(Injection::boxed(ping, InjectKind::Ping));
                             }
                         }
                         ping_timer.as_mut().reset(Instant::now() + every);
@@ -1036,7 +1042,7 @@ impl Session {
                 && !half.dst_closed
             {
                 let mask = half.dir.masked().then(random_mask);
-                half.close = Some(Injection::new(
+                half.close = Some(Injection::boxed(
                     ControlFrame::close(code, "", mask),
                     InjectKind::Close,
                 ));
@@ -1106,7 +1112,7 @@ impl Session {
             return;
         }
         let mask = c2u.dir.masked().then(random_mask);
-        c2u.close = Some(Injection::new(
+        c2u.close = Some(Injection::boxed(
             ControlFrame::close(code, "", mask),
             InjectKind::Close,
         ));
