@@ -19,7 +19,8 @@ SYNC_WORKERS=${SYNC_WORKERS:-4}  # sync pool: workers, 20 ms each
 SYNC_CONNS=${SYNC_CONNS:-128}    # sync pool: concurrent clients (capacity is SYNC_WORKERS*50 req/s)
 XFER_BYTES=${XFER_BYTES:-1073741824}
 PROXIES=${PROXIES:-"switchyard nginx haproxy"}
-CASES=${CASES:-"a b c d128 d64k e fup fdown sync"}
+CASES=${CASES:-"a b c d128 d64k e fup fdown sync syncmix"}
+SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
 PROXY_CPU=${PROXY_CPU:-0}        # the core every proxy is pinned to
 LOAD_CPU=${LOAD_CPU:-1}          # the core for load generators and backends
@@ -246,6 +247,8 @@ run_case() { # case proxy rep
         -o /dev/null -w 'bytes=%{size_download} secs=%{time_total} http=%{http_code}\n' \
         "https://localhost:$PORT/download?bytes=$XFER_BYTES" ;;
     sync) measure "$@" -- wrk -t1 -c"$SYNC_CONNS" -d"${DUR}s" --timeout 6s --latency "$URL/sync/" ;;
+    syncmix) measure "$@" -- wrk -t1 -c"$SYNCMIX_CONNS" -d"${DUR}s" --timeout 6s --latency \
+        -s "$ROOT/bench/conf/syncmix.lua" "$URL/sync/" ;;
     e) idle_case "$@" ;;
     esac
 }

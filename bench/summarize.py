@@ -27,7 +27,7 @@ def parse_wrk(t):
     m = re.search(r"Requests/sec:\s+([\d.]+)", t)
     if m:
         r["rps"] = float(m.group(1))
-    for p in ("50", "99"):
+    for p in ("50", "90", "99"):
         m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s|m)\s*$" % p, t, re.M)
         if m:
             r["p" + p] = unit_ms(*m.groups())
@@ -65,7 +65,7 @@ def cpu_us(meta):
 def metrics(case, out, meta):
     """Returns {metric: value} for one run."""
     m = {}
-    if case in ("a", "b", "c", "sync"):
+    if case in ("a", "b", "c", "sync", "syncmix"):
         r = parse_h2load(out) if case == "c" else parse_wrk(out)
         n = r.get("requests", 0)
         if not n:
@@ -81,7 +81,7 @@ def metrics(case, out, meta):
         else:
             errors = r["non2xx"] + r["sock_err"]
             m = {"ok_req_s": r["rps"] * (n - r["non2xx"]) / n, "p50_ms": r.get("p50"),
-                 "p99_ms": r.get("p99"), "errors": errors}
+                 "p90_ms": r.get("p90"), "p99_ms": r.get("p99"), "errors": errors}
     elif case in ("d128", "d64k"):
         r = parse_kv(out)
         n = int(r.get("messages", 0))
@@ -119,6 +119,8 @@ SPEC = {
     "fup": [("MiB_s", False, 0.9), ("peak_rss_mib", True, None)],
     "fdown": [("MiB_s", False, 0.9), ("peak_rss_mib", True, None)],
     "sync": [("ok_req_s", False, None), ("p50_ms", True, None), ("p99_ms", True, None), ("errors", True, None)],
+    "syncmix": [("ok_req_s", False, None), ("p50_ms", True, None), ("p90_ms", True, None), ("p99_ms", True, None),
+                ("errors", True, None)],
 }
 TITLE = {
     "a": "a. HTTPS keep-alive GET 1 KiB, 64 conns (wrk)",
@@ -130,6 +132,7 @@ TITLE = {
     "fup": "f. 1 GiB upload (curl, HTTP/1.1)",
     "fdown": "f. 1 GiB download (curl, HTTP/1.1)",
     "sync": "sync pool (issue 4): 4 workers x 20 ms, 128 clients",
+    "syncmix": "sync pool, mixed: 4 workers, 19 in 20 requests 20 ms, 1 in 20 500 ms, 8 clients",
 }
 
 
@@ -189,7 +192,7 @@ def main():
                 med[p] = statistics.median(vs)
                 cells.append("%s (%s–%s)" % (fmt(med[p]), fmt(min(vs)), fmt(max(vs))) if len(vs) > 1 else fmt(vs[0]))
             ratio, tgt = "", ""
-            rivals = ["nginx"] if case == "sync" else ["nginx", "haproxy"]
+            rivals = ["nginx"] if case in ("sync", "syncmix") else ["nginx", "haproxy"]
             rv = [med[p] for p in rivals if p in med]
             if lower is not None and "switchyard" in med and rv:
                 best = min(rv) if lower else max(rv)

@@ -686,13 +686,17 @@ async fn a_server_that_stalls_mid_body_is_cut_off_and_frees_its_slot() {
     let (hold_tx, _hold_rx) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             let mut hold = hold_tx.subscribe();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let _ = tcp.read(&mut buf).await;
                 let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
                     .await;
                 let _ = hold.changed().await;
             });
@@ -717,8 +721,15 @@ async fn a_server_that_stalls_mid_body_is_cut_off_and_frees_its_slot() {
         .await
         .expect("the stalled response ended within the bound");
         // The head was 200, so the only honest ending is a visibly truncated body.
-        assert!(r.is_err(), "{path}: a stalled body must not look complete: {r:?}");
+        assert!(
+            r.is_err(),
+            "{path}: a stalled body must not look complete: {r:?}"
+        );
     }
     let m = proxy.metrics().await;
-    assert_eq!(metric_value(&m, &["switchyard_upstream_in_flight"]), 0.0, "slots freed");
+    assert_eq!(
+        metric_value(&m, &["switchyard_upstream_in_flight"]),
+        0.0,
+        "slots freed"
+    );
 }

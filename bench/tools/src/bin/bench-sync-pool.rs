@@ -4,13 +4,16 @@
 //! each response (a gunicorn sync worker does no keep-alive). Each worker's
 //! accept backlog holds whatever a proxy sends it while it is busy.
 //!
-//! bench-sync-pool --base-port 18100 --workers 4 --delay-ms 20
+//! A request whose path contains `/slow` takes SLOW_MS instead (a slow view),
+//! for the mixed-latency case.
+//!
+//! bench-sync-pool --base-port 18100 --workers 4 --delay-ms 20 --slow-ms 500
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-fn serve(l: TcpListener, delay: Duration, id: usize) {
+fn serve(l: TcpListener, delay: Duration, slow: Duration, id: usize) {
     let mut buf = vec![0u8; 16 * 1024];
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };
@@ -43,7 +46,8 @@ fn serve(l: TcpListener, delay: Duration, id: usize) {
                 Ok(k) => left = left.saturating_sub(k),
             }
         }
-        std::thread::sleep(delay);
+        let is_slow = head.lines().next().is_some_and(|l| l.contains("/slow"));
+        std::thread::sleep(if is_slow { slow } else { delay });
         let body = format!("worker {id}\n");
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -59,11 +63,12 @@ fn main() {
     let base: u16 = args.num("base-port", 18100);
     let workers: usize = args.num("workers", 4);
     let delay = Duration::from_millis(args.num("delay-ms", 20));
+    let slow = Duration::from_millis(args.num("slow-ms", 500));
     let mut hs = Vec::new();
     for i in 0..workers {
         let addr = format!("127.0.0.1:{}", base + i as u16);
         let l = TcpListener::bind(&addr).expect("bind");
-        hs.push(std::thread::spawn(move || serve(l, delay, i)));
+        hs.push(std::thread::spawn(move || serve(l, delay, slow, i)));
     }
     eprintln!("bench-sync-pool: {workers} workers from port {base}, {delay:?} per request");
     for h in hs {
