@@ -85,7 +85,9 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_io_ms: AtomicU64::new(0),
-            head_started_ms: AtomicU64::new(0),
+            // The first request head is due `header` after the connection
+            // starts, as with nginx's client_header_timeout.
+            head_started_ms: AtomicU64::new(1),
             scanning: AtomicBool::new(true),
             scan: Mutex::new(HeadScan::default()),
             bad_head: AtomicBool::new(false),
@@ -168,7 +170,10 @@ impl Activity {
             } else if head != 0 {
                 head - 1 + header.as_millis() as u64
             } else {
-                self.last_io_ms.load(Ordering::Relaxed) + idle.as_millis() as u64
+                // Idle: wake at least every `header`, so a head that starts
+                // while this sleeps is cut within two header timeouts.
+                let idle_end = self.last_io_ms.load(Ordering::Relaxed) + idle.as_millis() as u64;
+                idle_end.min(now + header.as_millis() as u64)
             };
             if deadline <= now && self.in_flight.load(Ordering::Relaxed) == 0 {
                 return;
