@@ -37,9 +37,6 @@ pin_project_lite::pin_project! {
         Replay { #[pin] inner: crate::buffer::Replay },
         /// Fed by a task that drains the server (see [`crate::buffer`]).
         Channel { rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>> },
-        /// The server broke mid-body: fails at once so the client sees a
-        /// truncated response.
-        Failed,
     }
 }
 
@@ -109,7 +106,6 @@ impl http_body::Body for Body {
             },
             BodyProj::Replay { inner } => inner.poll_frame(cx),
             BodyProj::Channel { rx } => rx.poll_recv(cx),
-            BodyProj::Failed => Poll::Ready(Some(Err("upstream response ended early".into()))),
         }
     }
 
@@ -119,7 +115,7 @@ impl http_body::Body for Body {
             Body::Full { data } => data.is_none(),
             Body::Stream { inner } | Body::Timed { inner, .. } => inner.is_end_stream(),
             Body::Replay { inner } => inner.is_end_stream(),
-            Body::Channel { .. } | Body::Failed => false,
+            Body::Channel { .. } => false,
         }
     }
 
@@ -131,7 +127,7 @@ impl http_body::Body for Body {
             }
             Body::Stream { inner } | Body::Timed { inner, .. } => inner.size_hint(),
             Body::Replay { inner } => inner.size_hint(),
-            Body::Channel { .. } | Body::Failed => SizeHint::default(),
+            Body::Channel { .. } => SizeHint::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::body::{Body, BoxError};
 use crate::pool::Lease;
+use crate::upstream::UpstreamError;
 
 /// Bytes of one body held in memory before the rest goes to a temporary file.
 pub const MEMORY_LIMIT: usize = 1 << 20;
@@ -199,10 +200,10 @@ pub async fn drain_response(
     mut body: Incoming,
     lease: Lease,
     timeout: std::time::Duration,
-) -> Body {
+) -> Result<Body, UpstreamError> {
     if body.is_end_stream() {
         drop(lease);
-        return Body::empty();
+        return Ok(Body::empty());
     }
     let small = body
         .size_hint()
@@ -219,19 +220,24 @@ pub async fn drain_response(
             }
             Ok::<_, hyper::Error>(())
         };
+        // Nothing has reached the client yet, so a server that broke
+        // mid-body is reported as a failed exchange (502, or a retry), never
+        // as a short body presented as complete.
         return match tokio::time::timeout(timeout, read).await {
             Ok(Ok(())) => {
                 drop(lease);
-                Body::full(collected.freeze())
+                Ok(Body::full(collected.freeze()))
             }
-            // The server broke mid-body: the client must see a truncated
-            // response, never a short one presented as complete.
-            _ => Body::Failed,
+            Ok(Err(e)) => Err(UpstreamError::Response(format!(
+                "response body cut short: {}",
+                crate::upstream::error_chain(&e)
+            ))),
+            Err(_) => Err(UpstreamError::Timeout),
         };
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(pipe(body, lease, tx, timeout));
-    Body::Channel { rx }
+    Ok(Body::Channel { rx })
 }
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;

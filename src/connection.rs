@@ -170,15 +170,16 @@ impl Activity {
             } else if head != 0 {
                 head - 1 + header.as_millis() as u64
             } else {
-                // Idle: wake at least every `header`, so a head that starts
-                // while this sleeps is cut within two header timeouts.
-                let idle_end = self.last_io_ms.load(Ordering::Relaxed) + idle.as_millis() as u64;
-                idle_end.min(now + header.as_millis() as u64)
+                self.last_io_ms.load(Ordering::Relaxed) + idle.as_millis() as u64
             };
             if deadline <= now && self.in_flight.load(Ordering::Relaxed) == 0 {
                 return;
             }
-            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            // The state may change while this sleeps (a head starts, a
+            // request ends), so never sleep past the shorter timeout: each
+            // limit is then enforced within twice its length at worst.
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1))
+                .min(header.min(idle).max(Duration::from_millis(1)));
             tokio::time::sleep(wait).await;
         }
     }

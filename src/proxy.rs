@@ -299,19 +299,29 @@ async fn forward(
         };
         upstream_request(&mut p, conn, host, &server.authority)?;
         let b = body.take().unwrap_or_else(Body::empty);
-        match generation.upstream.send(Request::from_parts(p, b)).await {
+        let timeout = generation.config.timeouts.upstream_response;
+        let exchange = match generation.upstream.send(Request::from_parts(p, b)).await {
             Ok(resp) => {
-                server.report_success();
                 let (mut rparts, rbody) = resp.into_parts();
                 headers::remove_hop_by_hop(&mut rparts.headers);
-                let status = rparts.status;
-                let (body, lease) = if buffering {
-                    let timeout = generation.config.timeouts.upstream_response;
-                    (buffer::drain_response(rbody, lease, timeout).await, None)
+                if buffering {
+                    // The whole (small) body is in before the client sees
+                    // anything, so a server that dies mid-body can still be
+                    // answered cleanly or retried.
+                    buffer::drain_response(rbody, lease, timeout)
+                        .await
+                        .map(|body| (rparts, body, None))
+                        .map_err(|e| (e, None))
                 } else {
-                    let timeout = generation.config.timeouts.upstream_response;
-                    (Body::timed(rbody, timeout), Some(lease))
-                };
+                    Ok((rparts, Body::timed(rbody, timeout), Some(lease)))
+                }
+            }
+            Err(e) => Err((e, Some(lease))),
+        };
+        match exchange {
+            Ok((rparts, body, lease)) => {
+                server.report_success();
+                let status = rparts.status;
                 let mut finish = Finish::new(
                     route.clone(),
                     started,
@@ -323,7 +333,7 @@ async fn forward(
                 finish.queue_wait = queue_wait;
                 return Ok(finish_plain(Response::from_parts(rparts, body), finish));
             }
-            Err(e) => {
+            Err((e, lease)) => {
                 let before_response = e.before_response();
                 if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
                     server.report_failure();

@@ -510,3 +510,44 @@ async fn a_get_cut_off_before_the_status_line_is_retried_once_but_a_post_is_not(
     assert_eq!(dying_seen.load(Ordering::SeqCst), 2);
     assert_eq!(good.backend.app_count(), 1);
 }
+
+/// A server that sends a status line and part of a fixed-length body, then
+/// hangs up, like a worker killed while writing its response.
+async fn dies_mid_body() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_buffered_response_cut_mid_body_is_never_shown_as_complete() {
+    let dying = dies_mid_body().await;
+    let good = sync_worker(Duration::from_millis(1)).await;
+    // Nothing reached the client yet, so an idempotent GET is retried.
+    let s = site(&[dying, good.backend.addr], "max_in_flight = 4", "").await;
+    let r = plain_request(s.proxy.http, get("p.test", "/get"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), "ww");
+    // With nowhere to retry, the client gets a clean 502, not a short 200.
+    let s = site(&[dying], "", "").await;
+    let r = plain_request(s.proxy.http, get("p.test", "/get"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
