@@ -525,6 +525,23 @@ impl Half {
         }
     }
 
+    /// Queues a close frame for the destination, masked if it goes to the
+    /// backend. A close can go only where the stream is between frames;
+    /// otherwise (or when the destination is gone) the socket is just shut
+    /// down later. Returns whether it was queued.
+    fn queue_close(&mut self, code: u16) -> bool {
+        if !self.out_boundary || self.dst_broken || self.dst_closed {
+            return false;
+        }
+        let mask = self.dir.masked().then(random_mask);
+        self.close = Some(Injection::boxed(
+            ControlFrame::close(code, "", mask),
+            InjectKind::Close,
+        ));
+        self.dst_closed = true;
+        true
+    }
+
     /// Moves a held-back partial header to the front of the buffer.
     fn compact(&mut self) {
         if self.fwd > 0 {
@@ -1034,19 +1051,8 @@ impl Session {
             {
                 half.inject = None;
             }
-            // A close can go only where the stream is between frames;
-            // otherwise the socket is just shut down.
-            if let Some(code) = code
-                && half.out_boundary
-                && !half.dst_broken
-                && !half.dst_closed
-            {
-                let mask = half.dir.masked().then(random_mask);
-                half.close = Some(Injection::boxed(
-                    ControlFrame::close(code, "", mask),
-                    InjectKind::Close,
-                ));
-                half.dst_closed = true;
+            if let Some(code) = code {
+                half.queue_close(code);
             }
         }
         for h in 0..2 {
@@ -1108,15 +1114,9 @@ impl Session {
         let Some(code) = plan.to_upstream.take() else {
             return;
         };
-        if !(c2u.out_boundary && !c2u.dst_broken && !c2u.dst_closed) {
+        if !c2u.queue_close(code) {
             return;
         }
-        let mask = c2u.dir.masked().then(random_mask);
-        c2u.close = Some(Injection::boxed(
-            ControlFrame::close(code, "", mask),
-            InjectKind::Close,
-        ));
-        c2u.dst_closed = true;
         let u2c = &mut self.halves[1];
         if u2c.mode != Mode::Forward || u2c.dst_closed || u2c.dst_broken {
             return;
