@@ -248,12 +248,6 @@ impl Pool {
         self.members.load()
     }
 
-    /// Whether bodies are buffered at the proxy (on by default for pools
-    /// that serve plain requests).
-    pub fn buffering(&self) -> bool {
-        self.members.load().settings.buffering
-    }
-
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every critical section is a push or pop), so poisoning is ignored.
@@ -393,11 +387,6 @@ impl Pool {
                 }
             }
         }
-    }
-
-    /// Requests waiting in the queue right now.
-    pub fn queue_len(&self) -> usize {
-        self.lock().waiters.len()
     }
 }
 

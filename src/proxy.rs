@@ -238,18 +238,21 @@ async fn forward(
     let Some(pool) = &route.pool else {
         return Err(ProxyError::WebSocketOnly);
     };
-    let (buffering, max_body) = {
+    let (buffering, max_body, several_servers) = {
         let m = pool.members();
-        (m.settings.buffering, m.settings.max_body)
+        (
+            m.settings.buffering,
+            m.settings.max_body,
+            m.servers.len() > 1,
+        )
     };
     let method = req.method().clone();
     let (mut parts, body) = req.into_parts();
     // A request without a body may be retried on another server when the
     // first one could not be reached.
     // (Only with another server to retry on: the head is copied for it.)
-    let retryable = is_idempotent(&method)
-        && hyper::body::Body::is_end_stream(&body)
-        && pool.members().servers.len() > 1;
+    let retryable =
+        is_idempotent(&method) && hyper::body::Body::is_end_stream(&body) && several_servers;
     let mut body = Some(if buffering && !hyper::body::Body::is_end_stream(&body) {
         // Read the whole body before taking a worker's slot, so a slow
         // upload never holds one.
@@ -343,11 +346,7 @@ async fn forward(
                     error = %e, "upstream request failed"
                 );
                 drop(lease);
-                if before_response
-                    && retryable
-                    && failed_on.is_none()
-                    && pool.members().servers.len() > 1
-                {
+                if before_response && retryable && failed_on.is_none() {
                     failed_on = Some(server);
                     body = Some(Body::empty());
                     continue;

@@ -512,6 +512,38 @@ async fn failed_reload_changes_nothing() {
 }
 
 /// A free loopback port (bound, then released).
+/// One TLS site `a.test`: `/ws/` to an echo backend, the rest to `one`.
+struct OneSite {
+    pki: Pki,
+    cfg: ConfigDir,
+    _one: Backend,
+    live: EchoBackend,
+    proxy: Proxy,
+}
+
+/// Starts [`OneSite`] in-process with this switchyard.toml extra text.
+async fn one_site(main_extra: &str) -> OneSite {
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("a", &["a.test"]);
+    let one = Backend::named("one").await;
+    let live = EchoBackend::start().await;
+    let cfg = ConfigDir::new(
+        &main_toml(main_extra),
+        &[(
+            "a",
+            ws_site("a.test", &tls_toml(&crt, &key), &[&one], &live, ""),
+        )],
+    );
+    let proxy = Proxy::start(cfg.load()).await;
+    OneSite {
+        pki,
+        cfg,
+        _one: one,
+        live,
+        proxy,
+    }
+}
+
 fn free_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -521,18 +553,14 @@ fn free_port() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn listener_changes_leave_the_others_alone() {
-    let pki = Pki::new();
-    let (crt, key) = pki.leaf("a", &["a.test"]);
-    let one = Backend::named("one").await;
-    let live = EchoBackend::start().await;
-    let cfg = ConfigDir::new(
-        &main_toml(""),
-        &[(
-            "a",
-            ws_site("a.test", &tls_toml(&crt, &key), &[&one], &live, ""),
-        )],
-    );
-    let proxy = Proxy::start(cfg.load()).await;
+    // Every field is bound: a field left to `..` would be dropped here.
+    let OneSite {
+        pki,
+        cfg,
+        _one,
+        live: _live,
+        proxy,
+    } = one_site("").await;
     let mut ws = ws_connect(&pki, proxy.https, "a.test", "/ws/").await;
 
     // A keep-alive connection on the http listener that will be released.
@@ -701,18 +729,14 @@ async fn removed_routes_keep_or_close_their_sessions() {
 
 #[tokio::test]
 async fn idle_connections_do_not_hold_the_drain() {
-    let pki = Pki::new();
-    let (crt, key) = pki.leaf("a", &["a.test"]);
-    let one = Backend::named("one").await;
-    let live = EchoBackend::start().await;
-    let cfg = ConfigDir::new(
-        &main_toml("[timeouts]\ndrain = \"30s\"\nheader = \"30s\"\nidle = \"60s\""),
-        &[(
-            "a",
-            ws_site("a.test", &tls_toml(&crt, &key), &[&one], &live, ""),
-        )],
-    );
-    let proxy = Proxy::start(cfg.load()).await;
+    // Every field is bound: a field left to `..` would be dropped here.
+    let OneSite {
+        pki,
+        cfg: _cfg,
+        _one,
+        live: _live,
+        proxy,
+    } = one_site("[timeouts]\ndrain = \"30s\"\nheader = \"30s\"\nidle = \"60s\"").await;
 
     // An idle HTTP/1.1 keep-alive connection, an idle HTTP/2 connection, and
     // a plain connection that has sent nothing yet.
@@ -766,18 +790,14 @@ async fn idle_connections_do_not_hold_the_drain() {
 
 #[tokio::test]
 async fn metrics_are_complete_and_pass_promtool() {
-    let pki = Pki::new();
-    let (crt, key) = pki.leaf("a", &["a.test"]);
-    let one = Backend::named("one").await;
-    let live = EchoBackend::start().await;
-    let cfg = ConfigDir::new(
-        &main_toml(""),
-        &[(
-            "a",
-            ws_site("a.test", &tls_toml(&crt, &key), &[&one], &live, ""),
-        )],
-    );
-    let proxy = Proxy::start(cfg.load()).await;
+    // Every field is bound: a field left to `..` would be dropped here.
+    let OneSite {
+        pki,
+        cfg,
+        _one,
+        live: _live,
+        proxy,
+    } = one_site("").await;
 
     // Some traffic: requests, a WebSocket session, a TLS failure, a reload.
     for _ in 0..3 {
