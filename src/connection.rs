@@ -212,6 +212,14 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<IO> Tracked<IO> {
+    /// The stream, without the tracking (for a WebSocket session, which
+    /// outlives the connection's timeouts).
+    pub fn into_inner(self) -> IO {
+        self.io
+    }
+}
+
 impl<IO: AsyncRead> AsyncRead for Tracked<IO> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -31,6 +31,9 @@ pub fn site_server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // WebSocket sessions take their TLS 1.3 keys out of rustls once
+    // upgraded (see `websocket::tls_records`).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -253,8 +253,10 @@ pub struct FrameWalker {
     in_message: bool,
     /// Data payload bytes of the open message so far.
     message_bytes: u64,
-    /// The last control frame's payload, unmasked.
-    ctrl: [u8; MAX_CONTROL_PAYLOAD],
+    /// The last control frame's payload, unmasked. Boxed on the first
+    /// control frame: most directions of most sessions never see one, and
+    /// inline it would sit in every idle session's state.
+    ctrl: Option<Box<[u8; MAX_CONTROL_PAYLOAD]>>,
     ctrl_len: u8,
 }
 
@@ -274,7 +276,7 @@ impl FrameWalker {
             header: FrameHeader::default(),
             in_message: false,
             message_bytes: 0,
-            ctrl: [0; MAX_CONTROL_PAYLOAD],
+            ctrl: None,
             ctrl_len: 0,
         }
     }
@@ -327,7 +329,10 @@ impl FrameWalker {
     fn capture(&mut self, bytes: &[u8]) {
         let at = usize::from(self.ctrl_len);
         let end = (at + bytes.len()).min(MAX_CONTROL_PAYLOAD);
-        let dst = &mut self.ctrl[at..end];
+        let ctrl = self
+            .ctrl
+            .get_or_insert_with(|| Box::new([0; MAX_CONTROL_PAYLOAD]));
+        let dst = &mut ctrl[at..end];
         dst.copy_from_slice(&bytes[..end - at]);
         if self.header.masked {
             apply_mask(dst, self.header.mask, at);
@@ -529,7 +534,10 @@ impl FrameWalker {
     /// The most recent control frame's payload, unmasked, as far as it has
     /// arrived (complete once its [`Step::End`] was returned).
     pub fn control_payload(&self) -> &[u8] {
-        &self.ctrl[..usize::from(self.ctrl_len)]
+        match &self.ctrl {
+            Some(ctrl) => &ctrl[..usize::from(self.ctrl_len)],
+            None => &[],
+        }
     }
 
     /// The close code of the close frame that just ended: `None` if its

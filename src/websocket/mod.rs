@@ -3,7 +3,9 @@
 //! running each session's frame relay in its own task.
 
 pub mod frame;
+mod io;
 pub mod relay;
+mod tls_records;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -246,19 +248,12 @@ pub async fn proxy(
             None
         },
     };
-    let upgrade_timeout = timeouts.upstream_response;
-    shared.sessions.spawn(async move {
-        let both = async { tokio::try_join!(on_client_upgrade, on_upstream_upgrade) };
-        match tokio::time::timeout(upgrade_timeout, both).await {
-            Ok(Ok((client, upstream))) => {
-                session
-                    .run(TokioIo::new(client), TokioIo::new(upstream))
-                    .await
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
-            Err(_) => tracing::debug!("WebSocket upgrade did not complete in time"),
-        }
-    });
+    let task = session.run(
+        on_client_upgrade,
+        on_upstream_upgrade,
+        timeouts.upstream_response,
+    );
+    shared.sessions.spawn(task);
     let finish = Finish::new(
         route.clone(),
         started,
@@ -320,32 +315,75 @@ struct Session {
     _active: Option<crate::connection::ActiveGuard>,
 }
 
+/// Waits for both upgrades to complete (bounded by `timeout`).
+async fn upgrades(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    timeout: std::time::Duration,
+) -> Option<(io::End, io::End)> {
+    let both = async { tokio::try_join!(client, upstream) };
+    match tokio::time::timeout(timeout, both).await {
+        Ok(Ok((client, upstream))) => match io::End::client(client) {
+            Ok(client) => Some((client, io::End::upstream(upstream))),
+            Err(e) => {
+                tracing::warn!(error = %e, "WebSocket session could not take over the client's TLS connection");
+                None
+            }
+        },
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("WebSocket upgrade did not complete in time");
+            None
+        }
+    }
+}
+
 impl Session {
-    async fn run<C, U>(self, client: C, upstream: U)
-    where
-        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-        U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
+    /// The session's task: waits for both upgrades, then relays.
+    ///
+    /// Not an `async fn`, which would keep a second copy of `self` in the
+    /// task for as long as the session lasts.
+    #[allow(clippy::manual_async_fn)] // see above
+    fn run(
+        self,
+        on_client: hyper::upgrade::OnUpgrade,
+        on_upstream: hyper::upgrade::OnUpgrade,
+        upgrade_timeout: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let Some((client, upstream)) = upgrades(on_client, on_upstream, upgrade_timeout).await
+            else {
+                return;
+            };
+            let m = &self.route.metrics;
+            m.ws_total.increment(1);
+            m.ws_active.increment(1.0);
+            let started = Instant::now();
+            // Closed by the drain deadline, or by a reload that removes this
+            // route or pool (when its site asks for that).
+            let ticket = self.shared.session_ticket(&self.route);
+            // Boxed: passed by value through `watch` and this task, the
+            // relay's state would be laid out several times over in every
+            // idle session's task (measured with massif).
+            let relay = Box::pin(relay::relay(
+                client,
+                upstream,
+                &self.settings,
+                m,
+                ticket.shutdown(),
+            ));
+            let outcome = ticket.watch(relay).await;
+            drop(ticket);
+            self.ended(&outcome, started.elapsed());
+        }
+    }
+
+    /// Counts and logs a session that ended.
+    fn ended(&self, outcome: &relay::RelayOutcome, elapsed: std::time::Duration) {
         let m = &self.route.metrics;
-        m.ws_total.increment(1);
-        m.ws_active.increment(1.0);
-        let started = Instant::now();
-        // Closed by the drain deadline, or by a reload that removes this
-        // route or pool (when its site asks for that).
-        let ticket = self.shared.session_ticket(&self.route);
-        // Boxed once here: passed by value through `watch` and this task,
-        // the relay's state would be laid out several times over in every
-        // idle session's task (measured with massif).
-        let relay = Box::pin(relay::relay(
-            client,
-            upstream,
-            &self.settings,
-            m,
-            ticket.shutdown(),
-        ));
-        let outcome = ticket.watch(relay).await;
-        drop(ticket);
-        let elapsed = started.elapsed();
         m.ws_active.decrement(1.0);
         m.ws_duration.record(elapsed.as_secs_f64());
         let upstream = self.lease.server().map_or("-", |s| &s.addr);

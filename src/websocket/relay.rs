@@ -118,35 +118,40 @@ pub enum RelayEnd {
 /// answer; ending then takes at most a few more seconds to flush, shut both
 /// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
 /// outlives the call.
-pub async fn relay<C, U>(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn relay<'a, C, U>(
     mut client: C,
     mut upstream: U,
-    settings: &RelaySettings,
-    metrics: &RouteMetrics,
+    settings: &'a RelaySettings,
+    metrics: &'a RouteMetrics,
     shutdown: CancellationToken,
-) -> RelayOutcome
+) -> impl Future<Output = RelayOutcome> + use<'a, C, U>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut s = Session::new(settings);
-    let plan = s
-        .run(&mut client, &mut upstream, settings, metrics, &shutdown)
-        .await;
-    s.terminate(&plan, &mut client, &mut upstream, metrics)
-        .await;
-    for (half, m) in s.halves.iter_mut().zip(&metrics.ws) {
-        half.publish(m);
+    // Not an `async fn`: that would copy its arguments into the future's
+    // state a second time, and this state sits in every open session.
+    async move {
+        let mut s = Session::new(settings);
+        let plan = s
+            .run(&mut client, &mut upstream, settings, metrics, &shutdown)
+            .await;
+        s.terminate(&plan, &mut client, &mut upstream, metrics)
+            .await;
+        for (half, m) in s.halves.iter_mut().zip(&metrics.ws) {
+            half.publish(m);
+        }
+        let outcome = RelayOutcome {
+            frames: [s.halves[0].frames, s.halves[1].frames],
+            bytes: [s.halves[0].bytes, s.halves[1].bytes],
+            client_close: s.halves[0].close_seen,
+            upstream_close: s.halves[1].close_seen,
+            end: plan.end,
+        };
+        tracing::debug!(?outcome, "WebSocket relay ended");
+        outcome
     }
-    let outcome = RelayOutcome {
-        frames: [s.halves[0].frames, s.halves[1].frames],
-        bytes: [s.halves[0].bytes, s.halves[1].bytes],
-        client_close: s.halves[0].close_seen,
-        upstream_close: s.halves[1].close_seen,
-        end: plan.end,
-    };
-    tracing::debug!(?outcome, "WebSocket relay ended");
-    outcome
 }
 
 /// Something one direction needs the session to decide on.
@@ -844,6 +849,51 @@ enum Tick {
     CloseWait,
     Idle,
     Ping,
+    /// The timer fired with nothing due (it is re-armed).
+    Early,
+}
+
+/// The relay's deadlines, all served by one timer (a `Sleep` per deadline
+/// would sit in every idle session's state).
+struct Deadlines {
+    /// The close handshake's end, once a close frame was seen.
+    close: Option<Instant>,
+    /// When to check for idleness next.
+    idle: Option<Instant>,
+    /// When to ping next.
+    ping: Option<Instant>,
+}
+
+impl Deadlines {
+    /// The earliest deadline that counts now (only the close wait counts
+    /// while closing), or a far one.
+    fn next(&self, far: Instant) -> Instant {
+        match self.close {
+            Some(close) => close,
+            None => [self.idle, self.ping]
+                .into_iter()
+                .flatten()
+                .fold(far, Instant::min),
+        }
+    }
+
+    /// What is due at `now`.
+    fn due(&self, now: Instant) -> Tick {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if self.close.is_some() {
+            if due(self.close) {
+                Tick::CloseWait
+            } else {
+                Tick::Early
+            }
+        } else if due(self.idle) {
+            Tick::Idle
+        } else if due(self.ping) {
+            Tick::Ping
+        } else {
+            Tick::Early
+        }
+    }
 }
 
 struct Session {
@@ -936,19 +986,20 @@ impl Session {
         let start = Instant::now();
         let far = start + Duration::from_secs(365 * 24 * 3600);
         let mut cancelled = pin!(shutdown.cancelled());
-        let mut idle_timer = pin!(sleep_until(idle.map_or(far, |d| start + d)));
-        let mut ping_timer = pin!(sleep_until(ping_every.map_or(far, |d| start + d)));
-        let mut close_timer = pin!(sleep_until(far));
-        let mut closing = false;
+        let mut at = Deadlines {
+            close: None,
+            idle: idle.map(|d| start + d),
+            ping: ping_every.map(|d| start + d),
+        };
+        let mut timer = pin!(sleep_until(at.next(far)));
         loop {
             let tick = tokio::select! {
                 biased;
                 () = &mut cancelled => Tick::Shutdown,
                 event = poll_fn(|cx| self.pump(cx, client, upstream, metrics, Goal::Run)) => Tick::Pump(event),
-                () = &mut close_timer, if closing => Tick::CloseWait,
-                () = &mut idle_timer, if idle.is_some() && !closing => Tick::Idle,
-                () = &mut ping_timer, if ping_every.is_some() && !closing => Tick::Ping,
+                () = &mut timer => at.due(Instant::now()),
             };
+            let closing = at.close.is_some();
             match tick {
                 Tick::Pump(PumpEvent::Half(h, event)) => match event {
                     HalfEvent::Close => {
@@ -956,8 +1007,7 @@ impl Session {
                             return Plan::graceful();
                         }
                         if !closing {
-                            closing = true;
-                            close_timer.as_mut().reset(Instant::now() + CLOSE_WAIT);
+                            at.close = Some(Instant::now() + CLOSE_WAIT);
                         }
                     }
                     HalfEvent::Violation(error) => {
@@ -978,7 +1028,7 @@ impl Session {
                         };
                     }
                 },
-                Tick::Pump(PumpEvent::Settled) => {}
+                Tick::Pump(PumpEvent::Settled) | Tick::Early => {}
                 Tick::Shutdown => return Plan::going_away(RelayEnd::Shutdown),
                 Tick::CloseWait => return Plan::graceful(),
                 Tick::Idle => {
@@ -987,7 +1037,7 @@ impl Session {
                         if Instant::now() >= due {
                             return Plan::going_away(RelayEnd::Idle);
                         }
-                        idle_timer.as_mut().reset(due);
+                        at.idle = Some(due);
                     }
                 }
                 Tick::Ping => {
@@ -1017,9 +1067,15 @@ impl Session {
                                 u2c.inject = Some(Injection::boxed(ping, InjectKind::Ping));
                             }
                         }
-                        ping_timer.as_mut().reset(Instant::now() + every);
+                        at.ping = Some(Instant::now() + every);
                     }
                 }
+            }
+            // Re-arm only when needed: most wake-ups are relayed bytes,
+            // which leave the deadlines alone.
+            let next = at.next(far);
+            if timer.is_elapsed() || timer.deadline() != next {
+                timer.as_mut().reset(next);
             }
         }
     }

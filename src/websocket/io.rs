@@ -1,0 +1,174 @@
+//! The two ends of a WebSocket session, unwrapped from hyper's upgrade.
+//!
+//! hyper hands an upgraded connection back as a boxed trait object that
+//! still carries what the HTTP connection needed (its activity tracking, the
+//! protocol sniffer's rewind buffer). A session can last for days, so each
+//! end is taken back to the TLS or TCP stream underneath: the relay then
+//! polls it directly, and an idle session holds nothing it does not use.
+//! HTTP/2 streams (RFC 8441) cannot be unwrapped and stay as they are.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::upgrade::downcast;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::tls_records::TlsRecords;
+use crate::connection::Tracked;
+
+/// What a downstream HTTPS connection is served over (see `connection::serve`).
+type DownstreamTls = TokioIo<Tracked<TlsStream<TcpStream>>>;
+/// What a downstream plain-HTTP connection is served over.
+type DownstreamPlain = TokioIo<Tracked<TcpStream>>;
+
+/// `read`, not tied to hyper's whole read buffer when it is empty (an empty
+/// slice of it would keep it allocated for the session's life).
+fn own(read: Bytes) -> Bytes {
+    if read.is_empty() { Bytes::new() } else { read }
+}
+
+/// The stream under one end of a session.
+enum Inner {
+    /// A downstream TLS 1.3 connection, its records sealed and opened here.
+    Records(Box<TlsRecords>),
+    /// A downstream TLS connection left with rustls (TLS 1.2).
+    Tls(Box<TlsStream<TcpStream>>),
+    /// A plain TCP connection (to the backend, or a plain-HTTP client).
+    Tcp(TcpStream),
+    /// Anything hyper would not hand back unwrapped (an HTTP/2 stream).
+    Upgraded(Box<TokioIo<Upgraded>>),
+}
+
+/// One end of a session: its stream, and the bytes hyper had already read
+/// from it past the upgrade (they are read first).
+pub struct End {
+    pre: Bytes,
+    inner: Inner,
+}
+
+impl End {
+    /// The client's end, from hyper's server-side upgrade.
+    pub fn client(upgraded: Upgraded) -> io::Result<Self> {
+        let upgraded = match downcast::<DownstreamTls>(upgraded) {
+            Ok(parts) => {
+                let tls = parts.io.into_inner().into_inner();
+                if !TlsRecords::applicable(&tls) {
+                    return Ok(End {
+                        pre: own(parts.read_buf),
+                        inner: Inner::Tls(Box::new(tls)),
+                    });
+                }
+                let (records, early) = TlsRecords::take_over(tls)?;
+                // What hyper read came before what rustls still held.
+                let pre = match (parts.read_buf.is_empty(), early.is_empty()) {
+                    (true, true) => Bytes::new(),
+                    (false, true) => parts.read_buf,
+                    (true, false) => Bytes::from(early),
+                    (false, false) => [&parts.read_buf[..], &early[..]].concat().into(),
+                };
+                return Ok(End {
+                    pre,
+                    inner: Inner::Records(Box::new(records)),
+                });
+            }
+            Err(upgraded) => upgraded,
+        };
+        Ok(match downcast::<DownstreamPlain>(upgraded) {
+            Ok(parts) => End {
+                pre: own(parts.read_buf),
+                inner: Inner::Tcp(parts.io.into_inner().into_inner()),
+            },
+            Err(upgraded) => End {
+                pre: Bytes::new(),
+                inner: Inner::Upgraded(Box::new(TokioIo::new(upgraded))),
+            },
+        })
+    }
+
+    /// The backend's end, from hyper's client-side upgrade.
+    pub fn upstream(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => End {
+                pre: own(parts.read_buf),
+                inner: Inner::Tcp(parts.io.into_inner()),
+            },
+            Err(upgraded) => End {
+                pre: Bytes::new(),
+                inner: Inner::Upgraded(Box::new(TokioIo::new(upgraded))),
+            },
+        }
+    }
+}
+
+/// Calls `$method` on whichever stream `$end` holds (all are `Unpin`).
+macro_rules! on_inner {
+    ($end:expr, $method:ident($($arg:expr),*)) => {
+        match &mut $end.get_mut().inner {
+            Inner::Records(s) => Pin::new(&mut **s).$method($($arg),*),
+            Inner::Tls(s) => Pin::new(&mut **s).$method($($arg),*),
+            Inner::Tcp(s) => Pin::new(s).$method($($arg),*),
+            Inner::Upgraded(s) => Pin::new(&mut **s).$method($($arg),*),
+        }
+    };
+}
+
+impl AsyncRead for End {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            if self.pre.is_empty() {
+                // Let go of hyper's read buffer.
+                self.pre = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        on_inner!(self, poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for End {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_inner!(self, poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_inner!(self, poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Inner::Records(s) => s.is_write_vectored(),
+            Inner::Tls(s) => s.is_write_vectored(),
+            Inner::Tcp(s) => s.is_write_vectored(),
+            Inner::Upgraded(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_inner!(self, poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_inner!(self, poll_shutdown(cx))
+    }
+}

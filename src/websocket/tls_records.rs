@@ -1,0 +1,341 @@
+//! The TLS 1.3 record layer of a downstream WebSocket session, taken over
+//! from rustls once the handshake and the upgrade are done.
+//!
+//! rustls' buffered connection keeps a 4 KiB receive buffer, its handshake
+//! bookkeeping and its state machine allocated for the connection's whole
+//! life; across thousands of mostly idle sessions that is most of what a
+//! session costs. After the upgrade nothing but application data (and a
+//! closing alert) is expected, so the session's traffic keys are taken out
+//! of rustls (`dangerous_extract_secrets`, as for kernel TLS) and records are
+//! sealed and opened here with rustls' own AEAD implementations. Buffers
+//! exist only while a record is in flight: an idle session holds its socket
+//! and its two keys, nothing else.
+//!
+//! Limits: TLS 1.3 only (a TLS 1.2 session keeps rustls), and a client
+//! `KeyUpdate` ends the session, since the next keys can only be derived from
+//! the traffic secret rustls keeps. Clients update keys after about 2^24
+//! records at the earliest, and a browser reconnects.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use rustls::crypto::cipher::{
+    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+};
+use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// Record header length.
+const HEADER: usize = 5;
+/// Largest plaintext in one record (RFC 8446 §5.1).
+const MAX_PLAINTEXT: usize = 1 << 14;
+/// Largest ciphertext in one record (RFC 8446 §5.2).
+const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// Alert level "warning" and description "close_notify".
+const CLOSE_NOTIFY: [u8; 2] = [1, 0];
+
+/// A downstream TLS 1.3 connection after the handshake, its records sealed
+/// and opened here.
+pub struct TlsRecords {
+    tcp: TcpStream,
+    rx: Box<dyn MessageDecrypter>,
+    tx: Box<dyn MessageEncrypter>,
+    rx_seq: u64,
+    tx_seq: u64,
+    /// Received bytes; empty (unallocated) when nothing is in flight.
+    rbuf: Vec<u8>,
+    /// `rbuf[plain_at..plain_end]`: decrypted application data not yet read.
+    plain_at: usize,
+    plain_end: usize,
+    /// `rbuf[rec_at..filled]`: received, not yet decrypted.
+    rec_at: usize,
+    filled: usize,
+    /// Sealed records not yet written; empty (unallocated) when idle.
+    wbuf: Vec<u8>,
+    written: usize,
+    /// The client sent close_notify (or closed the connection).
+    read_done: bool,
+    /// Our close_notify is queued.
+    close_sent: bool,
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl TlsRecords {
+    /// Whether `tls` can be taken over: TLS 1.3, handshake done, nothing
+    /// left for rustls to send.
+    pub fn applicable(tls: &TlsStream<TcpStream>) -> bool {
+        let (_, conn) = tls.get_ref();
+        conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
+            && !conn.is_handshaking()
+            && !conn.wants_write()
+            && matches!(
+                conn.negotiated_cipher_suite(),
+                Some(SupportedCipherSuite::Tls13(_))
+            )
+    }
+
+    /// Takes the connection's keys out of rustls. Returns the stream and any
+    /// application data rustls had already decrypted (to be read first).
+    /// Call only when [`TlsRecords::applicable`] holds.
+    pub fn take_over(mut tls: TlsStream<TcpStream>) -> io::Result<(Self, Vec<u8>)> {
+        let (_, conn) = tls.get_mut();
+        // Complete records rustls has read are opened now, so nothing it
+        // holds is lost with it.
+        let state = conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut early = vec![0; state.plaintext_bytes_to_read()];
+        io::Read::read_exact(&mut conn.reader(), &mut early)?;
+        let suite = match conn.negotiated_cipher_suite() {
+            Some(SupportedCipherSuite::Tls13(suite)) => suite,
+            _ => return Err(invalid("not a TLS 1.3 connection")),
+        };
+        let (tcp, conn) = tls.into_inner();
+        let secrets = conn
+            .dangerous_extract_secrets()
+            .map_err(|e| io::Error::other(format!("extracting the session keys: {e}")))?;
+        let aead = suite.aead_alg;
+        let (rx_seq, rx) = secrets.rx;
+        let (tx_seq, tx) = secrets.tx;
+        let (rx_key, rx_iv) = split(rx)?;
+        let (tx_key, tx_iv) = split(tx)?;
+        if rx_key.as_ref().len() != aead.key_len() || tx_key.as_ref().len() != aead.key_len() {
+            return Err(invalid("session key of an unexpected length"));
+        }
+        Ok((
+            TlsRecords {
+                tcp,
+                rx: aead.decrypter(rx_key, rx_iv),
+                tx: aead.encrypter(tx_key, tx_iv),
+                rx_seq,
+                tx_seq,
+                rbuf: Vec::new(),
+                plain_at: 0,
+                plain_end: 0,
+                rec_at: 0,
+                filled: 0,
+                wbuf: Vec::new(),
+                written: 0,
+                read_done: false,
+                close_sent: false,
+            },
+            early,
+        ))
+    }
+
+    /// Opens the record at `rbuf[rec_at..]` if it is complete: its
+    /// plaintext becomes `rbuf[plain_at..plain_end]`. `Ok(false)`: more
+    /// bytes are needed.
+    fn open_record(&mut self) -> io::Result<bool> {
+        let have = &self.rbuf[self.rec_at..self.filled];
+        if have.len() < HEADER {
+            return Ok(false);
+        }
+        let len = usize::from(u16::from_be_bytes([have[3], have[4]]));
+        if have[0] != u8::from(ContentType::ApplicationData) {
+            // After the handshake every TLS 1.3 record is sealed as
+            // application data.
+            return Err(invalid("unexpected TLS record type after the handshake"));
+        }
+        if len > MAX_CIPHERTEXT {
+            return Err(invalid("TLS record too large"));
+        }
+        if have.len() < HEADER + len {
+            return Ok(false);
+        }
+        let start = self.rec_at + HEADER;
+        let end = start + len;
+        self.rec_at = end;
+        let base = self.rbuf.as_ptr() as usize;
+        let msg = InboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::TLSv1_2,
+            &mut self.rbuf[start..end],
+        );
+        let plain = self
+            .rx
+            .decrypt(msg, self.rx_seq)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.rx_seq += 1;
+        match plain.typ {
+            ContentType::ApplicationData => {
+                // The plaintext is opened in place, inside this record.
+                let at = plain.payload.as_ptr() as usize - base;
+                self.plain_at = at;
+                self.plain_end = at + plain.payload.len();
+            }
+            ContentType::Alert => {
+                if plain.payload == CLOSE_NOTIFY {
+                    self.read_done = true;
+                } else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the client sent a TLS alert",
+                    ));
+                }
+            }
+            ContentType::Handshake => {
+                return Err(invalid(
+                    "the client sent a post-handshake TLS message (KeyUpdate), not supported on a relayed session",
+                ));
+            }
+            _ => return Err(invalid("unexpected TLS content type")),
+        }
+        Ok(true)
+    }
+
+    /// Writes out sealed records.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.wbuf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        if !self.wbuf.is_empty() {
+            self.wbuf = Vec::new();
+            self.written = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Seals `payload` as one record of type `typ`, queued for writing.
+    fn seal(&mut self, typ: ContentType, payload: &[u8]) -> io::Result<()> {
+        let msg = OutboundPlainMessage {
+            typ,
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(payload),
+        };
+        let sealed = self
+            .tx
+            .encrypt(msg, self.tx_seq)
+            .map_err(io::Error::other)?;
+        self.tx_seq += 1;
+        self.wbuf = sealed.encode();
+        self.written = 0;
+        Ok(())
+    }
+}
+
+/// A TLS 1.3 traffic key and IV.
+fn split(
+    s: ConnectionTrafficSecrets,
+) -> io::Result<(rustls::crypto::cipher::AeadKey, rustls::crypto::cipher::Iv)> {
+    match s {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err(invalid("unsupported cipher")),
+    }
+}
+
+impl AsyncRead for TlsRecords {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_at < this.plain_end {
+                let n = (this.plain_end - this.plain_at).min(buf.remaining());
+                buf.put_slice(&this.rbuf[this.plain_at..this.plain_at + n]);
+                this.plain_at += n;
+                if this.plain_at == this.plain_end && this.rec_at == this.filled {
+                    // Nothing in flight: an idle session holds no buffer.
+                    this.rbuf = Vec::new();
+                    (this.plain_at, this.plain_end, this.rec_at, this.filled) = (0, 0, 0, 0);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_done {
+                return Poll::Ready(Ok(()));
+            }
+            if this.rec_at < this.filled && this.open_record()? {
+                continue;
+            }
+            if this.rbuf.is_empty() {
+                // Allocate only once bytes are there to read.
+                ready!(this.tcp.poll_read_ready(cx))?;
+                this.rbuf = vec![0; HEADER + MAX_CIPHERTEXT];
+            } else if this.rec_at > 0 {
+                // Move the partial record to the front.
+                this.rbuf.copy_within(this.rec_at..this.filled, 0);
+                this.filled -= this.rec_at;
+                this.rec_at = 0;
+            }
+            let mut rb = ReadBuf::new(&mut this.rbuf[this.filled..]);
+            match Pin::new(&mut this.tcp).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        if this.rec_at < this.filled {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the client closed the connection inside a TLS record",
+                            )));
+                        }
+                        this.read_done = true;
+                    }
+                    this.filled += n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if this.filled == 0 {
+                        this.rbuf = Vec::new();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsRecords {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        if this.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = data.len().min(MAX_PLAINTEXT);
+        this.seal(ContentType::ApplicationData, &data[..n])?;
+        // Start writing now; what does not go out is written by the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        if !this.close_sent {
+            this.seal(ContentType::Alert, &CLOSE_NOTIFY)?;
+            this.close_sent = true;
+            ready!(this.poll_write_out(cx))?;
+        }
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
