@@ -19,7 +19,7 @@ SYNC_WORKERS=${SYNC_WORKERS:-4}  # sync pool: workers, 20 ms each
 SYNC_CONNS=${SYNC_CONNS:-128}    # sync pool: concurrent clients (capacity is SYNC_WORKERS*50 req/s)
 XFER_BYTES=${XFER_BYTES:-1073741824}
 PROXIES=${PROXIES:-"switchyard nginx haproxy"}
-CASES=${CASES:-"a b c d128 d64k e fup fdown sync syncmix"}
+CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix"}
 SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
 PROXY_CPU=${PROXY_CPU:-0}        # the core every proxy is pinned to
@@ -250,17 +250,19 @@ run_case() { # case proxy rep
     syncmix) measure "$@" -- wrk -t1 -c"$SYNCMIX_CONNS" -d"${DUR}s" --timeout 6s --latency \
         -s "$ROOT/bench/conf/syncmix.lua" "$URL/sync/" ;;
     e) idle_case "$@" ;;
+    ew) idle_case "$@" --warm 4096 ;;
     esac
 }
 
-idle_case() { # case proxy rep: RSS with IDLE_SESSIONS idle TLS WebSockets open minus before
+idle_case() { # case proxy rep [load options]: RSS with IDLE_SESSIONS idle TLS WebSockets open minus before
     local c=$1 p=$2 r=$3 out=$RAW/$1.$2.$3.out fifo=$RUN/hold.fifo
+    shift 3
     local before after i
     sleep 0.5
     before=$(status_kib VmRSS)
     rm -f "$fifo"; mkfifo "$fifo"
     taskset -c "$LOAD_CPU" timeout 150 "$TOOLS/bench-ws-load" --mode hold --url "$WSURL" --ca "$CA" \
-        --sni localhost --sessions "$IDLE_SESSIONS" --concurrency 64 --max-hold 120 <"$fifo" >"$out" 2>&1 &
+        --sni localhost --sessions "$IDLE_SESSIONS" --concurrency 64 --max-hold 120 "$@" <"$fifo" >"$out" 2>&1 &
     local hp=$!
     exec 7>"$fifo"
     for ((i = 0; i < 1200; i++)); do

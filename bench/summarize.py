@@ -91,7 +91,7 @@ def metrics(case, out, meta):
         m = {"cpu_us_per_msg": cpu / (2 * n), "p99_rtt_ms": int(r["p99_us"]) / 1000,
              "round_trips_s": float(r["msgs_per_s"]), "cpu_util_pct": cpu / 1e6 / float(meta["wall"]) * 100,
              "errors": int(r["errors"])}
-    elif case == "e":
+    elif case in ("e", "ew"):
         r = parse_kv(out)
         n = int(r.get("opened", 0))
         if not n:
@@ -116,6 +116,7 @@ SPEC = {
     "d64k": [("cpu_us_per_msg", True, 0.8), ("p99_rtt_ms", True, None), ("round_trips_s", False, None),
              ("cpu_util_pct", None, None), ("errors", True, None)],
     "e": [("kib_per_session", True, 0.5), ("sessions_open", None, None)],
+    "ew": [("kib_per_session", True, None), ("sessions_open", None, None)],
     "fup": [("MiB_s", False, 0.9), ("peak_rss_mib", True, None)],
     "fdown": [("MiB_s", False, 0.9), ("peak_rss_mib", True, None)],
     "sync": [("ok_req_s", False, None), ("p50_ms", True, None), ("p99_ms", True, None), ("errors", True, None)],
@@ -129,6 +130,7 @@ TITLE = {
     "d128": "d. WebSocket echo over TLS, 64 sessions, 128 B",
     "d64k": "d. WebSocket echo over TLS, 64 sessions, 64 KiB",
     "e": "e. idle TLS WebSocket sessions",
+    "ew": "e'. the same, idle after one 4 KiB echo each",
     "fup": "f. 1 GiB upload (curl, HTTP/1.1)",
     "fdown": "f. 1 GiB download (curl, HTTP/1.1)",
     "sync": "sync pool (issue 4): 4 workers x 20 ms, 128 clients",

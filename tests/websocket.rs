@@ -958,6 +958,55 @@ async fn messages_of_every_size_class_arrive_intact() {
 }
 
 #[tokio::test]
+async fn tls12_sessions_relay_like_tls13_ones() {
+    // TLS 1.3 sessions leave rustls after the upgrade; TLS 1.2 ones stay.
+    let _g = EXCLUSIVE.read().await;
+    let backend = WsBackend::start().await;
+    let s = setup(backend.addr, "").await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.pki.ca_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls12.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(s.proxy.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("ws.test").unwrap();
+    let tls = within(
+        "TLS 1.2 handshake",
+        WAIT,
+        tokio_rustls::TlsConnector::from(Arc::new(tls12)).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let req = "wss://ws.test/ws/tls12".into_client_request().unwrap();
+    let (mut ws, _) = within(
+        "WebSocket handshake",
+        WAIT,
+        tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config())),
+    )
+    .await
+    .unwrap();
+    for n in [5, 70_000] {
+        let b = binary_of(n);
+        within("send", WAIT, ws.send(Message::binary(b.clone())))
+            .await
+            .unwrap();
+        match recv(&mut ws, WAIT).await {
+            Message::Binary(got) => assert_same(&format!("binary of {n}"), &got, &b),
+            other => panic!("binary of {n}: got {other:?}"),
+        }
+    }
+    assert_eq!(close_with(&mut ws, 1000).await, Some(1000));
+}
+
+#[tokio::test]
 async fn fragmented_messages_with_interleaved_pings() {
     let _g = EXCLUSIVE.read().await;
     let backend = WsBackend::start().await;

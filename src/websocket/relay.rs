@@ -1,10 +1,12 @@
 //! The frame-aware WebSocket relay.
 //!
 //! One task moves both directions of a session. Each direction reads into its
-//! own buffer (16 KiB, allocated when its first bytes arrive), walks the
-//! frames in place with a [`FrameWalker`] and writes the very bytes it read on
-//! to the other side: no per-frame copy, allocation or lock, and nothing waits
-//! for a whole message. Both directions are polled from one `poll_fn`, the
+//! own buffer, walks the frames in place with a [`FrameWalker`] and writes the
+//! very bytes it read on to the other side: no per-frame copy or lock, and
+//! nothing waits for a whole message. The buffer exists only while bytes are
+//! in flight (2 KiB for a small burst, 16 KiB for bulk): it is allocated once
+//! per burst and released when the direction goes quiet, so an idle session
+//! holds none. Both directions are polled from one `poll_fn`, the
 //! way `tokio::io::copy_bidirectional` does it, so a direction blocked on a
 //! slow reader never holds up the other one.
 //!
@@ -36,9 +38,10 @@ use super::frame::{
 };
 use crate::metrics::{RouteMetrics, WsDirectionMetrics};
 
-/// Per-direction read buffer.
+/// Per-direction read buffer for bulk data.
 const BUF_SIZE: usize = 16 * 1024;
-/// Stack buffer for a direction's first read, before its buffer exists.
+/// Stack buffer for a quiet direction's first read, before its buffer
+/// exists; also the buffer size for a burst that fits in it.
 const PROBE_SIZE: usize = 2 * 1024;
 /// How long to wait for the other side's close frame once one side closed,
 /// or for close replies after the proxy closed both sides.
@@ -505,6 +508,11 @@ impl Half {
                     return Poll::Ready(HalfEvent::ReadError);
                 }
                 Poll::Pending => {
+                    if self.filled == 0 && !self.buf.is_empty() {
+                        // Everything read was passed on and nothing is
+                        // held back: a quiet direction keeps no buffer.
+                        self.buf = Vec::new();
+                    }
                     return match self.poll_flush(cx, dst) {
                         Poll::Ready(Err(())) => Poll::Ready(self.broken()),
                         _ => Poll::Pending,
@@ -564,14 +572,20 @@ impl Half {
         S: AsyncRead + Unpin + ?Sized,
     {
         if self.buf.is_empty() {
-            // No buffer yet: read into the stack and allocate only if
-            // something arrived, so silent directions cost nothing.
+            // No buffer (the direction is quiet): read into the stack and
+            // allocate only if something arrived. A small message gets a
+            // small buffer; a full probe means more is coming.
             let mut probe = [0u8; PROBE_SIZE];
             let mut rb = ReadBuf::new(&mut probe);
             ready!(Pin::new(src).poll_read(cx, &mut rb))?;
             let got = rb.filled();
             if !got.is_empty() {
-                let mut buf = vec![0; BUF_SIZE];
+                let size = if got.len() == PROBE_SIZE {
+                    BUF_SIZE
+                } else {
+                    PROBE_SIZE
+                };
+                let mut buf = vec![0; size];
                 buf[..got.len()].copy_from_slice(got);
                 self.buf = buf;
             }
@@ -583,7 +597,12 @@ impl Half {
         }
         let mut rb = ReadBuf::new(&mut self.buf[self.filled..]);
         ready!(Pin::new(src).poll_read(cx, &mut rb))?;
-        Poll::Ready(Ok(rb.filled().len()))
+        let n = rb.filled().len();
+        if self.filled + n == self.buf.len() && self.buf.len() < BUF_SIZE {
+            // A small buffer filled up: bulk data, take the full size.
+            self.buf.resize(BUF_SIZE, 0);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// A pong from the client that may answer the proxy's ping.

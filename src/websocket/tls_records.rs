@@ -339,3 +339,153 @@ impl AsyncWrite for TlsRecords {
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// Bound on every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+    /// A handshaken TLS pair over loopback TCP: (client, server), the client
+    /// offering only `versions`.
+    async fn pair(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Client, TlsStream<TcpStream>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server.enable_secret_extraction = true;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let (mut c, s) = timeout(WAIT, async { tokio::join!(connect, accept) })
+            .await
+            .unwrap();
+        // The server's session tickets go out with the handshake's last
+        // flight; the client reads them with its first read.
+        c.flush().await.unwrap();
+        (c, s)
+    }
+
+    async fn taken_over() -> (Client, TlsRecords) {
+        let (c, s) = pair(&[&rustls::version::TLS13]).await;
+        assert!(TlsRecords::applicable(&s));
+        let (records, early) = TlsRecords::take_over(s).unwrap();
+        assert!(early.is_empty());
+        (c, records)
+    }
+
+    #[tokio::test]
+    async fn data_crosses_both_ways_and_an_idle_connection_holds_no_buffer() {
+        let (mut c, mut s) = taken_over().await;
+        // Small, then several records' worth each way.
+        for len in [5, 100_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            c.write_all(&data).await.unwrap();
+            c.flush().await.unwrap();
+            let mut got = vec![0; len];
+            timeout(WAIT, s.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, data);
+            s.write_all(&data).await.unwrap();
+            s.flush().await.unwrap();
+            let mut back = vec![0; len];
+            timeout(WAIT, c.read_exact(&mut back))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, data);
+            assert_eq!(s.rbuf.capacity(), 0, "receive buffer kept while idle");
+            assert_eq!(s.wbuf.capacity(), 0, "send buffer kept while idle");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_both_ways_cleanly() {
+        let (mut c, mut s) = taken_over().await;
+        c.shutdown().await.unwrap();
+        let mut buf = [0; 16];
+        assert_eq!(timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap(), 0);
+        s.shutdown().await.unwrap();
+        // The client sees our close_notify: a clean end, not an error.
+        assert_eq!(timeout(WAIT, c.read(&mut buf)).await.unwrap().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_key_update_ends_the_session_with_a_clear_error() {
+        let (mut c, mut s) = taken_over().await;
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+        c.write_all(b"after the update").await.unwrap();
+        c.flush().await.unwrap();
+        let mut buf = [0; 64];
+        let err = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("KeyUpdate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tampered_records_are_refused() {
+        let (mut c, mut s) = taken_over().await;
+        // A record header with a type that is not application data.
+        c.get_mut().0.write_all(&[22, 3, 3, 0, 1, 0]).await.unwrap();
+        let mut buf = [0; 16];
+        let err = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_open_is_refused() {
+        let (mut c, mut s) = taken_over().await;
+        let mut forged = vec![23, 3, 3, 0, 40];
+        forged.extend([0x5a; 40]);
+        c.get_mut().0.write_all(&forged).await.unwrap();
+        let mut buf = [0; 16];
+        let err = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn tls12_connections_stay_with_rustls() {
+        let (_c, s) = pair(&[&rustls::version::TLS12]).await;
+        assert!(!TlsRecords::applicable(&s));
+    }
+}

@@ -15,6 +15,9 @@
 //! SIGTERM/SIGINT arrives, or MAX_HOLD seconds pass; then exits.
 //!
 //!   bench-ws-load --mode hold --sessions 9000 --concurrency 64 --max-hold 120 ...
+//!
+//! With `--warm BYTES`, each held session first sends one binary message of
+//! that size and waits for its echo, so it is held idle after being active.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -191,6 +194,7 @@ async fn echo(args: &switchyard_bench_tools::Args, t: Arc<Target>, sessions: usi
 async fn hold(args: &switchyard_bench_tools::Args, t: Arc<Target>, sessions: usize) {
     let concurrency: usize = args.num("concurrency", 64);
     let max_hold: u64 = args.num("max-hold", 120);
+    let warm: usize = args.num("warm", 0);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(sessions);
     for _ in 0..sessions {
@@ -200,6 +204,22 @@ async fn hold(args: &switchyard_bench_tools::Args, t: Arc<Target>, sessions: usi
             let mut last = String::new();
             for _ in 0..3 {
                 match open(&t).await {
+                    Ok(mut ws) if warm > 0 => {
+                        let echoed = async {
+                            ws.send(Message::binary(vec![0x42; warm])).await.ok()?;
+                            loop {
+                                match ws.next().await? {
+                                    Ok(Message::Binary(b)) => return Some(b.len()),
+                                    Ok(_) => continue,
+                                    Err(_) => return None,
+                                }
+                            }
+                        };
+                        match tokio::time::timeout(Duration::from_secs(10), echoed).await {
+                            Ok(Some(n)) if n == warm => return Ok(ws),
+                            _ => return Err("warm-up message was not echoed".to_string()),
+                        }
+                    }
                     Ok(ws) => return Ok(ws),
                     Err(e) => last = e,
                 }
