@@ -76,7 +76,7 @@ build() {
         (cd "$ROOT" && cargo build --release --quiet)
     fi
     # A private copy, so that another rebuild of target/ cannot change it mid-run.
-    cp "$ROOT/target/release/switchyard" "$RUN/switchyard"
+    cp "${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}" "$RUN/switchyard"
     TOOLS=$BENCH/tools/target/release
 }
 

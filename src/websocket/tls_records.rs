@@ -34,6 +34,9 @@ const HEADER: usize = 5;
 const MAX_PLAINTEXT: usize = 1 << 14;
 /// Largest ciphertext in one record (RFC 8446 §5.2).
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// Receive buffer for a burst's first read: enough for a small record;
+/// it grows to a full record when a header asks for more.
+const FIRST_READ: usize = 2048;
 /// Alert level "warning" and description "close_notify".
 const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
@@ -147,6 +150,10 @@ impl TlsRecords {
             return Err(invalid("TLS record too large"));
         }
         if have.len() < HEADER + len {
+            if self.rec_at + HEADER + len > self.rbuf.len() {
+                // A bigger record than the first read allowed for.
+                self.rbuf.resize(HEADER + MAX_CIPHERTEXT, 0);
+            }
             return Ok(false);
         }
         let start = self.rec_at + HEADER;
@@ -264,7 +271,7 @@ impl AsyncRead for TlsRecords {
             if this.rbuf.is_empty() {
                 // Allocate only once bytes are there to read.
                 ready!(this.tcp.poll_read_ready(cx))?;
-                this.rbuf = vec![0; HEADER + MAX_CIPHERTEXT];
+                this.rbuf = vec![0; FIRST_READ];
             } else if this.rec_at > 0 {
                 // Move the partial record to the front.
                 this.rbuf.copy_within(this.rec_at..this.filled, 0);
