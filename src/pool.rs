@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, PoolMetrics, ServerMetrics};
 pub struct Server {
     /// `host:port` as configured; the `server` metric label.
     pub addr: Arc<str>,
-    /// The same, parsed once for building request URIs.
+    /// The same, parsed: every server address must be a valid authority.
     pub authority: http::uri::Authority,
     in_flight: AtomicUsize,
     up: AtomicBool,
@@ -39,6 +39,8 @@ pub struct Server {
     /// Active health settings, replaced on reload.
     health: Mutex<Option<config::Health>>,
     checker_running: AtomicBool,
+    /// Keep-alive connections to this server.
+    pub connections: crate::upstream::Connections,
 }
 
 impl std::fmt::Debug for Server {
@@ -68,6 +70,7 @@ impl Server {
             metrics: m,
             health: Mutex::new(None),
             checker_running: AtomicBool::new(false),
+            connections: Default::default(),
         }))
     }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -194,12 +194,11 @@ fn redirect_location(host: &str, https_port: u16, uri: &Uri) -> String {
     }
 }
 
-/// Rewrites a client request into the request sent to `lease`'s server.
+/// Rewrites a client request into the request sent to a pool server.
 pub(crate) fn upstream_request(
     parts: &mut http::request::Parts,
     conn: &ConnInfo,
     host: &str,
-    authority: &http::uri::Authority,
 ) -> Result<(), ProxyError> {
     let trailers = headers::remove_hop_by_hop(&mut parts.headers);
     if trailers {
@@ -212,17 +211,15 @@ pub(crate) fn upstream_request(
         let v = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("invalid host"))?;
         parts.headers.insert(header::HOST, v);
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = Some(pq);
-    parts.uri =
-        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    // Origin form: hyper's connection writes the request target as given.
+    if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+            .into();
+    }
     parts.version = Version::HTTP_11;
     Ok(())
 }
@@ -300,10 +297,14 @@ async fn forward(
         } else {
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
-        upstream_request(&mut p, conn, host, &server.authority)?;
+        upstream_request(&mut p, conn, host)?;
         let b = body.take().unwrap_or_else(Body::empty);
         let timeout = generation.config.timeouts.upstream_response;
-        let exchange = match generation.upstream.send(Request::from_parts(p, b)).await {
+        let exchange = match generation
+            .upstream
+            .send(&server, Request::from_parts(p, b))
+            .await
+        {
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 headers::remove_hop_by_hop(&mut rparts.headers);

@@ -1,15 +1,27 @@
 //! Upstream: the HTTP/1.1 client that carries requests to pool servers, with
 //! keep-alive connection reuse and the connect and response timeouts.
+//!
+//! Each server keeps its own stack of HTTP/1.1 connections ([`Connections`]).
+//! A connection goes back on the stack as soon as its response head is in;
+//! while its body is still streaming hyper reports it not ready and it is
+//! passed over, so returning it needs no task or hook per request. The most
+//! recently used ready connection is taken first (its socket is warm and the
+//! others can age out).
 
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::body::Body;
+use crate::pool::Server;
+
+/// How long an idle connection is kept for reuse.
+const IDLE_KEEP: Duration = Duration::from_secs(60);
 
 /// How an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +51,64 @@ impl UpstreamError {
     }
 }
 
-/// The client shared by every pool; hyper pools idle connections per server.
+/// Keep-alive connections to one server: idle ones, and busy ones whose
+/// response body is still being read.
+#[derive(Default)]
+pub struct Connections {
+    stack: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Connections {
+    /// Takes the most recently used connection that can carry a request now,
+    /// dropping those that closed or sat idle too long.
+    fn take(&self, now: Instant) -> Option<SendRequest<Body>> {
+        let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut i = stack.len();
+        while i > 0 {
+            i -= 1;
+            let c = &stack[i];
+            if c.sender.is_closed() {
+                stack.swap_remove(i);
+            } else if c.sender.is_ready() {
+                let c = stack.swap_remove(i);
+                if now.duration_since(c.since) < IDLE_KEEP {
+                    return Some(c.sender);
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts a connection back once its response head is in.
+    fn put(&self, sender: SendRequest<Body>, now: Instant) {
+        if !sender.is_closed() {
+            let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
+            stack.push(Pooled { sender, since: now });
+        }
+    }
+
+    /// Connections held (idle or busy), for tests.
+    pub fn len(&self) -> usize {
+        self.stack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The timeouts every upstream exchange of a configuration runs under.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
     response_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -50,19 +116,7 @@ pub struct Upstream {
 impl Upstream {
     /// A client with these timeouts.
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector);
         Upstream {
-            client,
             response_timeout,
             connect_timeout,
         }
@@ -73,22 +127,76 @@ impl Upstream {
         self.connect_timeout == connect && self.response_timeout == response
     }
 
-    /// Sends a request and waits for the response head.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+    /// Sends a request (origin-form URI) to `server` over a kept-alive
+    /// connection or a new one, and waits for the response head.
+    pub async fn send(
+        &self,
+        server: &Server,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.response_timeout, self.exchange(server, req)).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                let msg = error_chain(&e);
-                if request_body_failed(&e) {
-                    Err(UpstreamError::RequestBody(msg))
-                } else if e.is_connect() {
-                    Err(UpstreamError::Connect(msg))
-                } else {
-                    Err(UpstreamError::Response(msg))
+            Ok(r) => r,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        server: &Server,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // Bounded: each pass takes a pooled connection off the stack, or
+        // opens a new one and ends.
+        loop {
+            let (mut sender, fresh) = match server.connections.take(Instant::now()) {
+                Some(sender) => (sender, false),
+                None => (self.connect(server).await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    server.connections.put(sender, Instant::now());
+                    return Ok(resp);
                 }
+                Err(mut e) => match e.take_message() {
+                    // The kept-alive connection closed before the request
+                    // went out: nothing was sent, try the next one.
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => {
+                        let e = e.into_error();
+                        let msg = error_chain(&e);
+                        return Err(if request_body_failed(&e) {
+                            UpstreamError::RequestBody(msg)
+                        } else {
+                            UpstreamError::Response(msg)
+                        });
+                    }
+                },
             }
         }
+    }
+
+    /// Opens a connection to `server`; its driver runs in its own task until
+    /// the connection closes.
+    async fn connect(&self, server: &Server) -> Result<SendRequest<Body>, UpstreamError> {
+        let tcp =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*server.addr))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
+                Err(_) => return Err(UpstreamError::Connect("timed out".to_string())),
+            };
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 

@@ -178,6 +178,55 @@ async fn h1_and_h2_downstream_both_reach_the_pool_over_http1() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::atomic::Ordering;
+    let (ar, aa, b) = three().await;
+    let s = setup(&ar, &aa, &b, "").await;
+    // One client connection, requests one after another: one upstream
+    // connection carries them all.
+    let tls = tls_connect(&s.pki, s.proxy.https, "a.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..40 {
+        send.ready().await.unwrap();
+        let resp = send.send_request(get("a.test", "/")).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "a-root");
+    }
+    assert_eq!(ar.count(), 40);
+    assert_eq!(
+        ar.accepted.load(Ordering::Relaxed),
+        1,
+        "one upstream connection"
+    );
+    // Eight clients at once, several requests each: at most eight more.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (pki, addr) = (&s.pki, s.proxy.https);
+        clients.push(async move {
+            for _ in 0..5 {
+                let r = https_request(pki, addr, "a.test", false, get("a.test", "/api/x"))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        });
+    }
+    futures_util::future::join_all(clients).await;
+    assert_eq!(aa.count(), 40);
+    let opened = aa.accepted.load(Ordering::Relaxed);
+    assert!(
+        (1..=8).contains(&opened),
+        "{opened} upstream connections for 8 clients"
+    );
+}
+
+#[tokio::test]
 async fn routing_longest_prefix_and_404s() {
     let (ar, aa, b) = three().await;
     let s = setup(&ar, &aa, &b, "").await;

@@ -207,6 +207,8 @@ type Handler = Arc<
 pub struct Backend {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     /// Cancelled on drop: every open connection closes, like a killed process.
     killed: tokio_util::sync::CancellationToken,
@@ -246,11 +248,14 @@ impl Backend {
         let seen2 = seen.clone();
         let killed = tokio_util::sync::CancellationToken::new();
         let killed2 = killed.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted2 = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                accepted2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let handler = handler.clone();
                 let seen = seen2.clone();
                 let killed = killed2.clone();
@@ -290,6 +295,7 @@ impl Backend {
         Backend {
             addr,
             seen,
+            accepted,
             task,
             killed,
         }
