@@ -343,7 +343,11 @@ where
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = svc_activity.begin();
         let bad_head = svc_activity.take_bad_head() && req.version() < hyper::Version::HTTP_2;
-        let fut = (!bad_head).then(|| proxy::handle(svc_shared.clone(), info.clone(), req));
+        // Boxed: the request's future is several KiB, and hyper moves the
+        // service future around (for HTTP/2 into a task of its own), which
+        // then costs a pointer copy, not a memcpy of the whole state.
+        let fut =
+            (!bad_head).then(|| Box::pin(proxy::handle(svc_shared.clone(), info.clone(), req)));
         async move {
             let resp = match fut {
                 Some(fut) => fut.await,
