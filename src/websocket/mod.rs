@@ -1,6 +1,13 @@
 //! WebSocket: recognising upgrades (HTTP/1.1 `Upgrade` and HTTP/2 extended
 //! CONNECT, RFC 8441), relaying the handshake to the async backend, and
 //! running each session's frame relay in its own task.
+//!
+//! A session is built to cost little while it is idle, since most are:
+//! `io` unwraps hyper's upgraded connections to the streams underneath,
+//! `tls_records` takes a TLS 1.3 client's record layer over from rustls,
+//! and [`relay`] holds buffers only while bytes are in flight. An idle TLS
+//! session holds its two sockets, its two AEAD keys and about 2 KiB of
+//! relay and task state (bench case e: under 5 KiB in all).
 
 pub mod frame;
 mod io;
