@@ -38,8 +38,10 @@ use super::frame::{
 };
 use crate::metrics::{RouteMetrics, WsDirectionMetrics};
 
-/// Per-direction read buffer for bulk data.
+/// Per-direction read buffer once a burst outgrows the probe.
 const BUF_SIZE: usize = 16 * 1024;
+/// Per-direction read buffer while a burst keeps filling `BUF_SIZE`.
+const BULK_SIZE: usize = 64 * 1024;
 /// Stack buffer for a quiet direction's first read, before its buffer
 /// exists; also the buffer size for a burst that fits in it.
 const PROBE_SIZE: usize = 2 * 1024;
@@ -599,9 +601,15 @@ impl Half {
         let mut rb = ReadBuf::new(&mut self.buf[self.filled..]);
         ready!(Pin::new(src).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
-        if self.filled + n == self.buf.len() && self.buf.len() < BUF_SIZE {
-            // A small buffer filled up: bulk data, take the full size.
-            self.buf.resize(BUF_SIZE, 0);
+        if self.filled + n == self.buf.len() && self.buf.len() < BULK_SIZE {
+            // The buffer filled up: bulk data, take a bigger one (it goes
+            // when the direction is quiet again).
+            let size = if self.buf.len() < BUF_SIZE {
+                BUF_SIZE
+            } else {
+                BULK_SIZE
+            };
+            self.buf.resize(size, 0);
         }
         Poll::Ready(Ok(n))
     }

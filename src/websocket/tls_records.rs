@@ -37,6 +37,8 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Receive buffer for a burst's first read: enough for a small record;
 /// it grows to a full record when a header asks for more.
 const FIRST_READ: usize = 2048;
+/// Receive buffer while bulk data flows: four full records per read.
+const BULK: usize = 4 * (HEADER + MAX_CIPHERTEXT);
 /// Alert level "warning" and description "close_notify".
 const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
@@ -150,8 +152,11 @@ impl TlsRecords {
             return Err(invalid("TLS record too large"));
         }
         if have.len() < HEADER + len {
-            if self.rec_at + HEADER + len > self.rbuf.len() {
-                // A bigger record than the first read allowed for.
+            if self.rbuf.len() < HEADER + MAX_CIPHERTEXT
+                && self.rec_at + HEADER + len > self.rbuf.len()
+            {
+                // A bigger record than the first read allowed for. (A
+                // bigger buffer makes room by moving the record forward.)
                 self.rbuf.resize(HEADER + MAX_CIPHERTEXT, 0);
             }
             return Ok(false);
@@ -213,7 +218,8 @@ impl TlsRecords {
         Poll::Ready(Ok(()))
     }
 
-    /// Seals `payload` as one record of type `typ`, queued for writing.
+    /// Seals `payload` as one record of type `typ`, queued for writing
+    /// after what is queued already.
     fn seal(&mut self, typ: ContentType, payload: &[u8]) -> io::Result<()> {
         let msg = OutboundPlainMessage {
             typ,
@@ -225,8 +231,12 @@ impl TlsRecords {
             .encrypt(msg, self.tx_seq)
             .map_err(io::Error::other)?;
         self.tx_seq += 1;
-        self.wbuf = sealed.encode();
-        self.written = 0;
+        if self.wbuf.is_empty() {
+            self.wbuf = sealed.encode();
+            self.written = 0;
+        } else {
+            self.wbuf.extend_from_slice(&sealed.encode());
+        }
         Ok(())
     }
 }
@@ -250,23 +260,32 @@ impl AsyncRead for TlsRecords {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let mut delivered = false;
         loop {
             if this.plain_at < this.plain_end {
                 let n = (this.plain_end - this.plain_at).min(buf.remaining());
                 buf.put_slice(&this.rbuf[this.plain_at..this.plain_at + n]);
                 this.plain_at += n;
+                delivered = true;
                 if this.plain_at == this.plain_end && this.rec_at == this.filled {
                     // Nothing in flight: an idle session holds no buffer.
                     this.rbuf = Vec::new();
                     (this.plain_at, this.plain_end, this.rec_at, this.filled) = (0, 0, 0, 0);
+                    return Poll::Ready(Ok(()));
                 }
-                return Poll::Ready(Ok(()));
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                // Room left: open the next record already read, if any.
             }
             if this.read_done {
                 return Poll::Ready(Ok(()));
             }
             if this.rec_at < this.filled && this.open_record()? {
                 continue;
+            }
+            if delivered {
+                return Poll::Ready(Ok(()));
             }
             if this.rbuf.is_empty() {
                 // Allocate only once bytes are there to read.
@@ -292,6 +311,11 @@ impl AsyncRead for TlsRecords {
                         this.read_done = true;
                     }
                     this.filled += n;
+                    if this.filled == this.rbuf.len() && this.rbuf.len() < BULK {
+                        // The buffer filled up: bulk data, read several
+                        // records at a time.
+                        this.rbuf.resize(BULK, 0);
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -319,8 +343,13 @@ impl AsyncWrite for TlsRecords {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = data.len().min(MAX_PLAINTEXT);
-        this.seal(ContentType::ApplicationData, &data[..n])?;
+        // Up to four records per write: one syscall for a 64 KiB message.
+        let mut n = 0;
+        while n < data.len() && n < 4 * MAX_PLAINTEXT {
+            let end = data.len().min(n + MAX_PLAINTEXT);
+            this.seal(ContentType::ApplicationData, &data[n..end])?;
+            n = end;
+        }
         // Start writing now; what does not go out is written by the next
         // write or flush.
         if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
