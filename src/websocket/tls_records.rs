@@ -14,7 +14,11 @@
 //! Limits: TLS 1.3 only (a TLS 1.2 session keeps rustls), and a client
 //! `KeyUpdate` ends the session, since the next keys can only be derived from
 //! the traffic secret rustls keeps. Clients update keys after about 2^24
-//! records at the earliest, and a browser reconnects.
+//! records at the earliest, and a browser reconnects. Complete records rustls
+//! has already read are opened before the take-over; a record it had read
+//! only in part (possible only if the client sent frames before it had the
+//! 101, which RFC 6455 §4.1 forbids) cannot be recovered, and the session
+//! then ends with an error on its next read rather than relaying garbage.
 
 use std::io;
 use std::pin::Pin;
