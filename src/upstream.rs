@@ -22,6 +22,12 @@ use crate::pool::Server;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_KEEP: Duration = Duration::from_secs(60);
+/// Most connections kept per server; past it a connection is closed once
+/// its response is done instead of going back on the stack.
+const MAX_KEPT: usize = 512;
+/// How often a server's whole stack is swept for closed and stale
+/// connections (between sweeps only its top is looked at).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +59,19 @@ impl UpstreamError {
 
 /// Keep-alive connections to one server: idle ones, and busy ones whose
 /// response body is still being read.
+///
+/// Closed connections and ones idle past `IDLE_KEEP` are dropped as the
+/// stack is used (dropping a connection's sender closes it); a server that
+/// gets no requests at all keeps its idle connections until it closes them.
 #[derive(Default)]
 pub struct Connections {
-    stack: Mutex<Vec<Pooled>>,
+    stack: Mutex<Stack>,
+}
+
+#[derive(Default)]
+struct Stack {
+    conns: Vec<Pooled>,
+    swept: Option<Instant>,
 }
 
 struct Pooled {
@@ -63,19 +79,38 @@ struct Pooled {
     since: Instant,
 }
 
+impl Stack {
+    /// Drops closed and stale connections, every `SWEEP_EVERY`.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.conns.retain(|c| {
+            let stale = c.sender.is_ready() && now.duration_since(c.since) >= IDLE_KEEP;
+            !(c.sender.is_closed() || stale)
+        });
+    }
+}
+
 impl Connections {
     /// Takes the most recently used connection that can carry a request now,
     /// dropping those that closed or sat idle too long.
     fn take(&self, now: Instant) -> Option<SendRequest<Body>> {
         let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut i = stack.len();
+        stack.sweep(now);
+        let conns = &mut stack.conns;
+        let mut i = conns.len();
         while i > 0 {
             i -= 1;
-            let c = &stack[i];
+            let c = &conns[i];
             if c.sender.is_closed() {
-                stack.swap_remove(i);
+                conns.swap_remove(i);
             } else if c.sender.is_ready() {
-                let c = stack.swap_remove(i);
+                let c = conns.swap_remove(i);
                 if now.duration_since(c.since) < IDLE_KEEP {
                     return Some(c.sender);
                 }
@@ -84,25 +119,26 @@ impl Connections {
         None
     }
 
-    /// Puts a connection back once its response head is in.
+    /// Puts a connection back once its response head is in (or lets it
+    /// close after its response, when `MAX_KEPT` are kept already).
     fn put(&self, sender: SendRequest<Body>, now: Instant) {
-        if !sender.is_closed() {
-            let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
-            stack.push(Pooled { sender, since: now });
+        if sender.is_closed() {
+            return;
+        }
+        let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
+        stack.sweep(now);
+        if stack.conns.len() < MAX_KEPT {
+            stack.conns.push(Pooled { sender, since: now });
         }
     }
 
-    /// Connections held (idle or busy), for tests.
-    pub fn len(&self) -> usize {
+    /// Connections kept (idle, or finishing a response body).
+    pub fn kept(&self) -> usize {
         self.stack
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .conns
             .len()
-    }
-
-    /// Whether no connection is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -224,4 +260,127 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// Bound on every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A keep-alive backend answering "ok"; counts the connections it accepts
+    /// and closes each after `per_conn` requests (0: never).
+    async fn backend(per_conn: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let served = Arc::new(AtomicUsize::new(0));
+                let svc = hyper::service::service_fn(move |_req| {
+                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                    async move {
+                        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if n == per_conn {
+                            resp.headers_mut()
+                                .insert(http::header::CONNECTION, "close".parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(up: &Upstream, server: &Server) {
+        let req = Request::get("/").body(Body::empty()).unwrap();
+        let resp = tokio::time::timeout(WAIT, up.send(server, req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Read the body to its end, as the proxy does.
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.unwrap();
+    }
+
+    /// Waits (bounded) until the server's kept connections are ready again.
+    async fn settle(server: &Server) {
+        for _ in 0..1000 {
+            let ready = {
+                let stack = server.connections.stack.lock().unwrap();
+                stack
+                    .conns
+                    .iter()
+                    .all(|c| c.sender.is_ready() || c.sender.is_closed())
+            };
+            if ready {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("connections did not become ready");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_dropped_when_stale_and_replaced_when_closed() {
+        let metrics = Metrics::new();
+        let up = Upstream::new(WAIT, WAIT);
+
+        let (addr, accepted) = backend(0).await;
+        let server = Server::new(&addr, &metrics, "s", "p").unwrap();
+        for _ in 0..5 {
+            get(&up, &server).await;
+            settle(&server).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "one connection, reused"
+        );
+        assert_eq!(server.connections.kept(), 1);
+
+        // Idle past IDLE_KEEP: not handed out, dropped.
+        let now = Instant::now();
+        let sender = server.connections.take(now).unwrap();
+        server
+            .connections
+            .put(sender, now - IDLE_KEEP - Duration::from_secs(1));
+        assert!(server.connections.take(now).is_none());
+        assert_eq!(server.connections.kept(), 0);
+        get(&up, &server).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "a new connection");
+
+        // A backend that closes after each response: every request gets a
+        // fresh connection and nothing closed is kept.
+        let (addr, accepted) = backend(1).await;
+        let server = Server::new(&addr, &metrics, "s", "q").unwrap();
+        for i in 1..=3 {
+            get(&up, &server).await;
+            assert_eq!(accepted.load(Ordering::Relaxed), i);
+            for _ in 0..1000 {
+                if server.connections.take(Instant::now()).is_none() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(server.connections.kept(), 0);
+    }
 }
