@@ -43,6 +43,8 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 const FIRST_READ: usize = 2048;
 /// Receive buffer while bulk data flows: four full records per read.
 const BULK: usize = 4 * (HEADER + MAX_CIPHERTEXT);
+/// Empty application-data records accepted in a row (rustls' limit too).
+const MAX_EMPTY_RUN: u8 = 32;
 /// Alert level "warning" and description "close_notify".
 const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
@@ -69,6 +71,9 @@ pub struct TlsRecords {
     read_done: bool,
     /// Our close_notify is queued.
     close_sent: bool,
+    /// Empty application-data records in a row (a client could otherwise
+    /// keep the relay busy with nothing).
+    empty_run: u8,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -133,6 +138,7 @@ impl TlsRecords {
                 written: 0,
                 read_done: false,
                 close_sent: false,
+                empty_run: 0,
             },
             early,
         ))
@@ -181,6 +187,15 @@ impl TlsRecords {
         self.rx_seq += 1;
         match plain.typ {
             ContentType::ApplicationData => {
+                if plain.payload.is_empty() {
+                    // As rustls does: a few are legal, a stream of them is not.
+                    self.empty_run += 1;
+                    if self.empty_run > MAX_EMPTY_RUN {
+                        return Err(invalid("too many empty TLS records in a row"));
+                    }
+                } else {
+                    self.empty_run = 0;
+                }
                 // The plaintext is opened in place, inside this record.
                 let at = plain.payload.as_ptr() as usize - base;
                 self.plain_at = at;
@@ -415,11 +430,13 @@ mod tests {
         server.enable_secret_extraction = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Lets a test seal records as the client would.
+        client.enable_secret_extraction = true;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accept = async {
@@ -521,6 +538,48 @@ mod tests {
         let mut buf = [0; 16];
         let err = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_empty_records_is_refused() {
+        let (c, mut s) = taken_over().await;
+        // rustls' writer skips empty writes, so the client's records are
+        // sealed here with its own keys.
+        let (mut tcp, conn) = c.into_inner();
+        let Some(SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite() else {
+            panic!("not TLS 1.3");
+        };
+        let (mut seq, secrets) = conn.dangerous_extract_secrets().unwrap().tx;
+        let (key, iv) = split(secrets).unwrap();
+        let mut tx = suite.aead_alg.encrypter(key, iv);
+        let mut seal = |payload: &[u8]| {
+            let msg = OutboundPlainMessage {
+                typ: ContentType::ApplicationData,
+                version: ProtocolVersion::TLSv1_2,
+                payload: OutboundChunks::Single(payload),
+            };
+            let sealed = tx.encrypt(msg, seq).unwrap().encode();
+            seq += 1;
+            sealed
+        };
+        // A few empty records are fine.
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend(seal(b""));
+        }
+        wire.extend(seal(b"data"));
+        tcp.write_all(&wire).await.unwrap();
+        let mut buf = [0; 16];
+        let n = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], b"data");
+        // A stream of them is not.
+        let mut wire = Vec::new();
+        for _ in 0..=MAX_EMPTY_RUN {
+            wire.extend(seal(b""));
+        }
+        tcp.write_all(&wire).await.unwrap();
+        let err = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("empty TLS records"), "{err}");
     }
 
     #[tokio::test]
