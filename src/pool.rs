@@ -26,8 +26,6 @@ use crate::metrics::{Metrics, PoolMetrics, ServerMetrics};
 pub struct Server {
     /// `host:port` as configured; the `server` metric label.
     pub addr: Arc<str>,
-    /// The same, parsed: every server address must be a valid authority.
-    pub authority: http::uri::Authority,
     in_flight: AtomicUsize,
     up: AtomicBool,
     /// Passive health: consecutive connect failures.
@@ -57,11 +55,12 @@ impl Server {
         site: &str,
         pool: &str,
     ) -> Result<Arc<Self>, http::uri::InvalidUri> {
+        // Every server address must be a valid URI authority (`host:port`).
+        addr.parse::<http::uri::Authority>()?;
         let m = ServerMetrics::new(metrics, site, pool, addr);
         m.up.set(1.0);
         Ok(Arc::new(Server {
             addr: addr.into(),
-            authority: addr.parse()?,
             in_flight: AtomicUsize::new(0),
             up: AtomicBool::new(true),
             failures: AtomicUsize::new(0),
