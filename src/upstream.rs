@@ -214,15 +214,7 @@ impl Upstream {
     /// Opens a connection to `server`; its driver runs in its own task until
     /// the connection closes.
     async fn connect(&self, server: &Server) -> Result<SendRequest<Body>, UpstreamError> {
-        let tcp =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*server.addr))
-                .await
-            {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
-                Err(_) => return Err(UpstreamError::Connect("timed out".to_string())),
-            };
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(&server.addr, self.connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
@@ -233,6 +225,18 @@ impl Upstream {
             }
         });
         Ok(sender)
+    }
+}
+
+/// Opens a TCP connection to a pool server (`Nagle` off), within `timeout`.
+pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+        Ok(Err(e)) => Err(UpstreamError::Connect(e.to_string())),
+        Err(_) => Err(UpstreamError::Connect("timed out".to_string())),
     }
 }
 

@@ -30,7 +30,7 @@ use crate::pool::{Lease, Pool};
 use crate::proxy::{ConnInfo, Finish, ProxyError, ResponseBody, finish_plain, upstream_request};
 use crate::routing::Route;
 use crate::state::{Generation, Shared};
-use crate::upstream::{UpstreamError, error_chain};
+use crate::upstream::{UpstreamError, connect_tcp, error_chain};
 
 /// What kind of upgrade a request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,7 +172,6 @@ pub async fn proxy(
     h.remove(header::CONTENT_LENGTH);
     let upstream_req = Request::from_parts(parts, Body::empty());
 
-    let _ = tcp.set_nodelay(true);
     let exchange = async {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
@@ -286,12 +285,10 @@ async fn connect_backend(
         let Some(server) = lease.server().cloned() else {
             return Err(ProxyError::Pool(crate::pool::PoolError::NoHealthyServer));
         };
-        let error =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(&*server.addr)).await {
-                Ok(Ok(tcp)) => return Ok((lease, server, tcp)),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".to_string(),
-            };
+        let error = match connect_tcp(&server.addr, connect_timeout).await {
+            Ok(tcp) => return Ok((lease, server, tcp)),
+            Err(e) => e,
+        };
         server.report_failure();
         tracing::warn!(
             site = %pool.site, pool = %pool.name, server = %server.addr, %error,
@@ -302,7 +299,7 @@ async fn connect_backend(
             failed_on = Some(server);
             continue;
         }
-        return Err(ProxyError::Upstream(UpstreamError::Connect(error)));
+        return Err(ProxyError::Upstream(error));
     }
 }
 
