@@ -7,12 +7,13 @@
 //! are kept here instead, from an [`Activity`] record the I/O wrapper and the
 //! request service update.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -45,6 +46,9 @@ pub struct Activity {
     /// A head was ambiguous (see [`Activity::scan_head`]); its request is
     /// answered 400.
     bad_head: AtomicBool,
+    /// Polls of the connection's future so far: a corked stream's bytes
+    /// are due once this moves on (see [`Cork`]).
+    polls: AtomicU32,
 }
 
 /// What [`Activity::scan_head`] has seen of one request head.
@@ -91,6 +95,7 @@ impl Activity {
             scanning: AtomicBool::new(true),
             scan: Mutex::new(HeadScan::default()),
             bad_head: AtomicBool::new(false),
+            polls: AtomicU32::new(0),
         })
     }
 
@@ -203,30 +208,122 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Corked bytes are written out before the buffer grows past this (two
+/// full TLS records).
+const CORK_MAX: usize = 32 * 1024;
+
+/// An HTTP/2 connection's writes, held back to the end of the connection
+/// task's poll.
+///
+/// h2 writes and flushes each response's frames as it goes (a DATA frame
+/// is flushed before the next frame is encoded), and over TLS each flush
+/// is a record and a `writev`. A poll that answers ten streams thus made
+/// ten system calls where one will do: HAProxy sends about one write per
+/// ten such responses. Bytes written in one poll of the connection are
+/// kept here and go out, as one record, at the first I/O of the next poll
+/// (the stream wakes its task to make sure there is one); so the other
+/// tasks that were ready (streams finishing their responses) run first and
+/// their frames join the same write.
+#[derive(Debug, Default)]
+struct Cork {
+    buf: Vec<u8>,
+    /// The poll (`Activity::polls`) in which the buffered bytes were held.
+    held_in: Option<u32>,
+}
+
 pin_project_lite::pin_project! {
-    /// An I/O stream that records activity.
+    /// An I/O stream that records activity (and, for HTTP/2, corks writes).
     pub struct Tracked<IO> {
         #[pin]
         io: IO,
         activity: Arc<Activity>,
+        cork: Option<Cork>,
     }
 }
 
 impl<IO> Tracked<IO> {
     /// The stream, without the tracking (for a WebSocket session, which
-    /// outlives the connection's timeouts).
+    /// outlives the connection's timeouts). Only HTTP/1 connections are
+    /// taken apart, and those are never corked, so nothing is held here.
     pub fn into_inner(self) -> IO {
+        debug_assert!(self.cork.as_ref().is_none_or(|c| c.buf.is_empty()));
         self.io
     }
 }
 
-impl<IO: AsyncRead> AsyncRead for Tracked<IO> {
+impl<IO: AsyncWrite> Tracked<IO> {
+    /// Writes out and flushes what the cork holds.
+    fn poll_uncork(
+        mut io: Pin<&mut IO>,
+        cork: &mut Cork,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !cork.buf.is_empty() {
+            let n = ready!(io.as_mut().poll_write(cx, &cork.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            cork.buf.drain(..n);
+        }
+        cork.held_in = None;
+        // An idle connection keeps no buffer.
+        cork.buf = Vec::new();
+        io.poll_flush(cx)
+    }
+
+    /// Corked: takes `len` bytes (written by `put`) into the cork, first
+    /// writing out what is due or would overflow it.
+    fn poll_cork_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        len: usize,
+        put: impl FnOnce(&mut Vec<u8>),
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let Some(cork) = this.cork.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        let now = this.activity.polls.load(Ordering::Relaxed);
+        let mut io = this.io;
+        let due = cork.held_in.is_some_and(|p| p != now);
+        if due || cork.buf.len() + len > CORK_MAX {
+            match Self::poll_uncork(io.as_mut(), cork, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if cork.buf.len() + len > CORK_MAX => return Poll::Pending,
+                Poll::Pending => {}
+            }
+        }
+        if cork.held_in.is_none() {
+            cork.held_in = Some(now);
+            // There must be a next poll to write these out in.
+            cx.waker().wake_by_ref();
+        }
+        put(&mut cork.buf);
+        this.activity
+            .last_io_ms
+            .store(this.activity.now_ms(), Ordering::Relaxed);
+        Poll::Ready(Ok(len))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite> AsyncRead for Tracked<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(cork) = this.cork.as_mut()
+            && cork
+                .held_in
+                .is_some_and(|p| p != this.activity.polls.load(Ordering::Relaxed))
+            && let Poll::Ready(Err(e)) = Self::poll_uncork(this.io.as_mut(), cork, cx)
+        {
+            // Not writable yet: the write side's waker is set, and the
+            // bytes go at the next flush.
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         let r = this.io.poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -243,6 +340,9 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.cork.is_some() {
+            return self.poll_cork_write(cx, buf.len(), |b| b.extend_from_slice(buf));
+        }
         let this = self.project();
         let r = this.io.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -258,6 +358,14 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.cork.is_some() {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_cork_write(cx, len, |b| {
+                for s in bufs {
+                    b.extend_from_slice(s);
+                }
+            });
+        }
         let this = self.project();
         let r = this.io.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -269,15 +377,50 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        // Corked, a vectored write is as cheap as a plain one.
+        self.cork.is_some() || self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        match this.cork.as_mut() {
+            Some(cork) if !cork.buf.is_empty() => {
+                if cork.held_in == Some(this.activity.polls.load(Ordering::Relaxed)) {
+                    // Held to the next poll (and that poll is arranged).
+                    Poll::Ready(Ok(()))
+                } else {
+                    Self::poll_uncork(this.io, cork, cx)
+                }
+            }
+            _ => this.io.poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let mut this = self.project();
+        if let Some(cork) = this.cork.as_mut() {
+            ready!(Self::poll_uncork(this.io.as_mut(), cork, cx))?;
+        }
+        this.io.poll_shutdown(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future, counting its polls for [`Cork`].
+    struct Counted<F> {
+        #[pin]
+        inner: F,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.activity.polls.fetch_add(1, Ordering::Relaxed);
+        this.inner.poll(cx)
     }
 }
 
@@ -320,8 +463,14 @@ fn builder(config: &Config, https: bool) -> auto::Builder<TokioExecutor> {
 
 /// Serves one accepted (and, for https, handshaken) connection until it
 /// closes, times out, or `stop` is cancelled and its requests finish.
-pub async fn serve<IO>(shared: Arc<Shared>, io: IO, info: ConnInfo, stop: CancellationToken)
-where
+/// `h2`: TLS negotiated HTTP/2, whose writes are corked (see [`Cork`]).
+pub async fn serve<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    info: ConnInfo,
+    h2: bool,
+    stop: CancellationToken,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let generation = shared.generation.load_full();
@@ -337,6 +486,7 @@ where
     let io = Tracked {
         io,
         activity: activity.clone(),
+        cork: h2.then(Cork::default),
     };
     let svc_shared = shared.clone();
     let svc_activity = activity.clone();
@@ -356,7 +506,10 @@ where
             Ok::<_, std::convert::Infallible>(resp.map(|b| b.with_active(guard)))
         }
     });
-    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = Counted {
+        inner: b.serve_connection_with_upgrades(TokioIo::new(io), service),
+        activity: activity.clone(),
+    };
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -372,7 +525,7 @@ where
         () = stop.cancelled() => {}
     }
     // Draining: finish what is in flight, accept nothing new.
-    conn.as_mut().graceful_shutdown();
+    conn.as_mut().project().inner.graceful_shutdown();
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {

@@ -201,7 +201,7 @@ async fn handle(
         activity: None,
     };
     match kind {
-        Kind::Http => connection::serve(a.shared.clone(), tcp, info, a.stop.clone()).await,
+        Kind::Http => connection::serve(a.shared.clone(), tcp, info, false, a.stop.clone()).await,
         Kind::Https => {
             let generation = a.shared.generation.load_full();
             let timeout = generation.config.timeouts.header;
@@ -217,7 +217,8 @@ async fn handle(
                         tls_site: Some(site),
                         ..info
                     };
-                    connection::serve(a.shared.clone(), stream, info, a.stop.clone()).await;
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    connection::serve(a.shared.clone(), stream, info, h2, a.stop.clone()).await;
                 }
                 Err(e) => {
                     metrics.tls_failure(e.reason_index());

@@ -177,6 +177,59 @@ async fn h1_and_h2_downstream_both_reach_the_pool_over_http1() {
     }
 }
 
+/// HTTP/2 writes are held to the end of the connection task's poll and
+/// sent together (`connection::Cork`): many streams answered at once must
+/// each get their whole response, and a lone request afterwards must not
+/// wait for company.
+#[tokio::test]
+async fn many_concurrent_h2_streams_on_one_connection_all_complete() {
+    let (ar, aa, b) = three().await;
+    let s = setup(&ar, &aa, &b, "").await;
+    let tls = tls_connect(&s.pki, s.proxy.https, "a.test", &[b"h2"])
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for i in 0..200 {
+        let mut send = send.clone();
+        let (path, want) = if i % 2 == 0 {
+            ("/", "a-root")
+        } else {
+            ("/api/x", "a-api")
+        };
+        let req = Request::get(format!("https://a.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        streams.push(async move {
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "stream {i}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, want, "stream {i}");
+        });
+    }
+    tokio::time::timeout(WAIT, futures_util::future::join_all(streams))
+        .await
+        .expect("200 streams answered");
+    assert_eq!(ar.count() + aa.count(), 200);
+    // Then one request alone on the now quiet connection.
+    let mut send = send;
+    let req = Request::get("https://a.test/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, send.send_request(req))
+        .await
+        .expect("a lone request is answered")
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "a-root");
+}
+
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     use std::sync::atomic::Ordering;
