@@ -44,10 +44,10 @@ impl Args {
     }
 }
 
-/// A multi-thread runtime with exactly one worker thread.
+/// A current-thread runtime: each tool runs on the one core it is pinned to,
+/// so a worker thread would only add wake-ups between threads.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime")

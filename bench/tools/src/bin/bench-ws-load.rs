@@ -85,8 +85,16 @@ fn main() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     cc.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Small read buffers in hold mode so that 9,000 sessions stay cheap here.
-    let rbuf = if mode == "hold" { 4096 } else { 128 * 1024 };
+    // tungstenite zero-fills its whole read chunk before every read, so a
+    // chunk much larger than a message costs more than the message (a 128
+    // KiB chunk was a sixth of this tool's CPU at 128 B). One TLS record
+    // (16 KiB) at most; small in hold mode so that 9,000 sessions stay cheap.
+    let size: usize = args.num("size", 128);
+    let rbuf = if mode == "hold" {
+        4096
+    } else {
+        (size + 64).clamp(4096, 16 * 1024)
+    };
     let cfg = WebSocketConfig::default()
         .read_buffer_size(rbuf)
         .write_buffer_size(0)
