@@ -127,8 +127,14 @@ async fn route_and_forward(
         websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
         websocket::Upgrade::WebSocket => match &route.websocket {
             None => Err(ProxyError::NoWebSocketOnRoute),
+            // Boxed, like every path a plain request does not take, so
+            // that the request's future (moved and boxed per request) is
+            // only as large as the common path needs.
             Some(pool) => {
-                websocket::proxy(shared, generation, conn, &route, pool, req, &host, started).await
+                Box::pin(websocket::proxy(
+                    shared, generation, conn, &route, pool, req, &host, started,
+                ))
+                .await
             }
         },
     };
@@ -253,7 +259,7 @@ async fn forward(
     let mut body = Some(if buffering && !hyper::body::Body::is_end_stream(&body) {
         // Read the whole body before taking a worker's slot, so a slow
         // upload never holds one.
-        let spilled = buffer::read_request(body, max_body)
+        let spilled = Box::pin(buffer::read_request(body, max_body))
             .await
             .map_err(ProxyError::Body)?;
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -312,7 +318,7 @@ async fn forward(
                     // The whole (small) body is in before the client sees
                     // anything, so a server that dies mid-body can still be
                     // answered cleanly or retried.
-                    buffer::drain_response(rbody, lease, timeout)
+                    Box::pin(buffer::drain_response(rbody, lease, timeout))
                         .await
                         .map(|body| (rparts, body, None))
                         .map_err(|e| (e, None))

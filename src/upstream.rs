@@ -186,7 +186,8 @@ impl Upstream {
         loop {
             let (mut sender, fresh) = match server.connections.take(Instant::now()) {
                 Some(sender) => (sender, false),
-                None => (self.connect(server).await?, true),
+                // Boxed: a connect's future is large and rarely needed.
+                None => (Box::pin(self.connect(server)).await?, true),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
