@@ -447,6 +447,10 @@ fn builder(config: &Config, https: bool) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
+        // Both head and idle timeouts are `Activity`'s. hyper's own header
+        // timer (30 s by default) would also run on an idle keep-alive
+        // connection and close it at 30 s whatever `idle` says.
+        .header_read_timeout(None)
         .max_buf_size(config.limits.max_header_bytes.max(8192))
         .half_close(false)
         .keep_alive(true);

@@ -768,6 +768,34 @@ async fn idle_keep_alive_connections_close_after_idle() {
     );
 }
 
+/// hyper's own header timer (30 s unless turned off) must not close a
+/// keep-alive connection before `idle`. On tokio's paused clock, which jumps
+/// to the next timer whenever every task waits, so this takes no real time.
+#[tokio::test(start_paused = true)]
+async fn keep_alive_outlives_hypers_default_header_timer() {
+    let backend = Backend::named("ok").await;
+    let s = one_site(
+        backend.addr,
+        "[timeouts]\nidle = \"300s\"\nheader = \"5s\"\n",
+        "",
+    )
+    .await;
+    let mut c = TcpStream::connect(s.proxy.http).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_head(&mut c).await, Answer::Status(200));
+    let answered = tokio::time::Instant::now();
+    let mut b = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(600), c.read(&mut b)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_secs(299) && idle < Duration::from_secs(320),
+        "closed after {idle:?} of a 300 s idle timeout"
+    );
+}
+
 #[tokio::test]
 async fn at_max_connections_new_ones_wait_and_open_ones_keep_working() {
     let backend = Backend::named("ok").await;
