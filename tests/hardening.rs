@@ -187,24 +187,6 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Answer {
         .expect("no response head and no close")
 }
 
-/// Reads until EOF (or a reset), bounded by `WAIT`.
-async fn read_to_close<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    let mut out = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("connection was not closed");
-    out
-}
-
 /// Sends `raw` and returns the answer, or `None` if the proxy answered but
 /// kept the connection open (so it would read what follows as a request).
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, raw: &[u8]) -> Option<Answer> {
@@ -745,12 +727,13 @@ async fn heads_over_max_header_bytes_get_431() {
     assert_eq!(backend.count(), 1);
 }
 
-#[tokio::test]
-async fn idle_keep_alive_connections_close_after_idle() {
+/// How long a keep-alive connection stays open after one answered request,
+/// with these idle and header timeouts (waiting at most `wait` for the close).
+async fn kept_open_after_one_request(idle: &str, header: &str, wait: Duration) -> Duration {
     let backend = Backend::named("ok").await;
     let s = one_site(
         backend.addr,
-        "[timeouts]\nidle = \"1s\"\nheader = \"5s\"\n",
+        &format!("[timeouts]\nidle = \"{idle}\"\nheader = \"{header}\"\n"),
         "",
     )
     .await;
@@ -759,9 +742,20 @@ async fn idle_keep_alive_connections_close_after_idle() {
         .await
         .unwrap();
     assert_eq!(read_head(&mut c).await, Answer::Status(200));
-    let answered = Instant::now();
-    read_to_close(&mut c).await;
-    let idle = answered.elapsed();
+    // tokio's clock, so that a test on a paused clock measures virtual time.
+    let answered = tokio::time::Instant::now();
+    let mut b = [0u8; 64];
+    let closed = tokio::time::timeout(wait, c.read(&mut b)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "connection was not closed: {closed:?}"
+    );
+    answered.elapsed()
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_close_after_idle() {
+    let idle = kept_open_after_one_request("1s", "5s", WAIT).await;
     assert!(
         idle >= Duration::from_millis(800) && idle < Duration::from_secs(4),
         "closed after {idle:?}"
@@ -773,23 +767,7 @@ async fn idle_keep_alive_connections_close_after_idle() {
 /// to the next timer whenever every task waits, so this takes no real time.
 #[tokio::test(start_paused = true)]
 async fn keep_alive_outlives_hypers_default_header_timer() {
-    let backend = Backend::named("ok").await;
-    let s = one_site(
-        backend.addr,
-        "[timeouts]\nidle = \"300s\"\nheader = \"5s\"\n",
-        "",
-    )
-    .await;
-    let mut c = TcpStream::connect(s.proxy.http).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_head(&mut c).await, Answer::Status(200));
-    let answered = tokio::time::Instant::now();
-    let mut b = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(600), c.read(&mut b)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
-    let idle = answered.elapsed();
+    let idle = kept_open_after_one_request("300s", "5s", Duration::from_secs(600)).await;
     assert!(
         idle >= Duration::from_secs(299) && idle < Duration::from_secs(320),
         "closed after {idle:?} of a 300 s idle timeout"
