@@ -271,20 +271,17 @@ impl<IO: AsyncWrite> Tracked<IO> {
         io.poll_flush(cx)
     }
 
-    /// Corked: takes `len` bytes (written by `put`) into the cork, first
-    /// writing out what is due or would overflow it.
+    /// Takes `len` bytes (written by `put`) into the cork, first writing
+    /// out what is due or would overflow it.
     fn poll_cork_write(
-        self: Pin<&mut Self>,
+        mut io: Pin<&mut IO>,
+        cork: &mut Cork,
+        activity: &Activity,
         cx: &mut Context<'_>,
         len: usize,
         put: impl FnOnce(&mut Vec<u8>),
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let Some(cork) = this.cork.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        let now = this.activity.polls.load(Ordering::Relaxed);
-        let mut io = this.io;
+        let now = activity.polls.load(Ordering::Relaxed);
         let due = cork.held_in.is_some_and(|p| p != now);
         if due || cork.buf.len() + len > CORK_MAX {
             match Self::poll_uncork(io.as_mut(), cork, cx) {
@@ -300,9 +297,9 @@ impl<IO: AsyncWrite> Tracked<IO> {
             cx.waker().wake_by_ref();
         }
         put(&mut cork.buf);
-        this.activity
+        activity
             .last_io_ms
-            .store(this.activity.now_ms(), Ordering::Relaxed);
+            .store(activity.now_ms(), Ordering::Relaxed);
         Poll::Ready(Ok(len))
     }
 }
@@ -340,10 +337,11 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.cork.is_some() {
-            return self.poll_cork_write(cx, buf.len(), |b| b.extend_from_slice(buf));
-        }
         let this = self.project();
+        if let Some(cork) = this.cork {
+            let put = |b: &mut Vec<u8>| b.extend_from_slice(buf);
+            return Self::poll_cork_write(this.io, cork, this.activity, cx, buf.len(), put);
+        }
         let r = this.io.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.activity
@@ -358,15 +356,12 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.cork.is_some() {
-            let len = bufs.iter().map(|b| b.len()).sum();
-            return self.poll_cork_write(cx, len, |b| {
-                for s in bufs {
-                    b.extend_from_slice(s);
-                }
-            });
-        }
         let this = self.project();
+        if let Some(cork) = this.cork {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            let put = |b: &mut Vec<u8>| bufs.iter().for_each(|s| b.extend_from_slice(s));
+            return Self::poll_cork_write(this.io, cork, this.activity, cx, len, put);
+        }
         let r = this.io.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.activity
