@@ -147,6 +147,11 @@ impl Activity {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Bytes moved: the connection is not idle.
+    fn touch(&self) {
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
     fn on_read(&self) {
         let now = self.now_ms();
         self.last_io_ms.store(now, Ordering::Relaxed);
@@ -197,7 +202,7 @@ pub struct ActiveGuard(Arc<Activity>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let a = &self.0;
-        a.last_io_ms.store(a.now_ms(), Ordering::Relaxed);
+        a.touch();
         if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             // Idle again: the next bytes start a new request head.
             if let Ok(mut scan) = a.scan.lock() {
@@ -297,9 +302,7 @@ impl<IO: AsyncWrite> Tracked<IO> {
             cx.waker().wake_by_ref();
         }
         put(&mut cork.buf);
-        activity
-            .last_io_ms
-            .store(activity.now_ms(), Ordering::Relaxed);
+        activity.touch();
         Poll::Ready(Ok(len))
     }
 }
@@ -344,9 +347,7 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
         }
         let r = this.io.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity
-                .last_io_ms
-                .store(this.activity.now_ms(), Ordering::Relaxed);
+            this.activity.touch();
         }
         r
     }
@@ -364,9 +365,7 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
         }
         let r = this.io.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity
-                .last_io_ms
-                .store(this.activity.now_ms(), Ordering::Relaxed);
+            this.activity.touch();
         }
         r
     }
@@ -401,11 +400,12 @@ impl<IO: AsyncWrite> AsyncWrite for Tracked<IO> {
 }
 
 pin_project_lite::pin_project! {
-    /// A connection's future, counting its polls for [`Cork`].
+    /// A connection's future, counting its polls for [`Cork`] (only when
+    /// its stream is corked: `activity` is `None` otherwise).
     struct Counted<F> {
         #[pin]
         inner: F,
-        activity: Arc<Activity>,
+        activity: Option<Arc<Activity>>,
     }
 }
 
@@ -414,7 +414,9 @@ impl<F: Future> Future for Counted<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        this.activity.polls.fetch_add(1, Ordering::Relaxed);
+        if let Some(activity) = this.activity {
+            activity.polls.fetch_add(1, Ordering::Relaxed);
+        }
         this.inner.poll(cx)
     }
 }
@@ -507,7 +509,7 @@ pub async fn serve<IO>(
     });
     let conn = Counted {
         inner: b.serve_connection_with_upgrades(TokioIo::new(io), service),
-        activity: activity.clone(),
+        activity: h2.then(|| activity.clone()),
     };
     tokio::pin!(conn);
     tokio::select! {
