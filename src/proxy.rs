@@ -127,9 +127,8 @@ async fn route_and_forward(
         websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
         websocket::Upgrade::WebSocket => match &route.websocket {
             None => Err(ProxyError::NoWebSocketOnRoute),
-            // Boxed, like every path a plain request does not take, so
-            // that the request's future (moved and boxed per request) is
-            // only as large as the common path needs.
+            // Boxed: a handshake is rare next to plain requests, whose
+            // future (moved and boxed per request) need not be this large.
             Some(pool) => {
                 Box::pin(websocket::proxy(
                     shared, generation, conn, &route, pool, req, &host, started,
@@ -318,7 +317,7 @@ async fn forward(
                     // The whole (small) body is in before the client sees
                     // anything, so a server that dies mid-body can still be
                     // answered cleanly or retried.
-                    Box::pin(buffer::drain_response(rbody, lease, timeout))
+                    buffer::drain_response(rbody, lease, timeout)
                         .await
                         .map(|body| (rparts, body, None))
                         .map_err(|e| (e, None))
