@@ -28,9 +28,11 @@ pin_project_lite::pin_project! {
         /// Streamed from a server that must not go silent for longer than
         /// `timeout` between frames (an unbuffered response).
         Timed {
-            #[pin] inner: Incoming,
-            // Boxed: the client needs an Unpin body, and Sleep is not.
-            stalled: Pin<Box<tokio::time::Sleep>>,
+            #[pin] inner: crate::upstream::Pulled,
+            // Made the first time the server has nothing ready, so a body
+            // that arrives whole costs no timer. Boxed: the client needs an
+            // Unpin body, and Sleep is not.
+            stalled: Option<Pin<Box<tokio::time::Sleep>>>,
             timeout: std::time::Duration,
         },
         /// Replayed from a buffered (possibly spilled) body.
@@ -59,10 +61,10 @@ impl Body {
 
 impl Body {
     /// A streamed body that fails if the sender goes silent for `timeout`.
-    pub fn timed(inner: Incoming, timeout: std::time::Duration) -> Self {
+    pub fn timed(inner: crate::upstream::Pulled, timeout: std::time::Duration) -> Self {
         Body::Timed {
             inner,
-            stalled: Box::pin(tokio::time::sleep(timeout)),
+            stalled: None,
             timeout,
         }
     }
@@ -92,17 +94,20 @@ impl http_body::Body for Body {
                 timeout,
             } => match inner.poll_frame(cx) {
                 Poll::Ready(r) => {
-                    stalled
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + *timeout);
+                    if let Some(s) = stalled {
+                        s.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    }
                     Poll::Ready(r.map(|f| f.map_err(Into::into)))
                 }
-                Poll::Pending => match stalled.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(
-                        "upstream response body stalled longer than upstream_response".into(),
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                },
+                Poll::Pending => {
+                    let s = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(*timeout)));
+                    match s.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(
+                            "upstream response body stalled longer than upstream_response".into(),
+                        ))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
             },
             BodyProj::Replay { inner } => inner.poll_frame(cx),
             BodyProj::Channel { rx } => rx.poll_recv(cx),
@@ -113,7 +118,8 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
-            Body::Stream { inner } | Body::Timed { inner, .. } => inner.is_end_stream(),
+            Body::Stream { inner } => inner.is_end_stream(),
+            Body::Timed { inner, .. } => inner.is_end_stream(),
             Body::Replay { inner } => inner.is_end_stream(),
             Body::Channel { .. } => false,
         }
@@ -125,7 +131,8 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Stream { inner } | Body::Timed { inner, .. } => inner.size_hint(),
+            Body::Stream { inner } => inner.size_hint(),
+            Body::Timed { inner, .. } => inner.size_hint(),
             Body::Replay { inner } => inner.size_hint(),
             Body::Channel { .. } => SizeHint::default(),
         }

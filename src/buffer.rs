@@ -197,7 +197,7 @@ impl http_body::Body for Replay {
 /// a task that reads the server and feeds the client concurrently, keeping
 /// what the client has not taken yet in memory and then on disk.
 pub async fn drain_response(
-    mut body: Incoming,
+    mut body: crate::upstream::Pulled,
     lease: Lease,
     timeout: std::time::Duration,
 ) -> Result<Body, UpstreamError> {
@@ -247,7 +247,7 @@ type FrameResult = Result<Frame<Bytes>, BoxError>;
 /// A server that sends nothing for `read_timeout` while more is expected is
 /// cut off, so a stalled server cannot hold its slot forever.
 async fn pipe(
-    mut upstream: Incoming,
+    mut upstream: crate::upstream::Pulled,
     lease: Lease,
     tx: mpsc::Sender<FrameResult>,
     read_timeout: std::time::Duration,

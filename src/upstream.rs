@@ -1,17 +1,24 @@
 //! Upstream: the HTTP/1.1 client that carries requests to pool servers, with
 //! keep-alive connection reuse and the connect and response timeouts.
 //!
-//! Each server keeps its own stack of HTTP/1.1 connections ([`Connections`]).
-//! A connection goes back on the stack as soon as its response head is in;
-//! while its body is still streaming hyper reports it not ready and it is
-//! passed over, so returning it needs no task or hook per request. The most
-//! recently used ready connection is taken first (its socket is warm and the
-//! others can age out).
+//! A connection has no task of its own: whichever request is using it polls
+//! its driver, first while waiting for the response head and then from the
+//! response body ([`Pulled`]), so a response reaches the client without a
+//! hop between tasks. Once the body has ended the connection goes back on its
+//! server's stack ([`Connections`]); the most recently used one is taken
+//! first (its socket is warm and the others can age out). While connections
+//! sit idle a sweeper task per server looks at them every few seconds, so
+//! one the server closed is let go without waiting for the next request.
 
-use std::sync::{Mutex, PoisonError};
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -22,11 +29,11 @@ use crate::pool::Server;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_KEEP: Duration = Duration::from_secs(60);
-/// Most connections kept per server; past it a connection is closed once
-/// its response is done instead of going back on the stack.
+/// Most idle connections kept per server; past it a connection is closed
+/// once its response is done instead of going back on the stack.
 const MAX_KEPT: usize = 512;
-/// How often a server's whole stack is swept for closed and stale
-/// connections (between sweeps only its top is looked at).
+/// How often a server's idle connections are looked at for ones the server
+/// closed or that sat idle past `IDLE_KEEP`.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How an upstream exchange failed.
@@ -57,12 +64,53 @@ impl UpstreamError {
     }
 }
 
-/// Keep-alive connections to one server: idle ones, and busy ones whose
-/// response body is still being read.
-///
-/// Closed connections and ones idle past `IDLE_KEEP` are dropped as the
-/// stack is used (dropping a connection's sender closes it); a server that
-/// gets no requests at all keeps its idle connections until it closes them.
+type Driver = http1::Connection<TokioIo<TcpStream>, Body>;
+
+/// One HTTP/1.1 connection to a server: its request sender and its driver
+/// (hyper's connection state machine), polled by the request using it.
+pub struct Conn(Box<ConnInner>);
+
+struct ConnInner {
+    sender: SendRequest<Body>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    fn new(sender: SendRequest<Body>, driver: Driver) -> Self {
+        Conn(Box::new(ConnInner {
+            sender,
+            driver: Some(driver),
+        }))
+    }
+
+    /// Moves the connection along (writes the request, reads the response);
+    /// false once it has ended (closed by either side, or failed).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(driver) = self.0.driver.as_mut() else {
+            return false;
+        };
+        match Pin::new(driver).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
+                }
+                // Dropping the driver answers any request still queued on
+                // it with an error that hands the request back.
+                self.0.driver = None;
+                false
+            }
+        }
+    }
+
+    /// Whether the connection is idle and can take a request (after a poll).
+    fn ready(&self) -> bool {
+        self.0.driver.is_some() && self.0.sender.is_ready()
+    }
+}
+
+/// Idle keep-alive connections to one server, most recently used on top.
 #[derive(Default)]
 pub struct Connections {
     stack: Mutex<Stack>,
@@ -71,74 +119,148 @@ pub struct Connections {
 #[derive(Default)]
 struct Stack {
     conns: Vec<Pooled>,
-    swept: Option<Instant>,
+    /// Whether a sweeper task is looking after this stack.
+    sweeping: bool,
 }
 
 struct Pooled {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
 impl Stack {
-    /// Drops closed and stale connections, every `SWEEP_EVERY`.
+    /// Drops connections that ended while idle or sat idle too long.
     fn sweep(&mut self, now: Instant) {
-        if self
-            .swept
-            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
-        {
-            return;
-        }
-        self.swept = Some(now);
-        self.conns.retain(|c| {
-            let stale = c.sender.is_ready() && now.duration_since(c.since) >= IDLE_KEEP;
-            !(c.sender.is_closed() || stale)
+        let mut cx = Context::from_waker(Waker::noop());
+        self.conns.retain_mut(|c| {
+            now.duration_since(c.since) < IDLE_KEEP && c.conn.drive(&mut cx) && c.conn.ready()
         });
     }
 }
 
 impl Connections {
-    /// Takes the most recently used connection that can carry a request now,
-    /// dropping those that closed or sat idle too long.
-    fn take(&self, now: Instant) -> Option<SendRequest<Body>> {
+    /// Takes the most recently used idle connection, dropping those that sat
+    /// idle too long. Whether the server closed it is found by polling it.
+    fn take(&self, now: Instant) -> Option<Conn> {
         let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
-        stack.sweep(now);
-        let conns = &mut stack.conns;
-        let mut i = conns.len();
-        while i > 0 {
-            i -= 1;
-            let c = &conns[i];
-            if c.sender.is_closed() {
-                conns.swap_remove(i);
-            } else if c.sender.is_ready() {
-                let c = conns.swap_remove(i);
-                if now.duration_since(c.since) < IDLE_KEEP {
-                    return Some(c.sender);
-                }
+        while let Some(c) = stack.conns.pop() {
+            if now.duration_since(c.since) < IDLE_KEEP {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Puts a connection back once its response head is in (or lets it
-    /// close after its response, when `MAX_KEPT` are kept already).
-    fn put(&self, sender: SendRequest<Body>, now: Instant) {
-        if sender.is_closed() {
+    /// Puts an idle connection back (or lets it close when `MAX_KEPT` are
+    /// kept already), starting the server's sweeper if it is not running.
+    fn put(server: &Arc<Server>, conn: Conn, now: Instant) {
+        let mut stack = server
+            .connections
+            .stack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if stack.conns.len() >= MAX_KEPT {
             return;
         }
-        let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
-        stack.sweep(now);
-        if stack.conns.len() < MAX_KEPT {
-            stack.conns.push(Pooled { sender, since: now });
+        stack.conns.push(Pooled { conn, since: now });
+        if !stack.sweeping
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            stack.sweeping = true;
+            rt.spawn(sweeper(Arc::downgrade(server)));
         }
     }
 
-    /// Connections kept (idle, or finishing a response body).
+    /// Idle connections kept.
     pub fn kept(&self) -> usize {
         self.stack
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .conns
             .len()
+    }
+}
+
+/// Looks after one server's idle connections until there are none (or the
+/// server is gone from the configuration).
+async fn sweeper(server: Weak<Server>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let mut stack = server
+            .connections
+            .stack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stack.sweep(Instant::now());
+        if stack.conns.is_empty() {
+            stack.sweeping = false;
+            return;
+        }
+    }
+}
+
+/// A response body from a pool server. It drives the connection it arrives
+/// on, and puts the connection back on the server's stack once it has ended.
+pub struct Pulled {
+    body: Incoming,
+    /// The connection, until the body has ended.
+    conn: Option<(Conn, Arc<Server>)>,
+}
+
+impl Pulled {
+    /// Gives the connection back for reuse if it is idle and open (one more
+    /// poll lets hyper finish the exchange's bookkeeping); else closes it.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some((mut conn, server)) = self.conn.take()
+            && (conn.ready() || (conn.drive(cx) && conn.ready()))
+        {
+            Connections::put(&server, conn, Instant::now());
+        }
+    }
+}
+
+impl http_body::Body for Pulled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.conn.is_none() && this.body.is_end_stream() {
+            // Released after its last byte: nothing drives the channel now.
+            return Poll::Ready(None);
+        }
+        // The body first, so that hyper sees it wanted before the
+        // connection is polled to fill it.
+        let mut r = Pin::new(&mut this.body).poll_frame(cx);
+        if r.is_pending()
+            && let Some((conn, _)) = this.conn.as_mut()
+            && conn.drive(cx)
+        {
+            r = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        match &r {
+            Poll::Ready(None) => this.release(cx),
+            // hyper stops polling once the body says it has ended.
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(cx),
+            // A body that failed leaves the connection in no state to reuse.
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -167,9 +289,9 @@ impl Upstream {
     /// connection or a new one, and waits for the response head.
     pub async fn send(
         &self,
-        server: &Server,
+        server: &Arc<Server>,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Pulled>, UpstreamError> {
         match tokio::time::timeout(self.response_timeout, self.exchange(server, req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
@@ -178,21 +300,48 @@ impl Upstream {
 
     async fn exchange(
         &self,
-        server: &Server,
+        server: &Arc<Server>,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        // Bounded: each pass takes a pooled connection off the stack, or
+    ) -> Result<Response<Pulled>, UpstreamError> {
+        // Bounded: each pass takes a kept connection off the stack, or
         // opens a new one and ends.
         loop {
-            let (mut sender, fresh) = match server.connections.take(Instant::now()) {
-                Some(sender) => (sender, false),
+            let (mut conn, fresh) = match server.connections.take(Instant::now()) {
+                Some(conn) => (conn, false),
                 // Boxed: a connect's future is large and rarely needed.
                 None => (Box::pin(self.connect(server)).await?, true),
             };
-            match sender.try_send_request(req).await {
+            if !fresh {
+                // One poll finds a connection the server closed while it was
+                // idle, and readies a live one for the next request.
+                let alive = std::future::poll_fn(|cx| Poll::Ready(conn.drive(cx))).await;
+                if !alive || !conn.ready() {
+                    continue;
+                }
+            }
+            let mut response = pin!(conn.0.sender.try_send_request(req));
+            let result = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                response.as_mut().poll(cx)
+            })
+            .await;
+            match result {
                 Ok(resp) => {
-                    server.connections.put(sender, Instant::now());
-                    return Ok(resp);
+                    let (parts, body) = resp.into_parts();
+                    let mut body = Pulled {
+                        body,
+                        conn: Some((conn, server.clone())),
+                    };
+                    if http_body::Body::is_end_stream(&body.body) {
+                        // No body to read (HEAD, 204, 304, length 0): the
+                        // body will never be polled, so give it back now.
+                        std::future::poll_fn(|cx| {
+                            body.release(cx);
+                            Poll::Ready(())
+                        })
+                        .await;
+                    }
+                    return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
                     // The kept-alive connection closed before the request
@@ -212,20 +361,14 @@ impl Upstream {
         }
     }
 
-    /// Opens a connection to `server`; its driver runs in its own task until
-    /// the connection closes.
-    async fn connect(&self, server: &Server) -> Result<SendRequest<Body>, UpstreamError> {
+    /// Opens a connection to `server`; the request that opened it drives it.
+    async fn connect(&self, server: &Server) -> Result<Conn, UpstreamError> {
         let tcp = connect_tcp(&server.addr, self.connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new()
+        let (sender, driver) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(sender, driver))
     }
 }
 
@@ -313,7 +456,7 @@ mod tests {
         (addr, accepted)
     }
 
-    async fn get(up: &Upstream, server: &Server) {
+    async fn get(up: &Upstream, server: &Arc<Server>) {
         let req = Request::get("/").body(Body::empty()).unwrap();
         let resp = tokio::time::timeout(WAIT, up.send(server, req))
             .await
@@ -325,24 +468,6 @@ mod tests {
         resp.into_body().collect().await.unwrap();
     }
 
-    /// Waits (bounded) until the server's kept connections are ready again.
-    async fn settle(server: &Server) {
-        for _ in 0..1000 {
-            let ready = {
-                let stack = server.connections.stack.lock().unwrap();
-                stack
-                    .conns
-                    .iter()
-                    .all(|c| c.sender.is_ready() || c.sender.is_closed())
-            };
-            if ready {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("connections did not become ready");
-    }
-
     #[tokio::test]
     async fn a_connection_is_reused_dropped_when_stale_and_replaced_when_closed() {
         let metrics = Metrics::new();
@@ -352,21 +477,20 @@ mod tests {
         let server = Server::new(&addr, &metrics, "s", "p").unwrap();
         for _ in 0..5 {
             get(&up, &server).await;
-            settle(&server).await;
+            // Back on the stack as soon as the body has been read.
+            assert_eq!(server.connections.kept(), 1);
         }
         assert_eq!(
             accepted.load(Ordering::Relaxed),
             1,
             "one connection, reused"
         );
-        assert_eq!(server.connections.kept(), 1);
+        assert!(server.connections.stack.lock().unwrap().sweeping);
 
         // Idle past IDLE_KEEP: not handed out, dropped.
         let now = Instant::now();
-        let sender = server.connections.take(now).unwrap();
-        server
-            .connections
-            .put(sender, now - IDLE_KEEP - Duration::from_secs(1));
+        let conn = server.connections.take(now).unwrap();
+        Connections::put(&server, conn, now - IDLE_KEEP - Duration::from_secs(1));
         assert!(server.connections.take(now).is_none());
         assert_eq!(server.connections.kept(), 0);
         get(&up, &server).await;
@@ -379,13 +503,98 @@ mod tests {
         for i in 1..=3 {
             get(&up, &server).await;
             assert_eq!(accepted.load(Ordering::Relaxed), i);
-            for _ in 0..1000 {
-                if server.connections.take(Instant::now()).is_none() {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
+            assert_eq!(server.connections.kept(), 0);
         }
-        assert_eq!(server.connections.kept(), 0);
+    }
+
+    /// A raw keep-alive backend: answers each request on a connection with
+    /// "ok", and closes its open connection when `close` is notified,
+    /// reporting each close on the returned channel.
+    async fn closing_backend() -> (
+        String,
+        Arc<AtomicUsize>,
+        Arc<tokio::sync::Notify>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (count, closer) = (accepted.clone(), close.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let (closer, closed_tx) = (closer.clone(), closed_tx.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        tokio::select! {
+                            () = closer.notified() => {
+                                drop(tcp);
+                                let _ = closed_tx.send(());
+                                return;
+                            }
+                            n = tcp.read(&mut buf) => match n {
+                                Ok(n) if n > 0 => {
+                                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                    if tcp.write_all(ok).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => return,
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted, close, closed_rx)
+    }
+
+    /// Has the backend close its (one) open connection, and waits until it has.
+    async fn shut(
+        close: &tokio::sync::Notify,
+        closed: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        // notify_one keeps the wake-up for a handler not waiting yet.
+        close.notify_one();
+        tokio::time::timeout(WAIT, closed.recv())
+            .await
+            .expect("the backend closed its connection");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_not_used_and_is_swept() {
+        let metrics = Metrics::new();
+        let up = Upstream::new(WAIT, WAIT);
+        let (addr, accepted, close, mut closed) = closing_backend().await;
+        let server = Server::new(&addr, &metrics, "s", "p").unwrap();
+        get(&up, &server).await;
+        assert_eq!(server.connections.kept(), 1);
+
+        // The server closes its idle connection; the next request finds
+        // out before sending on it, and opens another.
+        shut(&close, &mut closed).await;
+        get(&up, &server).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(server.connections.kept(), 1);
+
+        // The sweeper's pass drops one the server closed, with no request.
+        shut(&close, &mut closed).await;
+        for _ in 0..1000 {
+            server
+                .connections
+                .stack
+                .lock()
+                .unwrap()
+                .sweep(Instant::now());
+            if server.connections.kept() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(server.connections.kept(), 0, "closed connection swept");
     }
 }
