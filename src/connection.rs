@@ -63,7 +63,28 @@ struct HeadScan {
     transfer_encoding: u32,
 }
 
+/// The last four bytes seen once `bytes` follow a stream whose last four
+/// were `window`, as a big-endian word.
+fn last_four(window: u32, bytes: &[u8]) -> u32 {
+    bytes[bytes.len().saturating_sub(4)..]
+        .iter()
+        .fold(window, |w, &b| (w << 8) | u32::from(b))
+}
+
 impl HeadScan {
+    /// More of the current line (no LF): keeps its start, lower-cased.
+    fn push_line(&mut self, part: &[u8]) {
+        for &b in part {
+            if self.line_len == self.line.len() {
+                return;
+            }
+            if b != b'\r' {
+                self.line[self.line_len] = b.to_ascii_lowercase();
+                self.line_len += 1;
+            }
+        }
+    }
+
     /// A line ended: count the framing headers.
     fn end_line(&mut self) {
         let line = &self.line[..self.line_len];
@@ -114,21 +135,20 @@ impl Activity {
         let Ok(mut scan) = self.scan.lock() else {
             return;
         };
-        for &b in bytes {
-            if b == b'\n' {
-                if scan.window & 0xff != u32::from(b'\r') {
-                    self.bad_head.store(true, Ordering::Relaxed);
-                    self.scanning.store(false, Ordering::Relaxed);
-                    return;
-                }
-                scan.end_line();
-            } else if b != b'\r' && scan.line_len < scan.line.len() {
-                let i = scan.line_len;
-                scan.line[i] = b.to_ascii_lowercase();
-                scan.line_len += 1;
+        // Line end to line end: only a line's first bytes (for its name)
+        // and the bytes around each LF are looked at.
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', bytes) {
+            scan.push_line(&bytes[start..nl]);
+            start = nl + 1;
+            let window = last_four(scan.window, &bytes[..=nl]);
+            if (window >> 8) & 0xff != u32::from(b'\r') {
+                self.bad_head.store(true, Ordering::Relaxed);
+                self.scanning.store(false, Ordering::Relaxed);
+                return;
             }
-            scan.window = (scan.window << 8) | u32::from(b);
-            if scan.window == 0x0d0a_0d0a {
+            scan.end_line();
+            if window == 0x0d0a_0d0a {
                 if scan.ambiguous() {
                     self.bad_head.store(true, Ordering::Relaxed);
                 }
@@ -136,6 +156,8 @@ impl Activity {
                 return;
             }
         }
+        scan.push_line(&bytes[start..]);
+        scan.window = last_four(scan.window, bytes);
     }
 
     /// Whether the head just read used a bare LF (and clears the mark).
@@ -534,5 +556,71 @@ pub async fn serve<IO>(
             }
         }
         () = activity.expired(header, idle) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-at-a-time scan `scan_head` must agree with: whether the
+    /// head was refused, and whether scanning stopped (at the blank line).
+    fn reference(input: &[u8]) -> (bool, bool) {
+        let mut scan = HeadScan::default();
+        for &b in input {
+            if b == b'\n' {
+                if scan.window & 0xff != u32::from(b'\r') {
+                    return (true, true);
+                }
+                scan.end_line();
+            } else if b != b'\r' && scan.line_len < scan.line.len() {
+                scan.line[scan.line_len] = b.to_ascii_lowercase();
+                scan.line_len += 1;
+            }
+            scan.window = (scan.window << 8) | u32::from(b);
+            if scan.window == 0x0d0a_0d0a {
+                return (scan.ambiguous(), true);
+            }
+        }
+        (false, false)
+    }
+
+    #[test]
+    fn head_scan_agrees_with_a_byte_at_a_time_scan_however_the_head_is_split() {
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\nX: 1\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"GET / HTTP/1.1\r\nA-very-long-header-name-that-goes-on: v\r\ncontent-length:0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"\n",
+            b"\r\n\r\n",
+            b"",
+        ];
+        for head in heads {
+            let want = reference(head);
+            // Every split into two reads, and one read per byte.
+            let mut splits: Vec<Vec<&[u8]>> = (0..=head.len())
+                .map(|i| vec![&head[..i], &head[i..]])
+                .collect();
+            splits.push(head.chunks(1).collect());
+            for parts in splits {
+                let a = Activity::new();
+                for part in parts {
+                    a.scan_head(part);
+                }
+                let got = (
+                    a.bad_head.load(Ordering::Relaxed),
+                    !a.scanning.load(Ordering::Relaxed),
+                );
+                assert_eq!(got, want, "{:?}", String::from_utf8_lossy(head));
+            }
+        }
     }
 }
