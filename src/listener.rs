@@ -199,6 +199,7 @@ async fn handle(
         tls_site: None,
         https_port: a.https_port,
         activity: None,
+        peer_value: Default::default(),
     };
     match kind {
         Kind::Http => connection::serve(a.shared.clone(), tcp, info, false, a.stop.clone()).await,

@@ -37,6 +37,9 @@ pub struct ConnInfo {
     pub https_port: u16,
     /// The connection's activity record, for its idle timeout.
     pub activity: Option<Arc<crate::connection::Activity>>,
+    /// `peer`'s address as a header value, made for the first request that
+    /// needs it and kept for the connection's others.
+    pub peer_value: std::sync::OnceLock<HeaderValue>,
 }
 
 /// Handles one request to completion of its response head.
@@ -94,11 +97,12 @@ async fn route_and_forward(
     started: Instant,
 ) -> (Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
     let router = &generation.router;
-    let host = match request_host(&req) {
+    let host_value = match request_host(&req) {
         Ok(h) => h,
         Err(e) => return (router.unknown.clone(), Err(e)),
     };
-    let Some(site) = router.site(&host) else {
+    let host = host_value.to_str().unwrap_or_default();
+    let Some(site) = router.site(host) else {
         return (router.unknown.clone(), Err(ProxyError::UnknownHost));
     };
     if let Some(tls_site) = &conn.tls_site {
@@ -112,7 +116,7 @@ async fn route_and_forward(
         return (
             site.unrouted.clone(),
             Err(ProxyError::Redirect(redirect_location(
-                &host,
+                host,
                 conn.https_port,
                 req.uri(),
             ))),
@@ -123,7 +127,9 @@ async fn route_and_forward(
     };
     let route = route.clone();
     let result = match websocket::classify(&req) {
-        websocket::Upgrade::None => forward(generation, conn, &route, req, &host, started).await,
+        websocket::Upgrade::None => {
+            forward(generation, conn, &route, req, &host_value, started).await
+        }
         websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
         websocket::Upgrade::WebSocket => match &route.websocket {
             None => Err(ProxyError::NoWebSocketOnRoute),
@@ -131,7 +137,14 @@ async fn route_and_forward(
             // future (moved and boxed per request) need not be this large.
             Some(pool) => {
                 Box::pin(websocket::proxy(
-                    shared, generation, conn, &route, pool, req, &host, started,
+                    shared,
+                    generation,
+                    conn,
+                    &route,
+                    pool,
+                    req,
+                    &host_value,
+                    started,
                 ))
                 .await
             }
@@ -164,27 +177,31 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// The host a request is for: `:authority` / absolute-form, else `Host`.
-fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+/// A header value (from `Host`, shared, not copied) since it goes upstream
+/// as `X-Forwarded-Host`; it is always valid as a `str`.
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
     let from_header = req
         .headers()
         .get(header::HOST)
         .map(|h| {
             h.to_str()
+                .map(|s| (h, s))
                 .map_err(|_| ProxyError::BadRequest("the Host header is not valid"))
         })
         .transpose()?;
     match (req.uri().authority(), from_header) {
-        (Some(a), Some(h)) if req.version() < Version::HTTP_2 => {
+        (Some(a), Some((v, h))) if req.version() < Version::HTTP_2 => {
             // Absolute-form: the target's host must agree with Host.
             if crate::routing::normalize_host(a.as_str()) != crate::routing::normalize_host(h) {
                 return Err(ProxyError::BadRequest(
                     "the request target's host disagrees with the Host header",
                 ));
             }
-            Ok(h.to_string())
+            Ok(v.clone())
         }
-        (Some(a), _) => Ok(a.as_str().to_string()),
-        (None, Some(h)) if !h.is_empty() => Ok(h.to_string()),
+        (Some(a), _) => HeaderValue::from_str(a.as_str())
+            .map_err(|_| ProxyError::BadRequest("the request's authority is not valid")),
+        (None, Some((v, h))) if !h.is_empty() => Ok(v.clone()),
         _ => Err(ProxyError::BadRequest("the request has no Host header")),
     }
 }
@@ -203,7 +220,7 @@ fn redirect_location(host: &str, https_port: u16, uri: &Uri) -> String {
 pub(crate) fn upstream_request(
     parts: &mut http::request::Parts,
     conn: &ConnInfo,
-    host: &str,
+    host: &HeaderValue,
 ) -> Result<(), ProxyError> {
     let trailers = headers::remove_hop_by_hop(&mut parts.headers);
     if trailers {
@@ -211,10 +228,12 @@ pub(crate) fn upstream_request(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.https, host);
+    let client = conn
+        .peer_value
+        .get_or_init(|| headers::client_value(conn.peer.ip()));
+    headers::set_forwarded(&mut parts.headers, client, conn.https, host);
     if !parts.headers.contains_key(header::HOST) {
-        let v = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("invalid host"))?;
-        parts.headers.insert(header::HOST, v);
+        parts.headers.insert(header::HOST, host.clone());
     }
     // Origin form: hyper's connection writes the request target as given.
     if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
@@ -234,7 +253,7 @@ async fn forward(
     conn: &ConnInfo,
     route: &Arc<Route>,
     req: Request<Incoming>,
-    host: &str,
+    host: &HeaderValue,
     started: Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Some(pool) = &route.pool else {

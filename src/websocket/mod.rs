@@ -150,7 +150,7 @@ pub async fn proxy(
     route: &Arc<Route>,
     pool: &Arc<Pool>,
     mut req: Request<Incoming>,
-    host: &str,
+    host: &HeaderValue,
     started: Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let h2 = req.version() == Version::HTTP_2;
