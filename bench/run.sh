@@ -22,6 +22,7 @@ PROXIES=${PROXIES:-"switchyard nginx haproxy"}
 CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix"}
 SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
+PREPARE_ONLY=${PREPARE_ONLY:-0}  # 1: install, build and render the configurations, then stop (bench/callgrind.sh)
 PROXY_CPU=${PROXY_CPU:-0}        # the core every proxy is pinned to
 LOAD_CPU=${LOAD_CPU:-1}          # the core for load generators and backends
 
@@ -284,6 +285,10 @@ install_deps
 build
 certs
 configs
+if [ "$PREPARE_ONLY" = 1 ]; then
+    log "prepared $RUN"
+    exit 0
+fi
 truncate -s "$XFER_BYTES" "$RUN/xfer.bin"   # sparse: reading it costs no disk
 start_backends
 

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# User-space instructions per request or message, switchyard vs nginx vs
+# HAProxy, counted by valgrind's callgrind (see bench/README.md). Unlike CPU
+# time, the count does not move with the load of a shared machine, so small
+# changes show; it leaves out the kernel's share (measured by bench/run.sh).
+#
+#   bench/callgrind.sh                         # all three proxies, three cases: ~10 minutes
+#   PROXIES=switchyard CASES=h1 bench/callgrind.sh
+#   SWITCHYARD_BIN=/path/to/switchyard SKIP_BUILD=1 bench/callgrind.sh
+#
+# Each case runs twice per proxy, with N1 and N2 requests over the same
+# connections; (instructions at N2 - instructions at N1) / (N2 - N1) leaves
+# start-up and TLS handshakes out. Every load targets 127.0.0.1 only and is
+# bounded in count (and, by `timeout`, in time).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+PROXIES=${PROXIES:-"switchyard nginx haproxy"}
+CASES=${CASES:-"h1 h2 ws128"}
+N1=${N1:-1000}
+N2=${N2:-5000}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PORT=${PORT:-28443} HTTP_PORT=${HTTP_PORT:-28080} WS_PORT=${WS_PORT:-28090}
+RUN=${RUN_DIR:-$BENCH/results/callgrind-$(date -u +%Y%m%dT%H%M%SZ)}
+T0=$(date +%s)
+log() { printf '[%4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v valgrind >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+}
+# Installs nginx, HAProxy, h2load and the tools, builds, renders the configurations.
+RUN_DIR=$RUN PREPARE_ONLY=1 PORT=$PORT HTTP_PORT=$HTTP_PORT WS_PORT=$WS_PORT "$BENCH/run.sh"
+TOOLS=$BENCH/tools/target/release
+CA=$ROOT/certs/dev-ca.crt
+[ -f "$CA" ] || CA=$RUN/bench.crt
+# nginx's master process only forks the worker: one process, as callgrind needs.
+sed 's/^master_process on;/master_process off;/' "$RUN/conf/nginx.conf" >"$RUN/conf/nginx-single.conf"
+# valgrind keeps a few descriptors for itself, so HAProxy cannot have all 20,000.
+sed 's/^\( *\)ulimit-n 20000/\1ulimit-n 19000/' "$RUN/conf/haproxy.cfg" >"$RUN/conf/haproxy-valgrind.cfg"
+ulimit -n 20000
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+    local i
+    for ((i = 0; i < 600; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+taskset -c "$LOAD_CPU" "$TOOLS/bench-http" --listen "127.0.0.1:$HTTP_PORT" 2>/dev/null &
+PIDS+=($!)
+taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-echo" --listen "127.0.0.1:$WS_PORT" 2>/dev/null &
+PIDS+=($!)
+wait_port "$HTTP_PORT" && wait_port "$WS_PORT" || die "backends did not start"
+
+# Runs PROXY under callgrind for one load of N; prints "instructions count".
+one() { # proxy case n
+    local p=$1 c=$2 n=$3 out=$RUN/$1.$2.$3
+    local cmd
+    case $p in
+    switchyard) cmd=("$RUN/switchyard" run -c "$RUN/conf/switchyard") ;;
+    nginx) cmd=(nginx -c "$RUN/conf/nginx-single.conf" -e "$RUN/nginx-error.log") ;;
+    haproxy) cmd=(haproxy -db -f "$RUN/conf/haproxy-valgrind.cfg") ;;
+    esac
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.callgrind" \
+        "${cmd[@]}" 2>"$out.valgrind" &
+    local vp=$!
+    wait_port "$PORT" || die "$p did not start under valgrind"
+    case $c in
+    h1) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
+    h2) timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c16 -m10 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
+    ws128) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-load" --url "wss://127.0.0.1:$PORT/ws/echo" \
+        --ca "$CA" --sni localhost --sessions 64 --size 128 --duration 600 --max "$n" >"$out.load" 2>&1 ;;
+    esac
+    kill -TERM "$vp" 2>/dev/null || true
+    wait "$vp" 2>/dev/null || true
+    local ir count
+    ir=$(awk '$1 == "summary:" || $1 == "totals:" {print $2; exit}' "$out.callgrind")
+    case $c in
+    h1 | h2) count=$(awk '$1 == "requests:" {print $8; exit}' "$out.load") ;;   # succeeded
+    ws128) count=$(sed -n 's/.* messages=\([0-9]*\) .*/\1/p' "$out.load"); count=$((count * 2)) ;;  # relayed: both ways
+    esac
+    echo "${ir:-0} ${count:-0}"
+}
+
+printf '| case | unit | %s |\n|---|---|%s\n' "${PROXIES// / | }" "$(printf -- '---|%.0s' $PROXIES)" >"$RUN/table.md"
+for c in $CASES; do
+    row="| $c | $( [ "$c" = ws128 ] && echo "instructions per relayed message" || echo "instructions per request") |"
+    for p in $PROXIES; do
+        log "case $c: $p ($N1 then $N2)"
+        read -r i1 n1 < <(one "$p" "$c" "$N1")
+        read -r i2 n2 < <(one "$p" "$c" "$N2")
+        if [ "$n2" -gt "$n1" ] && [ "$i1" -gt 0 ] && [ "$i2" -gt 0 ]; then
+            row+=" $(( (i2 - i1) / (n2 - n1) )) |"
+        else
+            row+=" failed ($n1, $n2 done) |"
+        fi
+    done
+    echo "$row" >>"$RUN/table.md"
+done
+cat "$RUN/table.md"
+log "done; callgrind profiles in $RUN (callgrind_annotate FILE)"
