@@ -8,7 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Version};
 use libfuzzer_sys::fuzz_target;
-use switchyard::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, remove_hop_by_hop, set_forwarded};
+use switchyard::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, client_value, remove_hop_by_hop,
+    set_forwarded,
+};
 use switchyard::routing::{normalize_host, strip_port};
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -98,8 +101,15 @@ fuzz_target!(|data: &[u8]| {
     } else {
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))
     };
-    set_forwarded(&mut h, client, flags & 4 != 0, &host);
+    // As the proxy does: the Host header's value, shared.
+    let host_value = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("localhost"));
+    set_forwarded(&mut h, &client_value(client), flags & 4 != 0, &host_value);
     assert!(h.contains_key(&X_FORWARDED_PROTO));
+    assert_eq!(h.get(&X_FORWARDED_HOST), Some(&host_value));
     if let Some(xff) = h.get(&X_FORWARDED_FOR) {
         assert!(xff.to_str().is_ok_and(|s| s.ends_with(&client.to_string())));
     }
