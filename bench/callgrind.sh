@@ -51,14 +51,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() {
-    local i
-    for ((i = 0; i < 600; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 
 taskset -c "$LOAD_CPU" "$TOOLS/bench-http" --listen "127.0.0.1:$HTTP_PORT" 2>/dev/null &
 PIDS+=($!)
@@ -78,7 +72,7 @@ one() { # proxy case n
     taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.callgrind" \
         "${cmd[@]}" 2>"$out.valgrind" &
     local vp=$!
-    wait_port "$PORT" || die "$p did not start under valgrind"
+    wait_port "$PORT" 600 || die "$p did not start under valgrind"
     case $c in
     h1) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
     h2) timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c16 -m10 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;

@@ -137,14 +137,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() { # port
-    local i
-    for ((i = 0; i < 100; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 
 start_backends() {
     taskset -c "$LOAD_CPU" "$TOOLS/bench-http" --listen "127.0.0.1:$HTTP_PORT" 2>"$RUN/bench-http.log" &
