@@ -38,9 +38,12 @@ const HEADER: usize = 5;
 const MAX_PLAINTEXT: usize = 1 << 14;
 /// Largest ciphertext in one record (RFC 8446 §5.2).
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
-/// Receive buffer for a burst's first read: enough for a small record;
-/// it grows to a full record when a header asks for more.
+/// A burst's first read (on the stack): its buffer is sized to what
+/// arrived, and grows when a record header asks for more.
 const FIRST_READ: usize = 2048;
+/// The smallest receive buffer, and the room it has past the first read.
+const SMALL_MIN: usize = 256;
+const SMALL_MARGIN: usize = 64;
 /// Receive buffer while bulk data flows: four full records per read.
 const BULK: usize = 4 * (HEADER + MAX_CIPHERTEXT);
 /// Empty application-data records accepted in a row (rustls' limit too).
@@ -162,12 +165,16 @@ impl TlsRecords {
             return Err(invalid("TLS record too large"));
         }
         if have.len() < HEADER + len {
-            if self.rbuf.len() < HEADER + MAX_CIPHERTEXT
-                && self.rec_at + HEADER + len > self.rbuf.len()
-            {
+            let needed = self.rec_at + HEADER + len;
+            if self.rbuf.len() < HEADER + MAX_CIPHERTEXT && needed > self.rbuf.len() {
                 // A bigger record than the first read allowed for. (A
                 // bigger buffer makes room by moving the record forward.)
-                self.rbuf.resize(HEADER + MAX_CIPHERTEXT, 0);
+                let size = if needed <= FIRST_READ {
+                    FIRST_READ
+                } else {
+                    HEADER + MAX_CIPHERTEXT
+                };
+                self.rbuf.resize(size, 0);
             }
             return Ok(false);
         }
@@ -307,9 +314,32 @@ impl AsyncRead for TlsRecords {
                 return Poll::Ready(Ok(()));
             }
             if this.rbuf.is_empty() {
-                // Allocate only once bytes are there to read.
-                ready!(this.tcp.poll_read_ready(cx))?;
-                this.rbuf = vec![0; FIRST_READ];
+                // Read into the stack first and allocate only once bytes
+                // are there, sized to them: a small record gets a small
+                // buffer, cheap to allocate and with little to zero.
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+                let mut rb = ReadBuf::uninit(&mut probe);
+                ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
+                let got = rb.filled();
+                if got.is_empty() {
+                    // End of stream at a record boundary.
+                    this.read_done = true;
+                    continue;
+                }
+                let size = if got.len() == FIRST_READ {
+                    // The probe filled up: bulk data.
+                    BULK
+                } else {
+                    (got.len() + SMALL_MARGIN)
+                        .next_power_of_two()
+                        .clamp(SMALL_MIN, FIRST_READ)
+                };
+                let mut rbuf = Vec::with_capacity(size);
+                rbuf.extend_from_slice(got);
+                rbuf.resize(size, 0);
+                this.rbuf = rbuf;
+                this.filled = got.len();
+                continue;
             } else if this.rec_at > 0 {
                 // Move the partial record to the front.
                 this.rbuf.copy_within(this.rec_at..this.filled, 0);
@@ -494,6 +524,47 @@ mod tests {
             assert_eq!(back, data);
             assert_eq!(s.rbuf.capacity(), 0, "receive buffer kept while idle");
             assert_eq!(s.wbuf.capacity(), 0, "send buffer kept while idle");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_split_across_reads_is_opened_whatever_the_first_reads_size() {
+        use std::io::Write as _;
+        let (mut c, mut s) = taken_over().await;
+        for (len, first) in [
+            (100, 10),
+            (100, 60),
+            (1_000, 10),
+            (1_000, 100),
+            (5_000, 300),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            // The client's record, sealed but not sent.
+            let conn = &mut c.get_mut().1;
+            conn.writer().write_all(&data).unwrap();
+            let mut wire = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut wire).unwrap();
+            }
+            assert!(wire.len() > first);
+            // The first piece arrives alone: one read takes it (and sizes
+            // the buffer to it); the record is not complete yet.
+            c.get_mut().0.write_all(&wire[..first]).await.unwrap();
+            timeout(WAIT, s.tcp.readable()).await.unwrap().unwrap();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut one = [0u8; 1];
+            let mut rb = ReadBuf::new(&mut one);
+            assert!(Pin::new(&mut s).poll_read(&mut cx, &mut rb).is_pending());
+            assert!(s.filled > 0 && s.filled <= first);
+            // Then the rest.
+            c.get_mut().0.write_all(&wire[first..]).await.unwrap();
+            let mut got = vec![0; len];
+            timeout(WAIT, s.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, data, "record of {len} bytes, first read {first}");
+            assert_eq!(s.rbuf.capacity(), 0, "receive buffer kept while idle");
         }
     }
 
