@@ -72,8 +72,10 @@ pub fn set_forwarded(
 ) {
     let mut xff = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
-        xff.extend_from_slice(v.as_bytes());
-        xff.extend_from_slice(b", ");
+        if let Ok(s) = v.to_str() {
+            xff.extend_from_slice(s.as_bytes());
+            xff.extend_from_slice(b", ");
+        }
     }
     let value = if xff.is_empty() {
         Ok(client.clone())

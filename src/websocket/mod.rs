@@ -32,6 +32,28 @@ use crate::routing::Route;
 use crate::state::{Generation, Shared};
 use crate::upstream::{UpstreamError, connect_tcp, error_chain};
 
+/// The smallest buffer a burst gets, and the room it has past what its
+/// first read brought.
+const BURST_MIN: usize = 256;
+const BURST_MARGIN: usize = 64;
+
+/// The buffer for a burst whose first read, into a `probe`-byte stack
+/// buffer, brought `got`: `got` at its front, sized just past it (a cheap
+/// allocation with little to zero), or `bulk` bytes when the probe filled.
+fn burst_buffer(got: &[u8], probe: usize, bulk: usize) -> Vec<u8> {
+    let size = if got.len() >= probe {
+        bulk
+    } else {
+        (got.len() + BURST_MARGIN)
+            .next_power_of_two()
+            .clamp(BURST_MIN, probe)
+    };
+    let mut buf = Vec::with_capacity(size);
+    buf.extend_from_slice(got);
+    buf.resize(size, 0);
+    buf
+}
+
 /// What kind of upgrade a request asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Upgrade {

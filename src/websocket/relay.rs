@@ -45,10 +45,6 @@ const BULK_SIZE: usize = 64 * 1024;
 /// Stack buffer for a quiet direction's first read, before its buffer
 /// exists; a burst that fills it gets `BUF_SIZE` at once.
 const PROBE_SIZE: usize = 2 * 1024;
-/// The smallest buffer a burst gets, and the room it has past what the
-/// first read brought.
-const SMALL_MIN: usize = 256;
-const SMALL_MARGIN: usize = 64;
 /// How long to wait for the other side's close frame once one side closed,
 /// or for close replies after the proxy closed both sides.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -587,20 +583,10 @@ impl Half {
             ready!(Pin::new(src).poll_read(cx, &mut rb))?;
             let got = rb.filled();
             if !got.is_empty() {
-                // A small message gets a buffer just past its size (a
-                // cheap allocation with little to zero); one that fills it
-                // is bulk data and grows the buffer (see below).
-                let size = if got.len() == PROBE_SIZE {
-                    BUF_SIZE
-                } else {
-                    (got.len() + SMALL_MARGIN)
-                        .next_power_of_two()
-                        .clamp(SMALL_MIN, PROBE_SIZE)
-                };
-                let mut buf = Vec::with_capacity(size);
-                buf.extend_from_slice(got);
-                buf.resize(size, 0);
-                self.buf = buf;
+                // A small message gets a buffer just past its size; one
+                // that fills the probe is bulk data (and the buffer grows
+                // further below while bursts keep filling it).
+                self.buf = super::burst_buffer(got, PROBE_SIZE, BUF_SIZE);
             }
             return Poll::Ready(Ok(got.len()));
         }

@@ -41,9 +41,6 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A burst's first read (on the stack): its buffer is sized to what
 /// arrived, and grows when a record header asks for more.
 const FIRST_READ: usize = 2048;
-/// The smallest receive buffer, and the room it has past the first read.
-const SMALL_MIN: usize = 256;
-const SMALL_MARGIN: usize = 64;
 /// Receive buffer while bulk data flows: four full records per read.
 const BULK: usize = 4 * (HEADER + MAX_CIPHERTEXT);
 /// Empty application-data records accepted in a row (rustls' limit too).
@@ -326,18 +323,8 @@ impl AsyncRead for TlsRecords {
                     this.read_done = true;
                     continue;
                 }
-                let size = if got.len() == FIRST_READ {
-                    // The probe filled up: bulk data.
-                    BULK
-                } else {
-                    (got.len() + SMALL_MARGIN)
-                        .next_power_of_two()
-                        .clamp(SMALL_MIN, FIRST_READ)
-                };
-                let mut rbuf = Vec::with_capacity(size);
-                rbuf.extend_from_slice(got);
-                rbuf.resize(size, 0);
-                this.rbuf = rbuf;
+                // A probe that filled up means bulk data.
+                this.rbuf = super::burst_buffer(got, FIRST_READ, BULK);
                 this.filled = got.len();
                 continue;
             } else if this.rec_at > 0 {
