@@ -81,24 +81,51 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// given back to the system.
 const TRIM_AFTER_BURST: usize = 1024;
 
-/// Gives memory freed by a burst of connections back to the system.
+/// Gives memory freed by a burst of connections back to the system, until
+/// `stop` is cancelled. One runs per server.
 ///
 /// glibc's allocator keeps freed memory in its heaps unless it lies at the
 /// top, so after thousands of connections (each task a few KiB) come and go
 /// the process would stay at its peak size. `malloc_trim` returns the free
 /// pages; it walks the heap, so it runs off the async workers and only
 /// after a large burst has receded.
-async fn trim_after_bursts() {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+pub async fn trim_after_bursts(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trimmer = Trimmer::default();
     loop {
-        tick.tick().await;
-        let peak = PEAK.load(Ordering::Relaxed);
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let open = OPEN.load(Ordering::Relaxed);
-        if peak >= TRIM_AFTER_BURST && open <= peak / 2 {
+        if trimmer.due(PEAK.load(Ordering::Relaxed), open) {
             PEAK.store(open, Ordering::Relaxed);
             let _ = tokio::task::spawn_blocking(release_free_memory).await;
         }
+    }
+}
+
+/// When to trim, apart from the clock so it can be tested.
+#[derive(Debug, Default)]
+struct Trimmer {
+    /// Connections open at the last trim, while a burst is still receding.
+    receding_from: Option<usize>,
+}
+
+impl Trimmer {
+    /// Whether to trim now, given the most connections open since the last
+    /// trim and the number open now.
+    ///
+    /// A burst that has halved is trimmed; then, because a tick can land in
+    /// the middle of the drain, each later tick that finds fewer connections
+    /// trims again, until a tick finds no fewer. Otherwise the last few
+    /// hundred connections, spread over the heap, would pin it at its peak.
+    fn due(&mut self, peak: usize, open: usize) -> bool {
+        let due = (peak >= TRIM_AFTER_BURST && open <= peak / 2)
+            || self.receding_from.is_some_and(|last| open < last);
+        self.receding_from = due.then_some(open);
+        due
     }
 }
 
@@ -117,20 +144,10 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Accepts connections until `accepting.stop` or `stop_this` is cancelled.
 pub async fn run(listener: Listener, accepting: Accepting, stop_this: CancellationToken) {
     let label = format!("{}://{}", listener.kind.scheme(), listener.addr);
     let metrics = ListenerMetrics::new(&accepting.shared.metrics, &label);
-    let _trim = AbortOnDrop(tokio::spawn(trim_after_bursts()));
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -227,5 +244,30 @@ async fn handle(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trimmer;
+
+    #[test]
+    fn a_burst_is_trimmed_once_halved_and_again_while_it_drains() {
+        let mut t = Trimmer::default();
+        // Small numbers never trim.
+        assert!(!t.due(500, 0));
+        // A burst of 6,000: not while it stands, once it has halved.
+        assert!(!t.due(6000, 5000));
+        assert!(t.due(6000, 600));
+        // The tick landed mid-drain: the rest of it is trimmed too, even
+        // though 600 is under the burst size.
+        assert!(t.due(600, 0));
+        // Drained: no more trims until the next burst.
+        assert!(!t.due(0, 0));
+        assert!(!t.due(40, 20));
+        assert!(t.due(2000, 100));
+        // New connections arriving ends the chain.
+        assert!(!t.due(150, 150));
+        assert!(!t.due(150, 100));
     }
 }

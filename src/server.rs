@@ -143,6 +143,7 @@ impl Server {
                 }
             }
         });
+        tokio::spawn(listener::trim_after_bursts(admin_stop.clone()));
         Ok(Arc::new(Server {
             shared,
             accepting,
