@@ -117,15 +117,17 @@ impl Trimmer {
     /// Whether to trim now, given the most connections open since the last
     /// trim and the number open now.
     ///
-    /// A burst that has halved is trimmed; then, because a tick can land in
-    /// the middle of the drain, each later tick that finds fewer connections
-    /// trims again, until a tick finds no fewer. Otherwise the last few
-    /// hundred connections, spread over the heap, would pin it at its peak.
+    /// A burst that has halved is trimmed. A tick can land in the middle of
+    /// the drain, and the last few hundred connections, spread over the
+    /// heap, would then pin it near its peak: so every later tick trims
+    /// too, until one finds no fewer connections open than the last, which
+    /// trims once more (for memory freed just after that trim) and ends it.
     fn due(&mut self, peak: usize, open: usize) -> bool {
-        let due = (peak >= TRIM_AFTER_BURST && open <= peak / 2)
-            || self.receding_from.is_some_and(|last| open < last);
-        self.receding_from = due.then_some(open);
-        due
+        let burst = peak >= TRIM_AFTER_BURST && open <= peak / 2;
+        let receding = self.receding_from.is_some_and(|last| open < last);
+        let settled = self.receding_from.is_some();
+        self.receding_from = (burst || receding).then_some(open);
+        burst || receding || settled
     }
 }
 
@@ -252,7 +254,7 @@ mod tests {
     use super::Trimmer;
 
     #[test]
-    fn a_burst_is_trimmed_once_halved_and_again_while_it_drains() {
+    fn a_burst_is_trimmed_once_halved_and_again_until_it_has_drained() {
         let mut t = Trimmer::default();
         // Small numbers never trim.
         assert!(!t.due(500, 0));
@@ -260,14 +262,15 @@ mod tests {
         assert!(!t.due(6000, 5000));
         assert!(t.due(6000, 600));
         // The tick landed mid-drain: the rest of it is trimmed too, even
-        // though 600 is under the burst size.
+        // though 600 is under the burst size, then once more when it is over.
         assert!(t.due(600, 0));
+        assert!(t.due(0, 0));
         // Drained: no more trims until the next burst.
         assert!(!t.due(0, 0));
         assert!(!t.due(40, 20));
         assert!(t.due(2000, 100));
-        // New connections arriving ends the chain.
-        assert!(!t.due(150, 150));
+        // Connections arriving again end the chain after one more trim.
+        assert!(t.due(150, 150));
         assert!(!t.due(150, 100));
     }
 }
