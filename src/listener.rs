@@ -124,10 +124,9 @@ impl Trimmer {
     /// trims once more (for memory freed just after that trim) and ends it.
     fn due(&mut self, peak: usize, open: usize) -> bool {
         let burst = peak >= TRIM_AFTER_BURST && open <= peak / 2;
-        let receding = self.receding_from.is_some_and(|last| open < last);
-        let settled = self.receding_from.is_some();
-        self.receding_from = (burst || receding).then_some(open);
-        burst || receding || settled
+        let last = self.receding_from;
+        self.receding_from = (burst || last.is_some_and(|l| open < l)).then_some(open);
+        burst || last.is_some()
     }
 }
 

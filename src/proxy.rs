@@ -221,7 +221,7 @@ pub(crate) fn upstream_request(
     parts: &mut http::request::Parts,
     conn: &ConnInfo,
     host: &HeaderValue,
-) -> Result<(), ProxyError> {
+) {
     let trailers = headers::remove_hop_by_hop(&mut parts.headers);
     if trailers {
         parts
@@ -245,7 +245,6 @@ pub(crate) fn upstream_request(
             .into();
     }
     parts.version = Version::HTTP_11;
-    Ok(())
 }
 
 async fn forward(
@@ -321,7 +320,7 @@ async fn forward(
         } else {
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
-        upstream_request(&mut p, conn, host)?;
+        upstream_request(&mut p, conn, host);
         let b = body.take().unwrap_or_else(Body::empty);
         let timeout = generation.config.timeouts.upstream_response;
         let exchange = match generation

@@ -180,7 +180,7 @@ pub async fn proxy(
     let timeouts = generation.config.timeouts;
     let (lease, server, tcp) = connect_backend(pool, timeouts.upstream_connect).await?;
     let (mut parts, _body) = req.into_parts();
-    upstream_request(&mut parts, conn, host)?;
+    upstream_request(&mut parts, conn, host);
     // Metrics and logs show what the client sent (CONNECT for HTTP/2).
     let client_method = std::mem::replace(&mut parts.method, Method::GET);
     parts.extensions = http::Extensions::new();
