@@ -25,6 +25,12 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         /// Streamed from the other side of the proxy.
         Stream { #[pin] inner: Incoming },
+        /// A client's upload streamed to an unbuffered pool, its bytes
+        /// counted for the access log.
+        Counted {
+            #[pin] inner: Incoming,
+            count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        },
         /// Streamed from a server that must not go silent for longer than
         /// `timeout` between frames (an unbuffered response).
         Timed {
@@ -88,6 +94,15 @@ impl http_body::Body for Body {
             BodyProj::Empty => Poll::Ready(None),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Counted { inner, count } => {
+                let r = inner.poll_frame(cx).map_err(Into::into);
+                if let Poll::Ready(Some(Ok(f))) = &r
+                    && let Some(d) = f.data_ref()
+                {
+                    count.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
             BodyProj::Timed {
                 inner,
                 stalled,
@@ -118,7 +133,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
-            Body::Stream { inner } => inner.is_end_stream(),
+            Body::Stream { inner } | Body::Counted { inner, .. } => inner.is_end_stream(),
             Body::Timed { inner, .. } => inner.is_end_stream(),
             Body::Replay { inner } => inner.is_end_stream(),
             Body::Channel { .. } => false,
@@ -131,7 +146,7 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Stream { inner } => inner.size_hint(),
+            Body::Stream { inner } | Body::Counted { inner, .. } => inner.size_hint(),
             Body::Timed { inner, .. } => inner.size_hint(),
             Body::Replay { inner } => inner.size_hint(),
             Body::Channel { .. } => SizeHint::default(),

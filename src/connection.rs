@@ -513,7 +513,7 @@ pub async fn serve<IO>(
         activity: Some(activity.clone()),
         ..info
     });
-    let b = builder(config, info.https);
+    let b = builder(config, info.client.https);
     drop(generation);
     let io = Tracked {
         io,

@@ -1,8 +1,7 @@
-//! Headers: hop-by-hop removal (RFC 9110 §7.6.1) and the X-Forwarded-* set.
+//! Headers: hop-by-hop removal (RFC 9110 §7.6.1). The forwarded headers
+//! are [`crate::forwarded`]'s.
 
-use std::net::IpAddr;
-
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -15,13 +14,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-/// `X-Forwarded-For`.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// `X-Forwarded-Proto`.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// `X-Forwarded-Host`.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names. Returns whether the client asked for trailers (`TE: trailers`),
@@ -56,46 +48,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     trailers
 }
 
-/// A client address as a header value.
-pub fn client_value(client: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
-}
-
-/// Appends the client's address (see [`client_value`]) to `X-Forwarded-For`
-/// (folding earlier values into one line) and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    https: bool,
-    host: &HeaderValue,
-) {
-    let mut xff = Vec::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            xff.extend_from_slice(s.as_bytes());
-            xff.extend_from_slice(b", ");
-        }
-    }
-    let value = if xff.is_empty() {
-        Ok(client.clone())
-    } else {
-        xff.extend_from_slice(client.as_bytes());
-        HeaderValue::from_bytes(&xff)
-    };
-    if let Ok(v) = value {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-    headers.insert(&X_FORWARDED_HOST, host.clone());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     #[test]
     fn connection_named_headers_are_removed() {
@@ -111,22 +67,5 @@ mod tests {
         assert!(remove_hop_by_hop(&mut h));
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn forwarded_for_is_appended() {
-        let mut h = HeaderMap::new();
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        let client = client_value("127.0.0.1".parse().unwrap());
-        set_forwarded(
-            &mut h,
-            &client,
-            true,
-            &HeaderValue::from_static("a.example"),
-        );
-        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
-        assert_eq!(h[&X_FORWARDED_PROTO], "https");
-        assert_eq!(h[&X_FORWARDED_HOST], "a.example");
     }
 }

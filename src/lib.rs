@@ -7,18 +7,22 @@
 //! [`metrics`]. [`server`] ties them into a running proxy; [`cli`] is the
 //! command line.
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod forwarded;
 pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod prefixed;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -11,9 +11,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::connection;
+use crate::forwarded;
 use crate::metrics::ListenerMetrics;
+use crate::prefixed::Prefixed;
 use crate::proxy::ConnInfo;
+use crate::proxy_protocol;
 use crate::state::Shared;
 use crate::tls;
 
@@ -192,11 +196,12 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
         let accepting2 = accepting.clone();
         let metrics = metrics.clone();
         let kind = listener.kind;
+        let port = listener.addr.port();
         accepting.connections.spawn(async move {
             metrics.connections.increment(1.0);
             let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
             PEAK.fetch_max(open, Ordering::Relaxed);
-            handle(tcp, peer, kind, &accepting2, &metrics).await;
+            handle(tcp, peer, port, kind, &accepting2, &metrics).await;
             OPEN.fetch_sub(1, Ordering::Relaxed);
             metrics.connections.decrement(1.0);
             drop(permit);
@@ -204,29 +209,98 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
     }
 }
 
+/// The stream a downstream connection is served over: the socket, with
+/// whatever was read past a PROXY header still to be read.
+pub type Downstream = Prefixed<TcpStream>;
+
+/// Reads the PROXY header if the listeners expect one, and decides who the
+/// client is. `None`: the connection was refused (and counted).
+async fn identify(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    kind: Kind,
+    config: &Config,
+    stop: &CancellationToken,
+    metrics: &ListenerMetrics,
+) -> Option<(Downstream, forwarded::Client)> {
+    let listen = &config.listen;
+    let https = kind == Kind::Https;
+    if !listen.proxy_protocol {
+        let ip = peer.ip();
+        let trusted = listen.trusted_proxies.contains(ip);
+        return Some((
+            Prefixed::new(tcp),
+            forwarded::Client::new(peer, ip, trusted, https, port),
+        ));
+    }
+    // Only a listed load balancer may say who the client is.
+    if !listen.trusted_proxies.is_empty() && !listen.trusted_proxies.contains(peer.ip()) {
+        metrics.rejected(REJECT_UNTRUSTED_PROXY);
+        tracing::debug!(%peer, "PROXY protocol connection from a peer outside trusted_proxies; closed");
+        return None;
+    }
+    let read = tokio::select! {
+        r = proxy_protocol::read_header(tcp, config.timeouts.header) => r,
+        () = stop.cancelled() => return None,
+    };
+    let (client, port, stream) = match read {
+        Ok((
+            proxy_protocol::Header::Proxied {
+                source,
+                destination,
+            },
+            stream,
+        )) => (source.ip(), destination.port(), stream),
+        Ok((proxy_protocol::Header::Local, stream)) => (peer.ip(), port, stream),
+        Err(e) => {
+            metrics.rejected(REJECT_PROXY_PROTOCOL);
+            tracing::debug!(%peer, error = %e, "PROXY protocol header refused; connection closed");
+            return None;
+        }
+    };
+    let trusted = listen.trusted_proxies.contains(client);
+    Some((
+        stream,
+        forwarded::Client::new(peer, client, trusted, https, port),
+    ))
+}
+
+/// Index of `proxy_protocol` in [`crate::metrics::REJECT_REASONS`].
+const REJECT_PROXY_PROTOCOL: usize = 0;
+/// Index of `untrusted_proxy` in [`crate::metrics::REJECT_REASONS`].
+const REJECT_UNTRUSTED_PROXY: usize = 1;
+
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
+    port: u16,
     kind: Kind,
     a: &Accepting,
     metrics: &ListenerMetrics,
 ) {
+    let generation = a.shared.generation.load_full();
+    let Some((stream, client)) =
+        identify(tcp, peer, port, kind, &generation.config, &a.stop, metrics).await
+    else {
+        return;
+    };
     let info = ConnInfo {
-        peer,
-        https: kind == Kind::Https,
+        client,
         tls_site: None,
         https_port: a.https_port,
         activity: None,
-        peer_value: Default::default(),
     };
     match kind {
-        Kind::Http => connection::serve(a.shared.clone(), tcp, info, false, a.stop.clone()).await,
+        Kind::Http => {
+            drop(generation);
+            connection::serve(a.shared.clone(), stream, info, false, a.stop.clone()).await;
+        }
         Kind::Https => {
-            let generation = a.shared.generation.load_full();
             let timeout = generation.config.timeouts.header;
             // A drain does not wait for handshakes still in progress.
             let result = tokio::select! {
-                r = tls::accept(tcp, &generation.router, timeout) => r,
+                r = tls::accept(stream, &generation.router, timeout) => r,
                 () = a.stop.cancelled() => return,
             };
             drop(generation);

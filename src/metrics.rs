@@ -41,6 +41,8 @@ pub const WS_SESSION_DURATION: &str = "switchyard_websocket_session_duration_sec
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 /// TLS handshakes that failed, by listener and reason.
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_tls_handshake_failures_total";
+/// Connections closed before being served, by listener and reason.
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "switchyard_connections_rejected_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
 /// Unix time at which the live configuration was loaded.
@@ -114,6 +116,11 @@ impl Metrics {
             self.recorder
                 .describe_counter(name.into(), unit, SharedString::const_str(help));
         };
+        d(
+            CONNECTIONS_REJECTED_TOTAL,
+            None,
+            "Connections closed before being served, by listener and reason (proxy_protocol: missing, malformed, slow or oversized PROXY header; untrusted_proxy: a PROXY connection from outside trusted_proxies).",
+        );
         d(
             REQUESTS_TOTAL,
             None,
@@ -404,7 +411,13 @@ pub struct ListenerMetrics {
     metrics: Arc<Metrics>,
     listener: Arc<str>,
     failures: Arc<[OnceLock<Counter>; TLS_FAILURE_REASONS.len()]>,
+    rejected: Arc<[OnceLock<Counter>; REJECT_REASONS.len()]>,
 }
+
+/// Why a connection was closed before being served, as metric label
+/// values (`max_connections` is in the contract's list, but a connection
+/// over the limit waits for a slot instead of being refused).
+pub const REJECT_REASONS: [&str; 2] = ["proxy_protocol", "untrusted_proxy"];
 
 /// Reasons a TLS handshake fails, as metric label values.
 pub const TLS_FAILURE_REASONS: [&str; 5] = [
@@ -423,7 +436,26 @@ impl ListenerMetrics {
             metrics: metrics.clone(),
             listener: listener.into(),
             failures: Arc::new(Default::default()),
+            rejected: Arc::new(Default::default()),
         }
+    }
+
+    /// Counts a connection closed before being served; `reason` indexes
+    /// [`REJECT_REASONS`].
+    pub fn rejected(&self, reason: usize) {
+        let Some(slot) = self.rejected.get(reason) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.metrics.counter(
+                CONNECTIONS_REJECTED_TOTAL,
+                &[
+                    ("listener", &self.listener),
+                    ("reason", REJECT_REASONS[reason]),
+                ],
+            )
+        })
+        .increment(1);
     }
 
     /// Counts a failed handshake; `reason` indexes [`TLS_FAILURE_REASONS`].

@@ -3,7 +3,7 @@
 //!
 //! WebSocket upgrades branch off to [`crate::websocket`] after routing.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,8 +16,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access::{self, AccessRecord};
 use crate::body::{Body, BoxError};
 use crate::buffer;
+use crate::forwarded;
 use crate::headers;
 use crate::pool::{Lease, PoolError};
 use crate::routing::{Route, Site};
@@ -27,19 +29,14 @@ use crate::websocket;
 
 /// What a connection knows about itself, shared by its requests.
 pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Whether the connection came in over TLS.
-    pub https: bool,
+    /// Who the client is (TCP peer, PROXY header, trust).
+    pub client: forwarded::Client,
     /// The site whose certificate the TLS handshake presented.
     pub tls_site: Option<Arc<Site>>,
     /// The port of the first https listener, for redirects.
     pub https_port: u16,
     /// The connection's activity record, for its idle timeout.
     pub activity: Option<Arc<crate::connection::Activity>>,
-    /// `peer`'s address as a header value, made for the first request that
-    /// needs it and kept for the connection's others.
-    pub peer_value: std::sync::OnceLock<HeaderValue>,
 }
 
 /// Handles one request to completion of its response head.
@@ -51,10 +48,16 @@ pub async fn handle(
     let started = Instant::now();
     let generation = shared.generation.load_full();
     let method = req.method().clone();
-    let uri = req.uri().clone();
     let version = req.version();
+    // Identify the client: the real address, for the backend and the log.
+    let real = forwarded::real_client(
+        req.headers(),
+        &conn.client,
+        &generation.config.listen.trusted_proxies,
+    );
+    let record = AccessRecord::new(real, conn.client.peer, req.uri(), req.headers());
     let (route, response) = match check_framing(&req) {
-        Ok(()) => route_and_forward(&shared, &generation, &conn, req, started).await,
+        Ok(()) => route_and_forward(&shared, &generation, &conn, req, started, &record).await,
         Err(e) => (generation.router.unknown.clone(), Err(e)),
     };
     let mut resp = match response {
@@ -75,7 +78,7 @@ pub async fn handle(
         }
     };
     if let Some(finish) = resp.body_mut().finish.as_mut() {
-        finish.uri = Some(uri);
+        finish.record = Some(record);
     }
     resp
 }
@@ -95,6 +98,7 @@ async fn route_and_forward(
     conn: &ConnInfo,
     req: Request<Incoming>,
     started: Instant,
+    record: &AccessRecord,
 ) -> (Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
     let router = &generation.router;
     let host_value = match request_host(&req) {
@@ -112,7 +116,7 @@ async fn route_and_forward(
             return (site.unrouted.clone(), Err(ProxyError::Misdirected));
         }
     }
-    if !conn.https && site.redirect_https {
+    if !conn.client.https && site.redirect_https {
         return (
             site.unrouted.clone(),
             Err(ProxyError::Redirect(redirect_location(
@@ -128,7 +132,16 @@ async fn route_and_forward(
     let route = route.clone();
     let result = match websocket::classify(&req) {
         websocket::Upgrade::None => {
-            forward(generation, conn, &route, req, &host_value, started).await
+            forward(
+                generation,
+                conn,
+                &route,
+                req,
+                &host_value,
+                started,
+                record.client,
+            )
+            .await
         }
         websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
         websocket::Upgrade::WebSocket => match &route.websocket {
@@ -145,6 +158,7 @@ async fn route_and_forward(
                     req,
                     &host_value,
                     started,
+                    record,
                 ))
                 .await
             }
@@ -180,6 +194,12 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
 /// A header value (from `Host`, shared, not copied) since it goes upstream
 /// as `X-Forwarded-Host`; it is always valid as a `str`.
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        // Routing and the backend could each pick a different one
+        // (RFC 9112 §3.2: a request with more than one Host is refused).
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
     let from_header = req
         .headers()
         .get(header::HOST)
@@ -198,6 +218,15 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
                 ));
             }
             Ok(v.clone())
+        }
+        (Some(a), Some((_, h)))
+            if crate::routing::normalize_host(a.as_str()) != crate::routing::normalize_host(h) =>
+        {
+            // RFC 9113 §8.3.1: a Host naming another entity than
+            // :authority makes the request malformed.
+            Err(ProxyError::BadRequest(
+                "the Host header disagrees with the request's :authority",
+            ))
         }
         (Some(a), _) => HeaderValue::from_str(a.as_str())
             .map_err(|_| ProxyError::BadRequest("the request's authority is not valid")),
@@ -221,6 +250,7 @@ pub(crate) fn upstream_request(
     parts: &mut http::request::Parts,
     conn: &ConnInfo,
     host: &HeaderValue,
+    real: IpAddr,
 ) {
     let trailers = headers::remove_hop_by_hop(&mut parts.headers);
     if trailers {
@@ -228,10 +258,7 @@ pub(crate) fn upstream_request(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let client = conn
-        .peer_value
-        .get_or_init(|| headers::client_value(conn.peer.ip()));
-    headers::set_forwarded(&mut parts.headers, client, conn.https, host);
+    forwarded::set_forwarded(&mut parts.headers, &conn.client, real, host);
     if !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, host.clone());
     }
@@ -254,6 +281,7 @@ async fn forward(
     req: Request<Incoming>,
     host: &HeaderValue,
     started: Instant,
+    real: IpAddr,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Some(pool) = &route.pool else {
         return Err(ProxyError::WebSocketOnly);
@@ -273,12 +301,14 @@ async fn forward(
     // (Only with another server to retry on: the head is copied for it.)
     let retryable =
         is_idempotent(&method) && hyper::body::Body::is_end_stream(&body) && several_servers;
+    let mut received = Received::Nothing;
     let mut body = Some(if buffering && !hyper::body::Body::is_end_stream(&body) {
         // Read the whole body before taking a worker's slot, so a slow
         // upload never holds one.
         let spilled = Box::pin(buffer::read_request(body, max_body))
             .await
             .map_err(ProxyError::Body)?;
+        received = Received::Known(spilled.len());
         parts.headers.remove(header::TRANSFER_ENCODING);
         match spilled.trailers() {
             None => {
@@ -302,7 +332,13 @@ async fn forward(
         if hyper::body::Body::size_hint(&body).lower() > max_body {
             return Err(ProxyError::Body(buffer::BufferError::TooLarge(max_body)));
         }
-        Body::from(body)
+        if hyper::body::Body::is_end_stream(&body) {
+            Body::from(body)
+        } else {
+            let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            received = Received::Counted(count.clone());
+            Body::Counted { inner: body, count }
+        }
     });
     let mut failed_on = None;
     loop {
@@ -320,7 +356,7 @@ async fn forward(
         } else {
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
-        upstream_request(&mut p, conn, host);
+        upstream_request(&mut p, conn, host, real);
         let b = body.take().unwrap_or_else(Body::empty);
         let timeout = generation.config.timeouts.upstream_response;
         let exchange = match generation
@@ -357,7 +393,8 @@ async fn forward(
                     lease,
                     Some(server.addr.clone()),
                 );
-                finish.queue_wait = queue_wait;
+                finish.queue_wait = Some(queue_wait);
+                finish.received = received;
                 return Ok(finish_plain(Response::from_parts(rparts, body), finish));
             }
             Err((e, lease)) => {
@@ -492,6 +529,28 @@ impl ProxyError {
     }
 }
 
+/// Request body bytes read from the client, for the access log.
+#[derive(Debug, Default)]
+pub enum Received {
+    /// Counted already (a buffered body, or none).
+    #[default]
+    Nothing,
+    /// This many.
+    Known(u64),
+    /// Counted as the body streams upstream.
+    Counted(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Received {
+    fn bytes(&self) -> u64 {
+        match self {
+            Received::Nothing => 0,
+            Received::Known(n) => *n,
+            Received::Counted(c) => c.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Records a request when its response is done: metrics and the access log.
 pub struct Finish {
     route: Arc<Route>,
@@ -501,9 +560,11 @@ pub struct Finish {
     lease: Option<Lease>,
     upstream: Option<Arc<str>>,
     /// Time spent in the pool's queue.
-    pub queue_wait: std::time::Duration,
-    /// The request target, for the access log's `path`.
-    pub uri: Option<Uri>,
+    pub queue_wait: Option<std::time::Duration>,
+    /// What the request said about itself, for the access log.
+    pub record: Option<AccessRecord>,
+    /// Request body bytes from the client.
+    pub received: Received,
     bytes: u64,
     complete: bool,
 }
@@ -531,8 +592,9 @@ impl Finish {
             status,
             lease,
             upstream,
-            queue_wait: std::time::Duration::ZERO,
-            uri: None,
+            queue_wait: None,
+            record: None,
+            received: Received::Nothing,
             bytes: 0,
             complete: false,
         }
@@ -547,18 +609,21 @@ impl Drop for Finish {
         let m = &self.route.metrics;
         m.requests.inc(&self.method, self.status);
         m.duration.record(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "switchyard::access",
-            site = %self.route.site,
-            route = %self.route.name,
-            method = %self.method,
-            path = self.uri.as_ref().map_or("-", |u| u.path()),
-            status = self.status.as_u16(),
-            bytes = self.bytes,
-            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            upstream = self.upstream.as_deref().unwrap_or("-"),
-            queue_ms = %format_args!("{:.3}", self.queue_wait.as_secs_f64() * 1000.0),
-            complete = self.complete,
+        access::log(
+            self.record.as_ref(),
+            &access::Outcome {
+                site: &self.route.site,
+                route: &self.route.name,
+                method: &self.method,
+                status: self.status.as_u16(),
+                bytes_sent: self.bytes,
+                bytes_received: self.received.bytes(),
+                duration: elapsed,
+                upstream: self.upstream.as_deref(),
+                queue_wait: self.queue_wait,
+                complete: Some(self.complete),
+                session: None,
+            },
         );
     }
 }

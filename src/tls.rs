@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::prefixed::Prefixed;
 use crate::routing::{Router, Site};
 
 /// ALPN protocols offered, in preference order.
@@ -80,15 +81,24 @@ const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close
 /// Runs the server side of a handshake, choosing the site by SNI.
 /// Returns the stream and the site whose certificate was presented.
 pub async fn accept(
-    mut tcp: TcpStream,
+    mut tcp: Prefixed<TcpStream>,
     router: &Router,
     timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, Arc<Site>), HandshakeError> {
+) -> Result<(TlsStream<Prefixed<TcpStream>>, Arc<Site>), HandshakeError> {
     let work = async {
         let mut first = [0u8; 1];
-        let n = tcp.peek(&mut first).await.map_err(|_| HandshakeError::Io)?;
-        if n == 0 {
-            return Err(HandshakeError::Io);
+        // Bytes read past a PROXY header already show the first one.
+        if let Some(&b) = tcp.pending().first() {
+            first[0] = b;
+        } else {
+            let n = tcp
+                .get_ref()
+                .peek(&mut first)
+                .await
+                .map_err(|_| HandshakeError::Io)?;
+            if n == 0 {
+                return Err(HandshakeError::Io);
+            }
         }
         if first[0] != TLS_HANDSHAKE_RECORD {
             if first[0].is_ascii_uppercase() {

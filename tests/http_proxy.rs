@@ -341,9 +341,12 @@ async fn forwarded_headers_and_hop_by_hop_removal() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let h = header_map(&ar.last().headers);
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // The client is not a trusted proxy: what it says of itself is dropped.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "a.test");
+    assert_eq!(h["x-forwarded-port"], s.proxy.https.port().to_string());
     assert_eq!(h["host"], "a.test");
     assert_eq!(h["cookie"], "a=1");
     assert_eq!(h["x-app"], "kept");

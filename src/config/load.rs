@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use toml::de::{DeArray, DeString, DeTable, DeValue};
 use super::units::{parse_duration, parse_size};
 use super::{
     Config, ConfigError, ConfigErrors, Health, Limits, Listen, Log, LogFormat, Pool,
-    RemovedSessions, Route, Runtime, Site, SiteTls, Timeouts,
+    RemovedSessions, Route, Runtime, Site, SiteTls, Timeouts, TrustedProxies,
 };
 
 /// The process-wide settings file inside the config directory.
@@ -28,7 +28,13 @@ const MAIN_FILE: &str = "switchyard.toml";
 const SITES_DIR: &str = "sites";
 
 const MAIN_FIELDS: &[&str] = &["listen", "timeouts", "limits", "runtime", "log"];
-const LISTEN_FIELDS: &[&str] = &["https", "http", "admin"];
+const LISTEN_FIELDS: &[&str] = &[
+    "https",
+    "http",
+    "admin",
+    "proxy_protocol",
+    "trusted_proxies",
+];
 const TIMEOUT_FIELDS: &[&str] = &[
     "header",
     "idle",
@@ -666,6 +672,8 @@ impl Default for Process {
                 https: vec![SocketAddr::from(([0, 0, 0, 0], 8443))],
                 http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
                 admin: Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+                proxy_protocol: false,
+                trusted_proxies: TrustedProxies::default(),
             },
             timeouts: Timeouts {
                 header: Duration::from_secs(10),
@@ -838,6 +846,23 @@ fn parse_listen(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen) {
         },
     }
 
+    if let Some(v) = t.get("proxy_protocol")
+        && let Some(b) = get_bool(cx, v, &t.child("proxy_protocol"))
+    {
+        listen.proxy_protocol = b;
+    }
+    if let Some(v) = t.get("trusted_proxies") {
+        let path = t.child("trusted_proxies");
+        let mut ranges = Vec::new();
+        for (s, item_path, span) in get_strings(cx, v, &path).unwrap_or_default() {
+            match parse_cidr(s) {
+                Ok(net) => ranges.push(net),
+                Err(why) => cx.error(span, format!("{item_path}: {why}")),
+            }
+        }
+        listen.trusted_proxies = TrustedProxies::new(ranges);
+    }
+
     if listen.https.is_empty()
         && listen.http.is_empty()
         && t.get("https")
@@ -883,6 +908,37 @@ fn parse_listen(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen) {
             break;
         }
     }
+}
+
+/// One `trusted_proxies` entry: a CIDR range, or a single address (as
+/// nginx's `set_real_ip_from` takes either).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(addr));
+    }
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return Err(format!(
+            "expected a CIDR range like \"10.0.0.0/8\" or \"::1/128\", or an IP address, found {s:?}"
+        ));
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| {
+        format!("{addr:?} is not an IP address (expected a CIDR range like \"10.0.0.0/8\")")
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("{prefix:?} is not a prefix length from 0 to {max} in {s:?}"))?;
+    let net = ipnet::IpNet::new(addr, prefix).map_err(|e| format!("{s:?}: {e}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set past the /{prefix} prefix (did you mean \"{}\"?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 fn socket_addr(
@@ -1701,6 +1757,8 @@ pool = "web"
                 https: vec!["0.0.0.0:8443".parse().unwrap()],
                 http: vec!["0.0.0.0:8080".parse().unwrap()],
                 admin: Some("127.0.0.1:9901".parse().unwrap()),
+                proxy_protocol: false,
+                trusted_proxies: Default::default(),
             }
         );
         assert_eq!(
@@ -1850,6 +1908,45 @@ level = "info,switchyard=debug"
     }
 
     #[test]
+    fn trusted_proxies_and_proxy_protocol() {
+        let config = ok(
+            "[listen]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1/128\", \"2001:db8::/32\"]\n",
+            &[("shop", SITE)],
+        );
+        assert!(config.listen.proxy_protocol);
+        let t = &config.listen.trusted_proxies;
+        for inside in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::5",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(t.contains(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in ["11.0.0.1", "127.0.0.2", "::2", "2001:db9::1"] {
+            assert!(!t.contains(outside.parse().unwrap()), "{outside}");
+        }
+        let main = r#"[listen]
+proxy_protocol = "yes"
+trusted_proxies = ["10.0.0.0/33", "10.0.0.1/8", "example.com/8", "10.0.0.0", "fe80::/129", "10.0.0.0/x", 7]
+"#;
+        let e = errors(main, &[("shop", SITE)]);
+        assert_errors(
+            &e,
+            &[
+                "cfg/switchyard.toml:2:18: expected true or false for listen.proxy_protocol, found string \"yes\"",
+                "cfg/switchyard.toml:3:20: listen.trusted_proxies[0]: \"33\" is not a prefix length from 0 to 32 in \"10.0.0.0/33\"",
+                "cfg/switchyard.toml:3:35: listen.trusted_proxies[1]: \"10.0.0.1/8\" has host bits set past the /8 prefix (did you mean \"10.0.0.0/8\"?)",
+                "cfg/switchyard.toml:3:49: listen.trusted_proxies[2]: \"example.com\" is not an IP address",
+                "cfg/switchyard.toml:3:78: listen.trusted_proxies[4]: \"129\" is not a prefix length from 0 to 128",
+                "cfg/switchyard.toml:3:92: listen.trusted_proxies[5]: \"x\" is not a prefix length",
+                "cfg/switchyard.toml:3:106: expected a string for listen.trusted_proxies[6], found integer 7",
+            ],
+        );
+    }
+
+    #[test]
     fn unknown_fields_everywhere() {
         let main = r#"[listen]
 htps = ["0.0.0.0:1"]
@@ -1878,7 +1975,7 @@ websockets = "web"
         assert_errors(
             &e,
             &[
-                "cfg/switchyard.toml:2:1: unknown field \"htps\" in [listen] (expected one of: https, http, admin); did you mean \"https\"?",
+                "cfg/switchyard.toml:2:1: unknown field \"htps\" in [listen] (expected one of: https, http, admin, proxy_protocol, trusted_proxies); did you mean \"https\"?",
                 "cfg/switchyard.toml:4:1: unknown field \"headr\" in [timeouts] (expected one of: header, idle, upstream_connect, upstream_response, drain); did you mean \"header\"?",
                 "cfg/switchyard.toml:6:1: unknown field \"max_conections\" in [limits]",
                 "cfg/switchyard.toml:8:1: unknown field \"threads\" in [runtime] (expected one of: worker_threads)",

@@ -8,7 +8,7 @@
 mod load;
 mod units;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,36 @@ pub struct Listen {
     pub http: Vec<SocketAddr>,
     /// Admin listener for /metrics, /healthz, /readyz. Default `127.0.0.1:9901`.
     pub admin: Option<SocketAddr>,
+    /// Every https and http connection starts with a PROXY protocol header
+    /// (v1 or v2) naming the client. Default false.
+    pub proxy_protocol: bool,
+    /// Peers whose forwarded headers (and PROXY headers) are believed.
+    /// Default empty: nobody's.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// A list of CIDR ranges (`[listen] trusted_proxies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// A list of these ranges.
+    pub fn new(ranges: Vec<ipnet::IpNet>) -> Self {
+        TrustedProxies(ranges)
+    }
+
+    /// Whether no range is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `addr` lies in one of the ranges. An IPv4-mapped IPv6
+    /// address (a dual-stack socket's view of an IPv4 peer) is taken as the
+    /// IPv4 address it maps.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.0.iter().any(|net| net.contains(&addr))
+    }
 }
 
 /// `[timeouts]`.

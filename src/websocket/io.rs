@@ -21,11 +21,12 @@ use tokio_rustls::server::TlsStream;
 
 use super::tls_records::TlsRecords;
 use crate::connection::Tracked;
+use crate::prefixed::Prefixed;
 
 /// What a downstream HTTPS connection is served over (see `connection::serve`).
-type DownstreamTls = TokioIo<Tracked<TlsStream<TcpStream>>>;
+type DownstreamTls = TokioIo<Tracked<TlsStream<Prefixed<TcpStream>>>>;
 /// What a downstream plain-HTTP connection is served over.
-type DownstreamPlain = TokioIo<Tracked<TcpStream>>;
+type DownstreamPlain = TokioIo<Tracked<Prefixed<TcpStream>>>;
 
 /// `read`, not tied to hyper's whole read buffer when it is empty (an empty
 /// slice of it would keep it allocated for the session's life).
@@ -38,7 +39,7 @@ enum Inner {
     /// A downstream TLS 1.3 connection, its records sealed and opened here.
     Records(Box<TlsRecords>),
     /// A downstream TLS connection left with rustls (TLS 1.2).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
     /// A plain TCP connection (to the backend, or a plain-HTTP client).
     Tcp(TcpStream),
     /// Anything hyper would not hand back unwrapped (an HTTP/2 stream).
@@ -80,10 +81,20 @@ impl End {
             Err(upgraded) => upgraded,
         };
         Ok(match downcast::<DownstreamPlain>(upgraded) {
-            Ok(parts) => End {
-                pre: own(parts.read_buf),
-                inner: Inner::Tcp(parts.io.into_inner().into_inner()),
-            },
+            Ok(parts) => {
+                // Bytes read past a PROXY header were read before anything
+                // hyper read from the socket (and are always gone by now).
+                let (tcp, ahead) = parts.io.into_inner().into_inner().into_parts();
+                let pre = if ahead.is_empty() {
+                    own(parts.read_buf)
+                } else {
+                    [&parts.read_buf[..], &ahead[..]].concat().into()
+                };
+                End {
+                    pre,
+                    inner: Inner::Tcp(tcp),
+                }
+            }
             Err(upgraded) => End {
                 pre: Bytes::new(),
                 inner: Inner::Upgraded(Box::new(TokioIo::new(upgraded))),

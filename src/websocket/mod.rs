@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::access::{self, AccessRecord, SessionOutcome};
 use crate::body::Body;
 use crate::headers;
 use crate::pool::{Lease, Pool};
@@ -174,13 +175,14 @@ pub async fn proxy(
     mut req: Request<Incoming>,
     host: &HeaderValue,
     started: Instant,
+    record: &AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let h2 = req.version() == Version::HTTP_2;
     let on_client_upgrade = hyper::upgrade::on(&mut req);
     let timeouts = generation.config.timeouts;
     let (lease, server, tcp) = connect_backend(pool, timeouts.upstream_connect).await?;
     let (mut parts, _body) = req.into_parts();
-    upstream_request(&mut parts, conn, host);
+    upstream_request(&mut parts, conn, host, record.client);
     // Metrics and logs show what the client sent (CONNECT for HTTP/2).
     let client_method = std::mem::replace(&mut parts.method, Method::GET);
     parts.extensions = http::Extensions::new();
@@ -264,7 +266,9 @@ pub async fn proxy(
             max_message_bytes: route.max_message_bytes,
             extensions,
         },
-        peer: conn.peer,
+        record: record.clone(),
+        method: client_method.clone(),
+        status: status.as_u16(),
         _active: if h2 {
             conn.activity.as_ref().map(|a| a.begin())
         } else {
@@ -331,7 +335,12 @@ struct Session {
     route: Arc<Route>,
     lease: Lease,
     settings: relay::RelaySettings,
-    peer: std::net::SocketAddr,
+    /// The upgrade request, for the access log.
+    record: AccessRecord,
+    /// The method the client sent (GET, or CONNECT over HTTP/2).
+    method: Method,
+    /// The status the handshake was answered with.
+    status: u16,
     /// Keeps an HTTP/2 connection carrying this session out of its idle timeout.
     _active: Option<crate::connection::ActiveGuard>,
 }
@@ -407,22 +416,28 @@ impl Session {
         let m = &self.route.metrics;
         m.ws_active.decrement(1.0);
         m.ws_duration.record(elapsed.as_secs_f64());
-        let upstream = self.lease.server().map_or("-", |s| &s.addr);
-        tracing::info!(
-            target: "switchyard::access",
-            site = %self.route.site,
-            route = %self.route.name,
-            client = %self.peer,
-            upstream,
-            websocket = true,
-            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            frames_in = outcome.frames[0].iter().sum::<u64>(),
-            bytes_in = outcome.bytes[0],
-            frames_out = outcome.frames[1].iter().sum::<u64>(),
-            bytes_out = outcome.bytes[1],
-            client_close = outcome.client_close.map_or(-1, i32::from),
-            upstream_close = outcome.upstream_close.map_or(-1, i32::from),
-            end = ?outcome.end,
+        let session = SessionOutcome {
+            frames_in: outcome.frames[0].iter().sum(),
+            frames_out: outcome.frames[1].iter().sum(),
+            client_close: outcome.client_close.map_or(-1, i32::from),
+            upstream_close: outcome.upstream_close.map_or(-1, i32::from),
+            end: format!("{:?}", outcome.end),
+        };
+        access::log(
+            Some(&self.record),
+            &access::Outcome {
+                site: &self.route.site,
+                route: &self.route.name,
+                method: &self.method,
+                status: self.status,
+                bytes_sent: outcome.bytes[1],
+                bytes_received: outcome.bytes[0],
+                duration: elapsed,
+                upstream: self.lease.server().map(|s| &*s.addr),
+                queue_wait: None,
+                complete: None,
+                session: Some(&session),
+            },
         );
     }
 }

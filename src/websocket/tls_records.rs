@@ -32,6 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::prefixed::Prefixed;
+
 /// Record header length.
 const HEADER: usize = 5;
 /// Largest plaintext in one record (RFC 8446 §5.1).
@@ -83,7 +85,7 @@ fn invalid(msg: &'static str) -> io::Error {
 impl TlsRecords {
     /// Whether `tls` can be taken over: TLS 1.3, handshake done, nothing
     /// left for rustls to send.
-    pub fn applicable(tls: &TlsStream<TcpStream>) -> bool {
+    pub fn applicable<IO>(tls: &TlsStream<IO>) -> bool {
         let (_, conn) = tls.get_ref();
         conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
             && !conn.is_handshaking()
@@ -97,7 +99,7 @@ impl TlsRecords {
     /// Takes the connection's keys out of rustls. Returns the stream and any
     /// application data rustls had already decrypted (to be read first).
     /// Call only when [`TlsRecords::applicable`] holds.
-    pub fn take_over(mut tls: TlsStream<TcpStream>) -> io::Result<(Self, Vec<u8>)> {
+    pub fn take_over(mut tls: TlsStream<Prefixed<TcpStream>>) -> io::Result<(Self, Vec<u8>)> {
         let (_, conn) = tls.get_mut();
         // Complete records rustls has read are opened now, so nothing it
         // holds is lost with it.
@@ -110,7 +112,12 @@ impl TlsRecords {
             Some(SupportedCipherSuite::Tls13(suite)) => suite,
             _ => return Err(invalid("not a TLS 1.3 connection")),
         };
-        let (tcp, conn) = tls.into_inner();
+        let (stream, conn) = tls.into_inner();
+        let (tcp, ahead) = stream.into_parts();
+        if !ahead.is_empty() {
+            // rustls read them with the ClientHello; never left over.
+            return Err(invalid("bytes read past the PROXY header were never read"));
+        }
         let secrets = conn
             .dangerous_extract_secrets()
             .map_err(|e| io::Error::other(format!("extracting the session keys: {e}")))?;
@@ -433,7 +440,7 @@ mod tests {
     /// offering only `versions`.
     async fn pair(
         versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> (Client, TlsStream<TcpStream>) {
+    ) -> (Client, TlsStream<Prefixed<TcpStream>>) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let der = cert.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
@@ -459,7 +466,7 @@ mod tests {
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
             tokio_rustls::TlsAcceptor::from(Arc::new(server))
-                .accept(tcp)
+                .accept(Prefixed::new(tcp))
                 .await
                 .unwrap()
         };
