@@ -177,10 +177,16 @@ def test_chromium_chat_through_switchyard(stack, node, mode):
         by_status
     assert d("switchyard_websocket_sessions_total", route="ws") == n
 
-    lines = wait_until(lambda: (l := access_lines(room)) and len(l) >= n and l, 5,
-                       "the access log lines of the handshakes")
-    assert len(lines) == n, lines
-    assert [l["status"] for l in lines] == [str(ws_status)] * n, lines
+    # Each WebSocket has two access-log lines: its handshake request, and its
+    # session (websocket=true) when it ends.
+    sessions = lambda l: [x for x in l if x.get("websocket") == "true"]
+    all_lines = wait_until(lambda: (l := access_lines(room)) and len(sessions(l)) >= n
+                           and len(l) >= 2 * n and l, 5,
+                           "the access log lines of the sessions")
+    lines = sessions(all_lines)
+    assert len(lines) == n and len(all_lines) == 2 * n, all_lines
+    assert [l["status"] for l in all_lines] == [str(ws_status)] * (2 * n), all_lines
+    assert {l["client"] for l in all_lines} == {"127.0.0.1"}, all_lines
     assert sorted({l["upstream"] for l in lines}) == sorted(DAPHNES.values()), lines
 
     print(f"\n{mode}: Chromium {res['browserVersion']}: page over {page_proto} (a: "

@@ -138,11 +138,11 @@ def test_django_sees_tls_and_client_address(http2):
         assert info["host"] == "localhost:18443"
         assert info["absolute_uri"] == f"{BASE}/info"
         assert info["x_forwarded_proto"] == "https"
-        assert info["remote_addr"] == "127.0.0.1"          # the proxy
         assert info["x_forwarded_for"] == CLIENT_ADDR      # the client
-        # An X-Forwarded-For the client sent is kept, the client appended.
-        info = c.get("/info", headers={"X-Forwarded-For": "203.0.113.9"}).json()
-        assert info["x_forwarded_for"] == f"203.0.113.9, {CLIENT_ADDR}"
+        assert info["x_real_ip"] == CLIENT_ADDR
+        # gunicorn's REMOTE_ADDR is the proxy (127.0.0.1); the example's
+        # RealIPMiddleware sets it from X-Real-IP.
+        assert info["remote_addr"] == CLIENT_ADDR
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
@@ -246,6 +246,94 @@ def test_custom_close_code_reaches_client():
             assert e.value.rcvd is not None and e.value.rcvd.code == 4000
             assert ws.close_code == 4000
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# --- who the client is: a client that lies about itself ------------------------------
+
+SPOOFED = "203.0.113.9"
+# Everything a client can claim about itself. The example's switchyard trusts
+# no proxy (trusted_proxies = []), so none of it may reach Django as the truth.
+SPOOF_HEADERS = {
+    "X-Forwarded-For": SPOOFED,
+    "X-Real-IP": SPOOFED,
+    "Forwarded": f"for={SPOOFED};proto=http;host=evil.example",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "http",
+    "X-Forwarded-Port": "1",
+    # Maps to HTTP_X_REAL_IP in WSGI servers that fold "_" into "-";
+    # gunicorn's default --header-map=drop drops it.
+    "X_Real_IP": SPOOFED,
+}
+
+
+def access_lines(path: str, user_agent: str) -> list[dict[str, str]]:
+    """switchyard's access-log lines (examples/django/.run/switchyard.log) for
+    `path` from a client that sent `user_agent`."""
+    out = []
+    for line in (RUN_DIR / "switchyard.log").read_text(errors="replace").splitlines():
+        if "switchyard::access:" not in line:
+            continue
+        fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line.split("switchyard::access:", 1)[1]))
+        fields = {k: v.strip('"') for k, v in fields.items()}
+        if fields.get("path") == path and fields.get("user_agent") == user_agent:
+            out.append(fields)
+    return out
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_spoofed_client_headers_do_not_reach_django(http2):
+    """REMOTE_ADDR in a gunicorn view is the real client, not what it claims."""
+    ua = f"e2e-spoof-{uuid.uuid4().hex[:8]}"
+    with client(http2) as c:
+        r = c.get("/info", headers={**SPOOF_HEADERS, "User-Agent": ua})
+    assert r.status_code == 200, r.text[:500]
+    assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    info = r.json()
+    assert info["remote_addr"] == CLIENT_ADDR, info
+    assert info["x_real_ip"] == CLIENT_ADDR, info
+    assert info["x_forwarded_for"] == CLIENT_ADDR, info          # replaced, not appended to
+    assert info["forwarded"] == "", info                         # dropped
+    assert info["x_forwarded_host"] == "localhost:18443", info   # the Host the client sent
+    assert info["host"] == "localhost:18443", info
+    assert info["x_forwarded_port"] == "18443" and info["port"] == "18443", info
+    assert info["x_forwarded_proto"] == "https" and info["is_secure"] is True, info
+    assert SPOOFED not in json.dumps(info) and "evil.example" not in json.dumps(info), info
+    # The access log names the same client.
+    lines = wait_until(lambda: access_lines("/info", ua), 10, "the request's access-log line")
+    assert len(lines) == 1, lines
+    assert lines[0]["client"] == CLIENT_ADDR and "peer" not in lines[0], lines
+    assert lines[0]["status"] == "200" and lines[0]["upstream"] in GUNICORNS.values(), lines
+
+
+def test_spoofed_client_headers_do_not_reach_channels():
+    """scope["client"] in a Channels consumer (daphne --proxy-headers, HTTP/1.1
+    upgrade) is the real client. HTTP/2 WebSockets (RFC 8441) are covered by
+    the Rust tests and, without spoofing, by test_browser.py."""
+    room = f"r{uuid.uuid4().hex[:8]}"
+    ua = f"e2e-spoof-{uuid.uuid4().hex[:8]}"
+
+    async def main():
+        async with ws_open(room, additional_headers=SPOOF_HEADERS, user_agent_header=ua) as ws:
+            return await recv_json(ws)
+    hello = asyncio.run(asyncio.wait_for(main(), 30))
+    assert hello["type"] == "hello", hello
+    assert hello["client"][0] == CLIENT_ADDR, hello
+    # daphne takes the port from X-Forwarded-Port: the port the client connected to.
+    assert hello["client"][1] == 18443, hello
+    assert hello["x_forwarded_proto"] == "https", hello
+    assert hello["forwarded_headers"] == {
+        "x-forwarded-for": CLIENT_ADDR, "x-forwarded-host": "localhost:18443",
+        "x-forwarded-port": "18443", "x-real-ip": CLIENT_ADDR, "forwarded": ""}, hello
+    # The access log (a line for the upgrade request, and one with
+    # websocket=true when the session ends) names the same client.
+    path = f"/ws/chat/{room}/"
+    lines = wait_until(lambda: (l := access_lines(path, ua)) and len(l) >= 2 and
+                       any(x.get("websocket") == "true" for x in l) and l, 10,
+                       "the upgrade's and the session's access-log lines")
+    assert sorted(x.get("websocket", "-") for x in lines) == ["-", "true"], lines
+    for line in lines:
+        assert line["client"] == CLIENT_ADDR and "peer" not in line, lines
+        assert line["status"] == "101" and line["upstream"] in DAPHNES.values(), lines
 
 
 # --- metrics ---------------------------------------------------------------------------

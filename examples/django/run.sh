@@ -145,8 +145,11 @@ start_redis() {
 start_gunicorn() {
     local i="$1" port="${GUNICORN_PORTS[$(($1 - 1))]}"
     running "gunicorn-$i" && return 0
+    # --forwarded-allow-ips: believe X-Forwarded-Proto (wsgi.url_scheme) from
+    # switchyard only. REMOTE_ADDR comes from chatsite.middleware.RealIPMiddleware.
     spawn "gunicorn-$i" "$HERE" INSTANCE="gunicorn-$i" -- \
         "$VENV/bin/gunicorn" --workers 2 --worker-class sync --bind "127.0.0.1:$port" \
+        --forwarded-allow-ips 127.0.0.1 \
         --graceful-timeout 5 --access-logfile - chatsite.wsgi:application
     wait_for "gunicorn-$i" 30 http_ok "http://127.0.0.1:$port/healthz"
 }
@@ -154,6 +157,8 @@ start_gunicorn() {
 start_daphne() {
     local i="$1" port="${DAPHNE_PORTS[$(($1 - 1))]}"
     running "daphne-$i" && return 0
+    # --proxy-headers: scope["client"] from the left-most X-Forwarded-For, which
+    # switchyard replaces with the client's address (no trusted_proxies here).
     spawn "daphne-$i" "$HERE" INSTANCE="daphne-$i" -- \
         "$VENV/bin/daphne" --bind 127.0.0.1 --port "$port" --proxy-headers \
         chatsite.asgi:application

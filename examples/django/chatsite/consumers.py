@@ -25,8 +25,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "type": "hello",
             "instance": INSTANCE,
             "room": self.room,
+            # daphne --proxy-headers: [left-most X-Forwarded-For, X-Forwarded-Port].
             "client": list(self.scope["client"] or []),
             "x_forwarded_proto": headers.get(b"x-forwarded-proto", b"").decode(),
+            # The forwarded headers as they reached daphne.
+            "forwarded_headers": {
+                name: headers.get(name.encode(), b"").decode("latin-1")
+                for name in ("x-forwarded-for", "x-forwarded-host", "x-forwarded-port",
+                             "x-real-ip", "forwarded")
+            },
         }))
 
     async def disconnect(self, code):

@@ -17,12 +17,17 @@ ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 # switchyard terminates TLS and sends X-Forwarded-Proto: https, so
 # request.is_secure() is true and CSRF's Origin check compares against https://.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-# The Host the client used (with its port) comes in X-Forwarded-Host.
+# The Host the client used (with its port) comes in X-Forwarded-Host, and the
+# port it connected to in X-Forwarded-Port (request.get_port()).
 USE_X_FORWARDED_HOST = True
+USE_X_FORWARDED_PORT = True
 CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_SECURE = True
-# The client's address is the last entry switchyard appended to
-# X-Forwarded-For (REMOTE_ADDR is switchyard's own address).
+# The client's address: switchyard replaces X-Forwarded-For and X-Real-IP
+# with it (it trusts no proxy in front of it here). daphne --proxy-headers
+# puts it in scope["client"]; under gunicorn, REMOTE_ADDR would be
+# switchyard's own address, so RealIPMiddleware sets it from X-Real-IP (safe
+# only because gunicorn listens on 127.0.0.1, reachable through switchyard alone).
 
 INSTALLED_APPS = [
     "daphne",
@@ -32,6 +37,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "chatsite.middleware.RealIPMiddleware",   # first: REMOTE_ADDR for everything after it
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

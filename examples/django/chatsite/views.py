@@ -19,13 +19,18 @@ def _request_info(request):
         "is_secure": request.is_secure(),
         "scheme": request.scheme,
         "host": request.get_host(),
+        "port": request.get_port(),
         "absolute_uri": request.build_absolute_uri(),
+        # The client: set from X-Real-IP by chatsite.middleware.RealIPMiddleware.
         "remote_addr": request.META.get("REMOTE_ADDR", ""),
+        # The headers as they reached Django (switchyard sets or replaces them;
+        # a client's Forwarded header is dropped, so "forwarded" stays empty).
         "x_forwarded_for": request.META.get("HTTP_X_FORWARDED_FOR", ""),
         "x_forwarded_proto": request.META.get("HTTP_X_FORWARDED_PROTO", ""),
         "x_forwarded_host": request.META.get("HTTP_X_FORWARDED_HOST", ""),
-        # The client as seen by the proxy: the last X-Forwarded-For entry.
-        "client": request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip(),
+        "x_forwarded_port": request.META.get("HTTP_X_FORWARDED_PORT", ""),
+        "x_real_ip": request.META.get("HTTP_X_REAL_IP", ""),
+        "forwarded": request.META.get("HTTP_FORWARDED", ""),
     }
 
 
