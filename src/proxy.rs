@@ -83,7 +83,10 @@ pub async fn handle(
     resp
 }
 
-pub(crate) fn finish_plain(resp: Response<Body>, finish: Finish) -> Response<ResponseBody> {
+pub(crate) fn finish_plain(resp: Response<Body>, mut finish: Finish) -> Response<ResponseBody> {
+    // An empty body (a 101, a 204) is whole once its head is written;
+    // hyper never polls it, so say so now.
+    finish.complete = http_body::Body::is_end_stream(resp.body());
     resp.map(|body| ResponseBody {
         body,
         finish: Some(finish),
