@@ -6,6 +6,7 @@
 #
 #   bench/callgrind.sh                         # all three proxies, three cases: ~10 minutes
 #   PROXIES=switchyard CASES=h1 bench/callgrind.sh
+#   PROXIES=switchyard CASES="h1 h1nopp h1pp" bench/callgrind.sh   # the cost of PROXY protocol
 #   SWITCHYARD_BIN=/path/to/switchyard SKIP_BUILD=1 bench/callgrind.sh
 #
 # Each case runs twice per proxy, with N1 and N2 requests over the same
@@ -37,10 +38,12 @@ RUN_DIR=$RUN PREPARE_ONLY=1 PORT=$PORT HTTP_PORT=$HTTP_PORT WS_PORT=$WS_PORT "$B
 TOOLS=$BENCH/tools/target/release
 CA=$ROOT/certs/dev-ca.crt
 [ -f "$CA" ] || CA=$RUN/bench.crt
-# nginx's master process only forks the worker: one process, as callgrind needs.
-sed 's/^master_process on;/master_process off;/' "$RUN/conf/nginx.conf" >"$RUN/conf/nginx-single.conf"
-# valgrind keeps a few descriptors for itself, so HAProxy cannot have all 20,000.
-sed 's/^\( *\)ulimit-n 20000/\1ulimit-n 19000/' "$RUN/conf/haproxy.cfg" >"$RUN/conf/haproxy-valgrind.cfg"
+for v in "" -pp; do   # -pp: the PROXY protocol variants (case h1pp)
+    # nginx's master process only forks the worker: one process, as callgrind needs.
+    sed 's/^master_process on;/master_process off;/' "$RUN/conf/nginx$v.conf" >"$RUN/conf/nginx-single$v.conf"
+    # valgrind keeps a few descriptors for itself, so HAProxy cannot have all 20,000.
+    sed 's/^\( *\)ulimit-n 20000/\1ulimit-n 19000/' "$RUN/conf/haproxy$v.cfg" >"$RUN/conf/haproxy-valgrind$v.cfg"
+done
 ulimit -n 20000
 
 PIDS=()
@@ -63,11 +66,12 @@ wait_port "$HTTP_PORT" && wait_port "$WS_PORT" || die "backends did not start"
 # Runs PROXY under callgrind for one load of N; prints "instructions count".
 one() { # proxy case n
     local p=$1 c=$2 n=$3 out=$RUN/$1.$2.$3
-    local cmd
+    local cmd v=""
+    if pp_case "$c"; then v=-pp; fi
     case $p in
-    switchyard) cmd=("$RUN/switchyard" run -c "$RUN/conf/switchyard") ;;
-    nginx) cmd=(nginx -c "$RUN/conf/nginx-single.conf" -e "$RUN/nginx-error.log") ;;
-    haproxy) cmd=(haproxy -db -f "$RUN/conf/haproxy-valgrind.cfg") ;;
+    switchyard) cmd=("$RUN/switchyard" run -c "$RUN/conf/switchyard$v") ;;
+    nginx) cmd=(nginx -c "$RUN/conf/nginx-single$v.conf" -e "$RUN/nginx-error.log") ;;
+    haproxy) cmd=(haproxy -db -f "$RUN/conf/haproxy-valgrind$v.cfg") ;;
     esac
     taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.callgrind" \
         "${cmd[@]}" 2>"$out.valgrind" &
@@ -75,6 +79,13 @@ one() { # proxy case n
     wait_port "$PORT" 600 || die "$p did not start under valgrind"
     case $c in
     h1) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
+    # h1's shape from bench-h1-load, which can open each connection with a
+    # PROXY header (h2load cannot): h1nopp without one, h1pp with a v1 header
+    # against the proxy_protocol = true configuration.
+    h1nopp) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" \
+        --sni localhost --connections 64 --requests "$n" --duration 590 >"$out.load" 2>&1 ;;
+    h1pp) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" \
+        --sni localhost --connections 64 --requests "$n" --duration 590 --proxy-header v1 >"$out.load" 2>&1 ;;
     h2) timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c16 -m10 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
     ws128) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-load" --url "wss://127.0.0.1:$PORT/ws/echo" \
         --ca "$CA" --sni localhost --sessions 64 --size 128 --duration 600 --max "$n" >"$out.load" 2>&1 ;;
@@ -85,6 +96,7 @@ one() { # proxy case n
     ir=$(awk '$1 == "summary:" || $1 == "totals:" {print $2; exit}' "$out.callgrind")
     case $c in
     h1 | h2) count=$(awk '$1 == "requests:" {print $8; exit}' "$out.load") ;;   # succeeded
+    h1nopp | h1pp) count=$(sed -n 's/.* succeeded=\([0-9]*\) .*/\1/p' "$out.load") ;;
     ws128) count=$(sed -n 's/.* messages=\([0-9]*\) .*/\1/p' "$out.load"); count=$((count * 2)) ;;  # relayed: both ways
     esac
     echo "${ir:-0} ${count:-0}"

@@ -9,3 +9,12 @@ wait_port() { # port [tries]
     done
     return 1
 }
+
+# Whether a case's load opens each connection with a PROXY protocol header
+# (the proxy then runs its -pp configuration).
+pp_case() { # case
+    case $1 in
+    a_pp | h1pp) return 0 ;;
+    *) return 1 ;;
+    esac
+}

@@ -6,6 +6,7 @@
 #   bench/run.sh                 # everything, ~12 minutes on 2 cores
 #   REPS=1 DUR=3 bench/run.sh    # a quick smoke run
 #   CASES="a d128" PROXIES="switchyard nginx" bench/run.sh
+#   CASES="a_nopp a_pp" PROXIES=switchyard bench/run.sh   # case a without and with a PROXY header
 #
 # Every load targets 127.0.0.1 only and is bounded in time and count.
 set -euo pipefail
@@ -121,9 +122,33 @@ configs() {
     render "$BENCH/conf/switchyard/sites/bench.toml" "$RUN/conf/switchyard/sites/bench.toml"
     render "$BENCH/conf/nginx.conf.in" "$RUN/conf/nginx.conf"
     render "$BENCH/conf/haproxy.cfg.in" "$RUN/conf/haproxy.cfg"
-    "$RUN/switchyard" check -c "$RUN/conf/switchyard" >/dev/null || die "switchyard check failed"
-    nginx -t -q -c "$RUN/conf/nginx.conf" -e "$RUN/nginx-error.log" || die "nginx -t failed"
-    haproxy -c -q -f "$RUN/conf/haproxy.cfg" || die "haproxy -c failed"
+    # The PROXY protocol variants (case a_pp, and h1pp in callgrind.sh): the
+    # same configurations, except that every connection must open with a
+    # PROXY header; switchyard accepts one from 127.0.0.1 only (the load
+    # tool's address), nginx and HAProxy from anyone.
+    mkdir -p "$RUN/conf/switchyard-pp"
+    cp -r "$RUN/conf/switchyard/sites" "$RUN/conf/switchyard-pp/"
+    python3 - "$RUN/conf" <<'PY'
+import sys
+conf = sys.argv[1]
+def derive(src, dst, old, new):
+    t = open(f"{conf}/{src}").read()
+    assert t.count(old) == 1, f"{src}: expected one {old!r}"
+    open(f"{conf}/{dst}", "w").write(t.replace(old, new))
+derive("switchyard/switchyard.toml", "switchyard-pp/switchyard.toml", "[listen]\n",
+       '[listen]\nproxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]\n')
+# nginx: the client is the header's source (realip), as in switchyard and HAProxy.
+derive("nginx.conf", "nginx-pp.conf", " ssl http2 backlog=4096;\n",
+       " ssl http2 proxy_protocol backlog=4096;\n"
+       "        set_real_ip_from 127.0.0.1;\n        real_ip_header proxy_protocol;\n")
+derive("haproxy.cfg", "haproxy-pp.cfg", " alpn h2,http/1.1\n", " alpn h2,http/1.1 accept-proxy\n")
+PY
+    local v
+    for v in "" -pp; do
+        "$RUN/switchyard" check -c "$RUN/conf/switchyard$v" >/dev/null || die "switchyard check failed ($v)"
+        nginx -t -q -c "$RUN/conf/nginx$v.conf" -e "$RUN/nginx-error.log" || die "nginx -t failed ($v)"
+        haproxy -c -q -f "$RUN/conf/haproxy$v.cfg" || die "haproxy -c failed ($v)"
+    done
 }
 
 # --------------------------------------------------------------- processes ---
@@ -151,21 +176,23 @@ start_backends() {
     wait_port "$HTTP_PORT" && wait_port "$WS_PORT" && wait_port "$SYNC_BASE" || die "backends did not start"
 }
 
-start_proxy() { # name
+start_proxy() { # name [case]
+    local v="" pp=()
+    if pp_case "${2:-}"; then v=-pp pp=(--haproxy-protocol); fi
     case $1 in
     switchyard)
-        taskset -c "$PROXY_CPU" "$RUN/switchyard" run -c "$RUN/conf/switchyard" 2>>"$RUN/switchyard.log" &
+        taskset -c "$PROXY_CPU" "$RUN/switchyard" run -c "$RUN/conf/switchyard$v" 2>>"$RUN/switchyard.log" &
         PROXY_PID=$! ;;
     nginx)
-        taskset -c "$PROXY_CPU" nginx -c "$RUN/conf/nginx.conf" -e "$RUN/nginx-error.log" &
+        taskset -c "$PROXY_CPU" nginx -c "$RUN/conf/nginx$v.conf" -e "$RUN/nginx-error.log" &
         PROXY_PID=$! ;;
     haproxy)
-        taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/conf/haproxy.cfg" 2>>"$RUN/haproxy.log" &
+        taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/conf/haproxy$v.cfg" 2>>"$RUN/haproxy.log" &
         PROXY_PID=$! ;;
     esac
     wait_port "$PORT" || die "$1 did not start listening"
     # One request through, so that every process is up and the TLS stack warm.
-    curl -s -o /dev/null --max-time 5 --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+    curl -s -o /dev/null --max-time 5 "${pp[@]}" --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
         "https://localhost:$PORT/" || die "$1 does not answer"
 }
 
@@ -229,6 +256,12 @@ run_case() { # case proxy rep
     local c=$1 p=$2 r=$3
     case $c in
     a) measure "$@" -- wrk -t1 -c64 -d"${DUR}s" --timeout 5s --latency "$URL/" ;;
+    # Case a's shape from bench-h1-load (wrk cannot send a PROXY header),
+    # without and with a PROXY v1 header opening each connection.
+    a_nopp) measure "$@" -- "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" --sni localhost \
+        --connections 64 --requests 100000000 --duration "$DUR" ;;
+    a_pp) measure "$@" -- "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" --sni localhost \
+        --connections 64 --requests 100000000 --duration "$DUR" --proxy-header v1 ;;
     b) measure "$@" -- wrk -t1 -c64 -d"${DUR}s" --timeout 5s --latency -H "Connection: close" "$URL/" ;;
     c) measure "$@" -- h2load -t1 -c16 -m10 -D "$DUR" "$URL/" ;;
     d128) measure "$@" -- "$TOOLS/bench-ws-load" --url "$WSURL" --ca "$CA" --sni localhost \
@@ -310,7 +343,7 @@ for ((r = 1; r <= REPS; r++)); do
         for ((k = 0; k < n; k++)); do
             p=${plist[(k + r + ci) % n]}
             log "rep $r/$REPS case $c: $p"
-            start_proxy "$p"
+            start_proxy "$p" "$c"
             run_case "$c" "$p" "$r"
             stop_proxy
         done

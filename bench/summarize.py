@@ -82,6 +82,15 @@ def metrics(case, out, meta):
             errors = r["non2xx"] + r["sock_err"]
             m = {"ok_req_s": r["rps"] * (n - r["non2xx"]) / n, "p50_ms": r.get("p50"),
                  "p90_ms": r.get("p90"), "p99_ms": r.get("p99"), "errors": errors}
+    elif case in ("a_nopp", "a_pp"):
+        r = parse_kv(out)
+        n = int(r.get("requests", 0))
+        if not n:
+            return m
+        cpu = cpu_us(meta)
+        m = {"cpu_us_per_req": cpu / n, "req_s": float(r["req_per_s"]), "p99_ms": int(r["p99_us"]) / 1000,
+             "cpu_util_pct": cpu / 1e6 / float(meta["wall"]) * 100,
+             "errors": int(r["failed"]) + int(r["errors"])}
     elif case in ("d128", "d64k"):
         r = parse_kv(out)
         n = int(r.get("messages", 0))
@@ -109,6 +118,10 @@ def metrics(case, out, meta):
 # metric -> (True if lower is better, target ratio or None, shown in the ratio column)
 SPEC = {
     "a": [("cpu_us_per_req", True, 0.8), ("req_s", False, None), ("p99_ms", True, None), ("cpu_util_pct", None, None)],
+    "a_nopp": [("cpu_us_per_req", True, None), ("req_s", False, None), ("p99_ms", True, None),
+               ("cpu_util_pct", None, None), ("errors", True, None)],
+    "a_pp": [("cpu_us_per_req", True, None), ("req_s", False, None), ("p99_ms", True, None),
+             ("cpu_util_pct", None, None), ("errors", True, None)],
     "b": [("cpu_us_per_handshake", True, 1.0), ("handshakes_s", False, None), ("cpu_util_pct", None, None)],
     "c": [("cpu_us_per_req", True, 0.8), ("req_s", False, None), ("cpu_util_pct", None, None)],
     "d128": [("cpu_us_per_msg", True, 0.8), ("p99_rtt_ms", True, None), ("round_trips_s", False, None),
@@ -125,6 +138,8 @@ SPEC = {
 }
 TITLE = {
     "a": "a. HTTPS keep-alive GET 1 KiB, 64 conns (wrk)",
+    "a_nopp": "a, from bench-h1-load (64 conns, no PROXY header)",
+    "a_pp": "a, from bench-h1-load, each connection opened by a PROXY v1 header (proxy_protocol = true)",
     "b": "b. new TLS connection per request (wrk, Connection: close)",
     "c": "c. HTTP/2, 16 conns x 10 streams (h2load)",
     "d128": "d. WebSocket echo over TLS, 64 sessions, 128 B",
@@ -211,6 +226,16 @@ def main():
                 tgt += " (aim < 10 KiB: %s)" % ("met" if med["switchyard"] < 10 else "**missed**")
             print("| %s | %s | %s | %s |" % (TITLE[case] if metric == SPEC[case][0][0] else "", metric,
                                              " | ".join(cells), ratio + " | " + tgt))
+    # What PROXY protocol costs each proxy: a_pp against a_nopp (the same load tool).
+    pp = []
+    for p in PROXIES:
+        a = data.get(("a_nopp", p, "cpu_us_per_req"))
+        b = data.get(("a_pp", p, "cpu_us_per_req"))
+        if a and b and statistics.median(a):
+            pp.append("%s %.3f×" % ("HAProxy" if p == "haproxy" else p, statistics.median(b) / statistics.median(a)))
+    if pp:
+        print()
+        print("CPU per request with a PROXY header ÷ without (a_pp ÷ a_nopp, medians): " + ", ".join(pp))
     failed = sorted({(c, p) for (c, p, k) in data if k == "failed_runs"})
     if failed:
         print()
