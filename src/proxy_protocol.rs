@@ -27,6 +27,8 @@ const V1_START: &[u8] = b"PROXY ";
 /// load balancers' v2 TLVs (AWS, GCP, HAProxy's SSL block) are a few
 /// hundred.
 pub const MAX_HEADER: usize = 4096;
+/// The longest v1 line the specification allows, CRLF included.
+const V1_MAX: usize = 107;
 /// The first read's buffer: the whole header and, usually, the start of
 /// what follows it.
 const FIRST_READ: usize = 1024;
@@ -112,6 +114,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError> 
         allow_v2: true,
     };
     match ProxyHeader::parse(buf, config) {
+        // The parser checks the v1 limit only while the line is incomplete.
+        Ok((_, used)) if opening == V1_START && used > V1_MAX => Err(ProxyProtocolError::Malformed),
         Ok((header, used)) => {
             let header = match header.proxied_address() {
                 None => Header::Local,
@@ -273,8 +277,10 @@ mod tests {
             parse(&v2(0x22, 0x11, &[0; 12])),
             Err(ProxyProtocolError::Malformed)
         ));
-        // A v1 line that never ends.
+        // A v1 line that never ends, or ends past the 107-byte limit.
         let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 200]].concat();
+        assert!(matches!(parse(&long), Err(ProxyProtocolError::Malformed)));
+        let long = [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 200], b"\r\n"].concat();
         assert!(matches!(parse(&long), Err(ProxyProtocolError::Malformed)));
         // Oversized v2, refused from its length field alone.
         let mut big = V2_SIGNATURE.to_vec();

@@ -682,9 +682,15 @@ async fn handshake_passes_headers_and_subprotocol() {
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
         "{h:?}"
     );
+    // The client is not a trusted proxy: its X-Forwarded-For is replaced.
     assert_eq!(
         h.get("x-forwarded-for").map(String::as_str),
-        Some("10.9.8.7, 127.0.0.1"),
+        Some("127.0.0.1"),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get("x-real-ip").map(String::as_str),
+        Some("127.0.0.1"),
         "{h:?}"
     );
     assert_eq!(
