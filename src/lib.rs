@@ -6,8 +6,9 @@
 //! [`connection`] → [`routing`] → [`proxy`] → [`pool`] or [`websocket`] →
 //! [`metrics`]. [`server`] ties them into a running proxy; [`cli`] is the
 //! command line.
+#![deny(unsafe_code)]
 
-pub mod access;
+mod activity;
 pub mod admin;
 pub mod body;
 pub mod buffer;
@@ -18,11 +19,13 @@ pub mod forwarded;
 pub mod headers;
 pub mod health;
 pub mod listener;
+mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod prefixed;
 pub mod proxy;
 pub mod proxy_protocol;
+mod random;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -13,10 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection;
+use crate::connection::ConnInfo;
 use crate::forwarded;
+use crate::memory;
 use crate::metrics::ListenerMetrics;
 use crate::prefixed::Prefixed;
-use crate::proxy::ConnInfo;
+use crate::proxy;
 use crate::proxy_protocol;
 use crate::state::Shared;
 use crate::tls;
@@ -77,78 +79,6 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
-/// Connections open in this process, over every listener.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-/// The most connections open since memory was last given back.
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// A burst at least this large, once it has halved, has its freed memory
-/// given back to the system.
-const TRIM_AFTER_BURST: usize = 1024;
-
-/// Gives memory freed by a burst of connections back to the system, until
-/// `stop` is cancelled. One runs per server.
-///
-/// glibc's allocator keeps freed memory in its heaps unless it lies at the
-/// top, so after thousands of connections (each task a few KiB) come and go
-/// the process would stay at its peak size. `malloc_trim` returns the free
-/// pages; it walks the heap, so it runs off the async workers and only
-/// after a large burst has receded.
-pub async fn trim_after_bursts(stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut trimmer = Trimmer::default();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let open = OPEN.load(Ordering::Relaxed);
-        if trimmer.due(PEAK.load(Ordering::Relaxed), open) {
-            PEAK.store(open, Ordering::Relaxed);
-            let _ = tokio::task::spawn_blocking(release_free_memory).await;
-        }
-    }
-}
-
-/// When to trim, apart from the clock so it can be tested.
-#[derive(Debug, Default)]
-struct Trimmer {
-    /// Connections open at the last trim, while a burst is still receding.
-    receding_from: Option<usize>,
-}
-
-impl Trimmer {
-    /// Whether to trim now, given the most connections open since the last
-    /// trim and the number open now.
-    ///
-    /// A burst that has halved is trimmed. A tick can land in the middle of
-    /// the drain, and the last few hundred connections, spread over the
-    /// heap, would then pin it near its peak: so every later tick trims
-    /// too, until one finds no fewer connections open than the last, which
-    /// trims once more (for memory freed just after that trim) and ends it.
-    fn due(&mut self, peak: usize, open: usize) -> bool {
-        let burst = peak >= TRIM_AFTER_BURST && open <= peak / 2;
-        let last = self.receding_from;
-        self.receding_from = (burst || last.is_some_and(|l| open < l)).then_some(open);
-        burst || last.is_some()
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
-    unsafe extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: malloc_trim takes no pointers and works under glibc's own
-    // arena locks; it is safe to call from any thread at any time.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
-
 /// Accepts connections until `accepting.stop` or `stop_this` is cancelled.
 pub async fn run(listener: Listener, accepting: Accepting, stop_this: CancellationToken) {
     let label = format!("{}://{}", listener.kind.scheme(), listener.addr);
@@ -199,10 +129,9 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
         let port = listener.addr.port();
         accepting.connections.spawn(async move {
             metrics.connections.increment(1.0);
-            let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
-            PEAK.fetch_max(open, Ordering::Relaxed);
+            memory::connection_opened();
             handle(tcp, peer, port, kind, &accepting2, &metrics).await;
-            OPEN.fetch_sub(1, Ordering::Relaxed);
+            memory::connection_closed();
             metrics.connections.decrement(1.0);
             drop(permit);
         });
@@ -285,33 +214,31 @@ async fn handle(
     else {
         return;
     };
-    let info = ConnInfo {
-        client,
-        tls_site: None,
-        https_port: a.https_port,
-        activity: None,
-    };
+    let config = generation.config.clone();
+    let shared = a.shared.clone();
+    // The connection knows nothing of requests: each goes to the proxy.
+    let handler = move |conn: Arc<ConnInfo>, req| proxy::handle(shared.clone(), conn, req);
     match kind {
         Kind::Http => {
             drop(generation);
-            connection::serve(a.shared.clone(), stream, info, false, a.stop.clone()).await;
+            let info = ConnInfo::new(client, None, a.https_port);
+            connection::serve(&config, stream, info, false, a.stop.clone(), handler).await;
         }
         Kind::Https => {
             let timeout = generation.config.timeouts.header;
+            let resolve = |sni: Option<&str>| generation.router.tls_site(sni);
             // A drain does not wait for handshakes still in progress.
             let result = tokio::select! {
-                r = tls::accept(stream, &generation.router, timeout) => r,
+                r = tls::accept(stream, resolve, timeout) => r,
                 () = a.stop.cancelled() => return,
             };
             drop(generation);
             match result {
                 Ok((stream, site)) => {
-                    let info = ConnInfo {
-                        tls_site: Some(site),
-                        ..info
-                    };
+                    let info = ConnInfo::new(client, Some(site), a.https_port);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    connection::serve(a.shared.clone(), stream, info, h2, a.stop.clone()).await;
+                    let stop = a.stop.clone();
+                    connection::serve(&config, stream, info, h2, stop, handler).await;
                 }
                 Err(e) => {
                     metrics.tls_failure(e.reason_index());
@@ -319,31 +246,5 @@ async fn handle(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Trimmer;
-
-    #[test]
-    fn a_burst_is_trimmed_once_halved_and_again_until_it_has_drained() {
-        let mut t = Trimmer::default();
-        // Small numbers never trim.
-        assert!(!t.due(500, 0));
-        // A burst of 6,000: not while it stands, once it has halved.
-        assert!(!t.due(6000, 5000));
-        assert!(t.due(6000, 600));
-        // The tick landed mid-drain: the rest of it is trimmed too, even
-        // though 600 is under the burst size, then once more when it is over.
-        assert!(t.due(600, 0));
-        assert!(t.due(0, 0));
-        // Drained: no more trims until the next burst.
-        assert!(!t.due(0, 0));
-        assert!(!t.due(40, 20));
-        assert!(t.due(2000, 100));
-        // Connections arriving again end the chain after one more trim.
-        assert!(t.due(150, 150));
-        assert!(!t.due(150, 100));
     }
 }

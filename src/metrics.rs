@@ -65,6 +65,88 @@ const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "other",
 ];
 
+/// Every metric's unit and help text, for the `# HELP` lines.
+const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
+    (
+        CONNECTIONS_REJECTED_TOTAL,
+        None,
+        "Connections closed before being served, by listener and reason (proxy_protocol: missing, malformed, slow or oversized PROXY header; untrusted_proxy: a PROXY connection from outside trusted_proxies).",
+    ),
+    (
+        REQUESTS_TOTAL,
+        None,
+        "Requests answered, by site, route, method and status.",
+    ),
+    (
+        REQUEST_DURATION,
+        Some(Unit::Seconds),
+        "Time from request head to last response byte.",
+    ),
+    (
+        POOL_QUEUE_DEPTH,
+        None,
+        "Requests waiting in a pool's queue.",
+    ),
+    (
+        POOL_QUEUE_WAIT,
+        Some(Unit::Seconds),
+        "Time requests spent waiting in a pool's queue.",
+    ),
+    (
+        POOL_REJECTED_TOTAL,
+        None,
+        "Requests a pool turned away, by reason.",
+    ),
+    (
+        UPSTREAM_IN_FLIGHT,
+        None,
+        "Requests in flight to an upstream server.",
+    ),
+    (
+        UPSTREAM_UP,
+        None,
+        "Whether an upstream server is up (1) or down (0).",
+    ),
+    (WS_SESSIONS_ACTIVE, None, "Open WebSocket sessions."),
+    (WS_SESSIONS_TOTAL, None, "WebSocket sessions opened."),
+    (
+        WS_FRAMES_TOTAL,
+        None,
+        "WebSocket frames relayed, by direction and opcode.",
+    ),
+    (
+        WS_BYTES_TOTAL,
+        None,
+        "WebSocket bytes relayed, by direction.",
+    ),
+    (
+        WS_SESSION_DURATION,
+        Some(Unit::Seconds),
+        "WebSocket session lifetime.",
+    ),
+    (
+        CONNECTIONS_ACTIVE,
+        None,
+        "Open downstream connections, by listener.",
+    ),
+    (
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        None,
+        "TLS handshakes that failed, by listener and reason.",
+    ),
+    (
+        CONFIG_RELOADS_TOTAL,
+        None,
+        "Configuration reloads, by result.",
+    ),
+    (
+        CONFIG_LOADED_TIMESTAMP,
+        Some(Unit::Seconds),
+        "Unix time the live configuration was loaded.",
+    ),
+    (CONFIG_HASH, None, "Hash of the live configuration's files."),
+];
+
 /// The proxy's metric registry and exporter.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -111,89 +193,11 @@ impl Metrics {
     }
 
     fn describe(&self) {
-        let d = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+        for &(name, unit, help) in DESCRIPTIONS {
             // Counters, gauges and histograms share one description table.
             self.recorder
                 .describe_counter(name.into(), unit, SharedString::const_str(help));
-        };
-        d(
-            CONNECTIONS_REJECTED_TOTAL,
-            None,
-            "Connections closed before being served, by listener and reason (proxy_protocol: missing, malformed, slow or oversized PROXY header; untrusted_proxy: a PROXY connection from outside trusted_proxies).",
-        );
-        d(
-            REQUESTS_TOTAL,
-            None,
-            "Requests answered, by site, route, method and status.",
-        );
-        d(
-            REQUEST_DURATION,
-            Some(Unit::Seconds),
-            "Time from request head to last response byte.",
-        );
-        d(
-            POOL_QUEUE_DEPTH,
-            None,
-            "Requests waiting in a pool's queue.",
-        );
-        d(
-            POOL_QUEUE_WAIT,
-            Some(Unit::Seconds),
-            "Time requests spent waiting in a pool's queue.",
-        );
-        d(
-            POOL_REJECTED_TOTAL,
-            None,
-            "Requests a pool turned away, by reason.",
-        );
-        d(
-            UPSTREAM_IN_FLIGHT,
-            None,
-            "Requests in flight to an upstream server.",
-        );
-        d(
-            UPSTREAM_UP,
-            None,
-            "Whether an upstream server is up (1) or down (0).",
-        );
-        d(WS_SESSIONS_ACTIVE, None, "Open WebSocket sessions.");
-        d(WS_SESSIONS_TOTAL, None, "WebSocket sessions opened.");
-        d(
-            WS_FRAMES_TOTAL,
-            None,
-            "WebSocket frames relayed, by direction and opcode.",
-        );
-        d(
-            WS_BYTES_TOTAL,
-            None,
-            "WebSocket bytes relayed, by direction.",
-        );
-        d(
-            WS_SESSION_DURATION,
-            Some(Unit::Seconds),
-            "WebSocket session lifetime.",
-        );
-        d(
-            CONNECTIONS_ACTIVE,
-            None,
-            "Open downstream connections, by listener.",
-        );
-        d(
-            TLS_HANDSHAKE_FAILURES_TOTAL,
-            None,
-            "TLS handshakes that failed, by listener and reason.",
-        );
-        d(
-            CONFIG_RELOADS_TOTAL,
-            None,
-            "Configuration reloads, by result.",
-        );
-        d(
-            CONFIG_LOADED_TIMESTAMP,
-            Some(Unit::Seconds),
-            "Unix time the live configuration was loaded.",
-        );
-        d(CONFIG_HASH, None, "Hash of the live configuration's files.");
+        }
     }
 
     /// The Prometheus text exposition of every metric.

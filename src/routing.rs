@@ -146,6 +146,21 @@ impl Router {
         self.hosts.get(host.as_ref()).map(|&i| &self.sites[i])
     }
 
+    /// The site (and its TLS configuration) a handshake presents for this
+    /// SNI. Without SNI (a client connecting by IP address), the only site
+    /// with a certificate answers; with several, there is no right choice.
+    pub fn tls_site(&self, sni: Option<&str>) -> Option<(Arc<rustls::ServerConfig>, Arc<Site>)> {
+        let site = match sni {
+            Some(name) => self.site(name).filter(|s| s.tls.is_some()),
+            None => {
+                let mut it = self.sites.iter().filter(|s| s.tls.is_some());
+                let first = it.next();
+                if it.next().is_some() { None } else { first }
+            }
+        }?;
+        Some((site.tls.clone()?, site.clone()))
+    }
+
     /// The site with this name.
     pub fn site_named(&self, name: &str) -> Option<&Arc<Site>> {
         self.sites.iter().find(|s| &*s.name == name)

@@ -50,6 +50,64 @@ pub struct Server {
     admin_stop: CancellationToken,
 }
 
+/// Binds every https and http listener, by configured address.
+async fn bind_all(config: &Config) -> Result<Vec<(SocketAddr, listener::Listener)>, ServerError> {
+    let mut bound = Vec::new();
+    for (kind, addrs) in [
+        (Kind::Https, &config.listen.https),
+        (Kind::Http, &config.listen.http),
+    ] {
+        for &addr in addrs.iter() {
+            let l = listener::bind(addr, kind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr,
+                    kind: kind.scheme(),
+                    source,
+                })?;
+            bound.push((addr, l));
+        }
+    }
+    Ok(bound)
+}
+
+async fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr,
+            kind: "admin",
+            source,
+        })
+}
+
+/// Starts one listener's accept loop; returns its key and slot.
+fn spawn_listener(
+    configured: SocketAddr,
+    l: listener::Listener,
+    accepting: &Accepting,
+) -> ((Kind, SocketAddr), ListenerSlot) {
+    let stop = CancellationToken::new();
+    let key = (l.kind, configured);
+    let addr = l.addr;
+    tracing::info!(listener = %format!("{}://{}", l.kind.scheme(), addr), "listening");
+    tokio::spawn(listener::run(l, accepting.clone(), stop.clone()));
+    (key, ListenerSlot { addr, stop })
+}
+
+/// Histograms buffer samples until upkeep folds them into buckets.
+fn spawn_upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => metrics.upkeep(),
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -64,41 +122,17 @@ impl Server {
         let generation = Generation::build(config.clone(), None, &metrics)?;
         let shared = Shared::new(generation, metrics.clone());
         publish_config(&metrics, &config);
-        metrics
-            .counter(metrics::CONFIG_RELOADS_TOTAL, &[("result", "success")])
-            .absolute(0);
-        metrics
-            .counter(metrics::CONFIG_RELOADS_TOTAL, &[("result", "failure")])
-            .absolute(0);
-
-        // Bind everything before serving anything: a bad address fails the start.
-        let mut bound = Vec::new();
-        for (kind, addrs) in [
-            (Kind::Https, &config.listen.https),
-            (Kind::Http, &config.listen.http),
-        ] {
-            for &addr in addrs.iter() {
-                let l = listener::bind(addr, kind)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr,
-                        kind: kind.scheme(),
-                        source,
-                    })?;
-                bound.push((addr, l));
-            }
+        for result in ["success", "failure"] {
+            metrics
+                .counter(metrics::CONFIG_RELOADS_TOTAL, &[("result", result)])
+                .absolute(0);
         }
-        let admin_socket =
-            match config.listen.admin {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
-                    |source| ServerError::Bind {
-                        addr,
-                        kind: "admin",
-                        source,
-                    },
-                )?),
-                None => None,
-            };
+        // Bind everything before serving anything: a bad address fails the start.
+        let bound = bind_all(&config).await?;
+        let admin_socket = match config.listen.admin {
+            Some(addr) => Some(bind_admin(addr).await?),
+            None => None,
+        };
         let https_port = bound
             .iter()
             .find(|(_, l)| l.kind == Kind::Https)
@@ -112,38 +146,20 @@ impl Server {
         };
         let mut listeners = HashMap::new();
         for (configured, l) in bound {
-            let stop = CancellationToken::new();
-            let key = (l.kind, configured);
-            let addr = l.addr;
-            tracing::info!(listener = %format!("{}://{}", l.kind.scheme(), addr), "listening");
-            tokio::spawn(listener::run(l, accepting.clone(), stop.clone()));
-            listeners.insert(key, ListenerSlot { addr, stop });
+            let (key, slot) = spawn_listener(configured, l, &accepting);
+            listeners.insert(key, slot);
         }
         let admin_stop = CancellationToken::new();
-        let admin_addr = match admin_socket {
-            Some(s) => {
-                let addr = s.local_addr().ok();
-                if let Some(a) = addr {
-                    tracing::info!(admin = %a, "admin listening");
-                }
-                tokio::spawn(admin::run(s, shared.clone(), admin_stop.clone()));
-                addr
+        let admin_addr = admin_socket.and_then(|s| {
+            let addr = s.local_addr().ok();
+            if let Some(a) = addr {
+                tracing::info!(admin = %a, "admin listening");
             }
-            None => None,
-        };
-        // Histograms buffer samples until upkeep folds them into buckets.
-        let upkeep_metrics = metrics.clone();
-        let upkeep_stop = admin_stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => upkeep_metrics.upkeep(),
-                    () = upkeep_stop.cancelled() => return,
-                }
-            }
+            tokio::spawn(admin::run(s, shared.clone(), admin_stop.clone()));
+            addr
         });
-        tokio::spawn(listener::trim_after_bursts(admin_stop.clone()));
+        spawn_upkeep(metrics.clone(), admin_stop.clone());
+        tokio::spawn(crate::memory::trim_after_bursts(admin_stop.clone()));
         Ok(Arc::new(Server {
             shared,
             accepting,
@@ -243,12 +259,9 @@ impl Server {
             }
             keep
         });
-        for (key, l) in new_listeners {
-            let stop = CancellationToken::new();
-            let addr = l.addr;
-            tracing::info!(listener = %format!("{}://{}", l.kind.scheme(), addr), "listening (added by reload)");
-            tokio::spawn(listener::run(l, self.accepting.clone(), stop.clone()));
-            listeners.insert(key, ListenerSlot { addr, stop });
+        for ((_, configured), l) in new_listeners {
+            let (key, slot) = spawn_listener(configured, l, &self.accepting);
+            listeners.insert(key, slot);
         }
         Ok(())
     }

@@ -2,7 +2,6 @@
 //! generation (swapped atomically on reload), metrics, and the drain flag.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -110,7 +109,11 @@ impl SessionTicket {
         let retire = async {
             self.group.retire.cancelled().await;
             let window = self.group.window_ms.load(Ordering::Relaxed);
-            let delay = if window == 0 { 0 } else { random() % window };
+            let delay = if window == 0 {
+                0
+            } else {
+                crate::random::u64() % window
+            };
             tokio::time::sleep(Duration::from_millis(delay)).await;
             tracing::info!(
                 site = %self.key.site,
@@ -144,17 +147,6 @@ impl Drop for SessionTicket {
             }
         }
     }
-}
-
-/// A random number, good enough to spread closes over a window.
-fn random() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos().into()),
-    );
-    h.finish()
 }
 
 /// Whether `config` still has `key`'s route, relaying WebSockets to the same pool.

@@ -1,5 +1,6 @@
 //! TLS: one rustls configuration per site, and the handshake that picks it
-//! from the client's SNI.
+//! from the client's SNI through a resolver it is handed (it knows nothing
+//! of sites or routing).
 //!
 //! The handshake reads the ClientHello first ([`LazyConfigAcceptor`]), so a
 //! name no site claims is refused before any certificate is chosen, and each
@@ -16,7 +17,6 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::prefixed::Prefixed;
-use crate::routing::{Router, Site};
 
 /// ALPN protocols offered, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -78,13 +78,14 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 46\r\n\r\nThis port speaks HTTPS; use https:// for it.\r\n";
 
-/// Runs the server side of a handshake, choosing the site by SNI.
-/// Returns the stream and the site whose certificate was presented.
-pub async fn accept(
+/// Runs the server side of a handshake. `resolve` maps the client's SNI
+/// (none: a client connecting by address) to the configuration to present
+/// and what it belongs to (a site), which is returned with the stream.
+pub async fn accept<S>(
     mut tcp: Prefixed<TcpStream>,
-    router: &Router,
+    resolve: impl Fn(Option<&str>) -> Option<(Arc<ServerConfig>, S)>,
     timeout: Duration,
-) -> Result<(TlsStream<Prefixed<TcpStream>>, Arc<Site>), HandshakeError> {
+) -> Result<(TlsStream<Prefixed<TcpStream>>, S), HandshakeError> {
     let work = async {
         let mut first = [0u8; 1];
         // Bytes read past a PROXY header already show the first one.
@@ -112,15 +113,7 @@ pub async fn accept(
             .await
             .map_err(|e| classify(&e))?;
         let hello = start.client_hello();
-        let site = match hello.server_name() {
-            Some(name) => router.site(name).filter(|s| s.tls.is_some()),
-            None => only_tls_site(router),
-        }
-        .cloned()
-        .ok_or(HandshakeError::NoSniMatch)?;
-        let Some(config) = site.tls.clone() else {
-            return Err(HandshakeError::NoSniMatch);
-        };
+        let (config, site) = resolve(hello.server_name()).ok_or(HandshakeError::NoSniMatch)?;
         let stream = start.into_stream(config).await.map_err(|e| classify(&e))?;
         Ok((stream, site))
     };
@@ -128,14 +121,6 @@ pub async fn accept(
         Ok(r) => r,
         Err(_) => Err(HandshakeError::Timeout),
     }
-}
-
-/// Without SNI (a client connecting by IP address), the only site with a
-/// certificate answers; with several, there is no right choice.
-fn only_tls_site(router: &Router) -> Option<&Arc<Site>> {
-    let mut it = router.sites().iter().filter(|s| s.tls.is_some());
-    let first = it.next()?;
-    it.next().is_none().then_some(first)
 }
 
 fn classify(e: &std::io::Error) -> HandshakeError {

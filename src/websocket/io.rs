@@ -3,9 +3,11 @@
 //! hyper hands an upgraded connection back as a boxed trait object that
 //! still carries what the HTTP connection needed (its activity tracking, the
 //! protocol sniffer's rewind buffer). A session can last for days, so each
-//! end is taken back to the TLS or TCP stream underneath: the relay then
-//! polls it directly, and an idle session holds nothing it does not use.
-//! HTTP/2 streams (RFC 8441) cannot be unwrapped and stay as they are.
+//! end is taken back to the TLS or TCP stream underneath (the downstream
+//! connection, which knows its own wrappers, does the unwrapping and builds
+//! an [`End`] here): the relay then polls it directly, and an idle session
+//! holds nothing it does not use. HTTP/2 streams (RFC 8441) cannot be
+//! unwrapped and stay as they are.
 
 use std::io;
 use std::pin::Pin;
@@ -14,19 +16,12 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto::upgrade::downcast;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::tls_records::TlsRecords;
-use crate::connection::Tracked;
 use crate::prefixed::Prefixed;
-
-/// What a downstream HTTPS connection is served over (see `connection::serve`).
-type DownstreamTls = TokioIo<Tracked<TlsStream<Prefixed<TcpStream>>>>;
-/// What a downstream plain-HTTP connection is served over.
-type DownstreamPlain = TokioIo<Tracked<Prefixed<TcpStream>>>;
 
 /// `read`, not tied to hyper's whole read buffer when it is empty (an empty
 /// slice of it would keep it allocated for the session's life).
@@ -54,52 +49,53 @@ pub struct End {
 }
 
 impl End {
-    /// The client's end, from hyper's server-side upgrade.
-    pub fn client(upgraded: Upgraded) -> io::Result<Self> {
-        let upgraded = match downcast::<DownstreamTls>(upgraded) {
-            Ok(parts) => {
-                let tls = parts.io.into_inner().into_inner();
-                if !TlsRecords::applicable(&tls) {
-                    return Ok(End {
-                        pre: own(parts.read_buf),
-                        inner: Inner::Tls(Box::new(tls)),
-                    });
-                }
-                let (records, early) = TlsRecords::take_over(tls)?;
-                // What hyper read came before what rustls still held.
-                let pre = match (parts.read_buf.is_empty(), early.is_empty()) {
-                    (true, true) => Bytes::new(),
-                    (false, true) => parts.read_buf,
-                    (true, false) => Bytes::from(early),
-                    (false, false) => [&parts.read_buf[..], &early[..]].concat().into(),
-                };
-                return Ok(End {
-                    pre,
-                    inner: Inner::Records(Box::new(records)),
-                });
-            }
-            Err(upgraded) => upgraded,
+    /// The client's end over TLS (downstream HTTPS): a TLS 1.3 connection's
+    /// record layer is taken over from rustls; `read` is what hyper had
+    /// read past the upgrade.
+    pub(crate) fn client_tls(tls: TlsStream<Prefixed<TcpStream>>, read: Bytes) -> io::Result<Self> {
+        if !TlsRecords::applicable(&tls) {
+            return Ok(End {
+                pre: own(read),
+                inner: Inner::Tls(Box::new(tls)),
+            });
+        }
+        let (records, early) = TlsRecords::take_over(tls)?;
+        // What hyper read came before what rustls still held.
+        let pre = match (read.is_empty(), early.is_empty()) {
+            (true, true) => Bytes::new(),
+            (false, true) => read,
+            (true, false) => Bytes::from(early),
+            (false, false) => [&read[..], &early[..]].concat().into(),
         };
-        Ok(match downcast::<DownstreamPlain>(upgraded) {
-            Ok(parts) => {
-                // Bytes read past a PROXY header were read before anything
-                // hyper read from the socket (and are always gone by now).
-                let (tcp, ahead) = parts.io.into_inner().into_inner().into_parts();
-                let pre = if ahead.is_empty() {
-                    own(parts.read_buf)
-                } else {
-                    [&parts.read_buf[..], &ahead[..]].concat().into()
-                };
-                End {
-                    pre,
-                    inner: Inner::Tcp(tcp),
-                }
-            }
-            Err(upgraded) => End {
-                pre: Bytes::new(),
-                inner: Inner::Upgraded(Box::new(TokioIo::new(upgraded))),
-            },
+        Ok(End {
+            pre,
+            inner: Inner::Records(Box::new(records)),
         })
+    }
+
+    /// The client's end over plain TCP; `read` is what hyper had read past
+    /// the upgrade.
+    pub(crate) fn client_plain(stream: Prefixed<TcpStream>, read: Bytes) -> Self {
+        // Bytes read past a PROXY header were read before anything hyper
+        // read from the socket (and are always gone by now).
+        let (tcp, ahead) = stream.into_parts();
+        let pre = if ahead.is_empty() {
+            own(read)
+        } else {
+            [&read[..], &ahead[..]].concat().into()
+        };
+        End {
+            pre,
+            inner: Inner::Tcp(tcp),
+        }
+    }
+
+    /// An end hyper would not hand back unwrapped (an HTTP/2 stream).
+    pub(crate) fn upgraded(upgraded: Upgraded) -> Self {
+        End {
+            pre: Bytes::new(),
+            inner: Inner::Upgraded(Box::new(TokioIo::new(upgraded))),
+        }
     }
 
     /// The backend's end, from hyper's client-side upgrade.

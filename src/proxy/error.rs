@@ -1,0 +1,107 @@
+//! Errors the proxy answers itself: each variant knows its status and the
+//! response body an operator or client can act on.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::buffer;
+use crate::pool::PoolError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No site claims the host.
+    #[error("no site is configured for this host")]
+    UnknownHost,
+    /// No route matches the path.
+    #[error("no route matches this path")]
+    NoRoute,
+    /// The TLS certificate was for another site.
+    #[error("this connection was opened for another site")]
+    Misdirected,
+    /// Plain HTTP on a site that redirects to https.
+    #[error("redirect to {0}")]
+    Redirect(String),
+    /// A malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A WebSocket upgrade on a route without `websocket`.
+    #[error("this route does not accept WebSocket upgrades")]
+    NoWebSocketOnRoute,
+    /// A malformed WebSocket upgrade.
+    #[error("malformed WebSocket upgrade: {0}")]
+    BadUpgrade(&'static str),
+    /// A plain request on a route that only has `websocket`.
+    #[error("this route only accepts WebSocket upgrades")]
+    WebSocketOnly,
+    /// The pool turned the request away.
+    #[error("{0}")]
+    Pool(PoolError),
+    /// The upstream exchange failed.
+    #[error("{0}")]
+    Upstream(UpstreamError),
+    /// The request body could not be buffered.
+    #[error("{0}")]
+    Body(buffer::BufferError),
+}
+
+impl ProxyError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost | ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Redirect(_) => StatusCode::PERMANENT_REDIRECT,
+            ProxyError::BadRequest(_)
+            | ProxyError::NoWebSocketOnRoute
+            | ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            ProxyError::WebSocketOnly => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::Pool(PoolError::NoHealthyServer) => StatusCode::BAD_GATEWAY,
+            ProxyError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::RequestBody(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Body(buffer::BufferError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Body(buffer::BufferError::Client(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Body(buffer::BufferError::Spill(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response sent to the client.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::Upstream(_) => match status {
+                StatusCode::GATEWAY_TIMEOUT => "upstream server did not answer in time".to_string(),
+                StatusCode::BAD_REQUEST => {
+                    "the request body was malformed or incomplete".to_string()
+                }
+                _ => "no upstream server could be reached".to_string(),
+            },
+            other => other.to_string(),
+        };
+        let mut resp = Response::new(Body::full(format!("{text}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match self {
+            ProxyError::Redirect(location) => {
+                if let Ok(v) = HeaderValue::try_from(location) {
+                    h.insert(header::LOCATION, v);
+                }
+            }
+            ProxyError::Pool(PoolError::QueueTimeout | PoolError::QueueFull) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::WebSocketOnly => {
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

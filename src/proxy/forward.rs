@@ -1,0 +1,228 @@
+//! Forward: the hand-over of a plain request to its pool. The body is
+//! read whole first (on a buffered pool, so a slow upload never holds a
+//! worker's slot), a slot is leased from the pool's queue, the request is
+//! rewritten for the backend and sent, and a failure before any response
+//! is retried once on another server when that is safe.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use super::response::finish_plain;
+use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
+use crate::body::Body;
+use crate::buffer;
+use crate::forwarded;
+use crate::headers;
+use crate::pool::{Lease, PoolError, Server};
+use crate::routing::Route;
+use crate::state::Generation;
+use crate::upstream::UpstreamError;
+
+/// Rewrites a client request into the request sent to a backend: hop-by-hop
+/// headers out, the forwarded headers in, origin-form target, HTTP/1.1.
+pub(super) fn upstream_request(
+    parts: &mut http::request::Parts,
+    client: &forwarded::Client,
+    host: &HeaderValue,
+    real: IpAddr,
+) {
+    let trailers = headers::remove_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    forwarded::set_forwarded(&mut parts.headers, client, real, host);
+    if !parts.headers.contains_key(header::HOST) {
+        parts.headers.insert(header::HOST, host.clone());
+    }
+    // Origin form: hyper's connection writes the request target as given.
+    if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+            .into();
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// Sends a plain request to `route`'s pool and returns the response.
+pub(super) async fn forward(
+    cx: &Ctx<'_>,
+    route: &Arc<Route>,
+    req: Request<Incoming>,
+    host: &HeaderValue,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(pool) = &route.pool else {
+        return Err(ProxyError::WebSocketOnly);
+    };
+    let (buffering, max_body, several_servers) = {
+        let m = pool.members();
+        (
+            m.settings.buffering,
+            m.settings.max_body,
+            m.servers.len() > 1,
+        )
+    };
+    let method = req.method().clone();
+    let (mut parts, body) = req.into_parts();
+    // A request without a body may be retried on another server when the
+    // first one could not be reached.
+    // (Only with another server to retry on: the head is copied for it.)
+    let retryable =
+        is_idempotent(&method) && hyper::body::Body::is_end_stream(&body) && several_servers;
+    let (body, received) = request_body(&mut parts, body, buffering, max_body).await?;
+    let mut body = Some(body);
+    let mut failed_on = None;
+    loop {
+        let queued = Instant::now();
+        let lease = pool
+            .acquire(failed_on.as_ref())
+            .await
+            .map_err(ProxyError::Pool)?;
+        let queue_wait = queued.elapsed();
+        let Some(server) = lease.server().cloned() else {
+            return Err(ProxyError::Pool(PoolError::NoHealthyServer));
+        };
+        let mut p = if retryable {
+            clone_parts(&parts)
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        upstream_request(&mut p, cx.conn.client(), host, cx.real());
+        let b = body.take().unwrap_or_else(Body::empty);
+        let req = Request::from_parts(p, b);
+        match exchange(cx.generation, &server, lease, req, buffering).await {
+            Ok((rparts, body, lease)) => {
+                server.report_success();
+                let status = rparts.status;
+                let upstream = Some(server.addr.clone());
+                let mut finish =
+                    Finish::new(route.clone(), cx.started, method, status, lease, upstream);
+                finish.queue_wait = Some(queue_wait);
+                finish.received = received;
+                return Ok(finish_plain(Response::from_parts(rparts, body), finish));
+            }
+            Err((e, lease)) => {
+                let before_response = e.before_response();
+                if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
+                    server.report_failure();
+                }
+                tracing::warn!(
+                    site = %pool.site, pool = %pool.name, server = %server.addr,
+                    error = %e, "upstream request failed"
+                );
+                // The slot is freed once the failure is counted, before any
+                // retry queues again.
+                drop(lease);
+                if before_response && retryable && failed_on.is_none() {
+                    failed_on = Some(server);
+                    body = Some(Body::empty());
+                    continue;
+                }
+                return Err(ProxyError::Upstream(e));
+            }
+        }
+    }
+}
+
+/// The body to send upstream: read whole first on a buffered pool (with
+/// the framing headers set to match), streamed otherwise. Also how many
+/// bytes the client sent, for the access log.
+async fn request_body(
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    buffering: bool,
+    max_body: u64,
+) -> Result<(Body, Received), ProxyError> {
+    let empty = hyper::body::Body::is_end_stream(&body);
+    if !buffering || empty {
+        if hyper::body::Body::size_hint(&body).lower() > max_body {
+            return Err(ProxyError::Body(buffer::BufferError::TooLarge(max_body)));
+        }
+        if empty {
+            return Ok((Body::from(body), Received::Nothing));
+        }
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let received = Received::Counted(count.clone());
+        return Ok((Body::Counted { inner: body, count }, received));
+    }
+    // Read the whole body before taking a worker's slot, so a slow
+    // upload never holds one.
+    let spilled = Box::pin(buffer::read_request(body, max_body))
+        .await
+        .map_err(ProxyError::Body)?;
+    let received = Received::Known(spilled.len());
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    match spilled.trailers() {
+        None => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(spilled.len()));
+        }
+        Some(trailers) => {
+            // Announce the trailers so HTTP/1.1 chunked framing carries them.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+            if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+                parts.headers.insert(header::TRAILER, v);
+            }
+        }
+    }
+    let body = Body::Replay {
+        inner: buffer::Replay(spilled),
+    };
+    Ok((body, received))
+}
+
+/// One attempt: sends `req` to `server` and reads the response head (and,
+/// on a buffered pool, the whole body, which frees the lease at once).
+/// Returns the response and the lease still held while its body streams;
+/// on failure, the error and the lease if it is still held.
+async fn exchange(
+    generation: &Generation,
+    server: &Arc<Server>,
+    lease: Lease,
+    req: Request<Body>,
+    buffering: bool,
+) -> Result<(http::response::Parts, Body, Option<Lease>), (UpstreamError, Option<Lease>)> {
+    let timeout = generation.config.timeouts.upstream_response;
+    let resp = match generation.upstream.send(server, req).await {
+        Ok(resp) => resp,
+        Err(e) => return Err((e, Some(lease))),
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    if buffering {
+        // The whole (small) body is in before the client sees anything, so
+        // a server that dies mid-body can still be answered cleanly or
+        // retried.
+        match buffer::drain_response(rbody, lease, timeout).await {
+            Ok(body) => Ok((rparts, body, None)),
+            Err(e) => Err((e, None)),
+        }
+    } else {
+        Ok((rparts, Body::timed(rbody, timeout), Some(lease)))
+    }
+}
+
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r.into_parts().0
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}

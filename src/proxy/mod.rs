@@ -1,0 +1,150 @@
+//! Proxy: one request's way through switchyard, in named phases.
+//!
+//! 1. **Identify** the client: [`forwarded::real_client`], kept in an
+//!    [`AccessRecord`] for the backend and the log.
+//! 2. **Route**: refuse ambiguous framing, find the site by host and the
+//!    route by path ([`route`]).
+//! 3. **Hand over**: a plain request to its pool ([`forward`]), a WebSocket
+//!    upgrade to its async backend ([`websocket`]).
+//! 4. **Respond**: the response body records the request when it ends
+//!    ([`response`]); errors the proxy answers itself are [`ProxyError`]s.
+//! 5. **Log**: metrics and one access line ([`access`]).
+//!
+//! The downstream connection is known only through [`Downstream`], so the
+//! proxy does not depend on how connections are served.
+
+mod access;
+mod error;
+mod forward;
+mod response;
+mod route;
+mod websocket;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::activity::ActiveGuard;
+use crate::forwarded;
+use crate::routing::{Route, Site};
+use crate::state::{Generation, Shared};
+
+pub use access::{AccessRecord, Outcome, SessionOutcome};
+pub use error::ProxyError;
+pub use response::{Finish, Received, ResponseBody};
+
+/// What the proxy needs to know of the downstream connection a request
+/// came on.
+pub trait Downstream: Send + Sync {
+    /// Who the client is (TCP peer, PROXY header, trust).
+    fn client(&self) -> &forwarded::Client;
+    /// The site whose certificate the TLS handshake presented.
+    fn tls_site(&self) -> Option<&Arc<Site>>;
+    /// The port of the first https listener, for redirects.
+    fn https_port(&self) -> u16;
+    /// Keeps the connection out of its idle timeout while held (an HTTP/2
+    /// stream carrying a WebSocket session outlives its request).
+    fn hold(&self) -> Option<ActiveGuard>;
+    /// Unwraps the client's side of an upgraded connection into the stream
+    /// a WebSocket session relays over.
+    fn upgraded_end(&self) -> crate::websocket::EndFromUpgrade;
+}
+
+/// Handles one request to completion of its response head.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<dyn Downstream>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let generation = shared.generation.load_full();
+    let method = req.method().clone();
+    let version = req.version();
+    // Identify the client: the real address, for the backend and the log.
+    let real = forwarded::real_client(
+        req.headers(),
+        conn.client(),
+        &generation.config.listen.trusted_proxies,
+    );
+    let record = AccessRecord::new(real, conn.client().peer, req.uri(), req.headers());
+    let request = Ctx {
+        shared: &shared,
+        generation: &generation,
+        conn: &*conn,
+        started,
+        record: &record,
+    };
+    let (route, response) = match route::check_framing(&req) {
+        Ok(()) => request.route_and_hand_over(req).await,
+        Err(e) => (generation.router.unknown.clone(), Err(e)),
+    };
+    let mut resp = match response {
+        Ok(resp) => resp,
+        Err(e) => {
+            let mut resp = e.into_response();
+            let status = resp.status();
+            if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
+                // After a malformed request, what follows on the connection
+                // cannot be trusted to start a new request (RFC 9112 §6.3).
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response::finish_plain(
+                resp,
+                Finish::new(route, started, method, status, None, None),
+            )
+        }
+    };
+    if let Some(finish) = resp.body_mut().finish_mut() {
+        finish.record = Some(record);
+    }
+    resp
+}
+
+/// One request's context through the phases after identification.
+struct Ctx<'a> {
+    shared: &'a Arc<Shared>,
+    generation: &'a Arc<Generation>,
+    conn: &'a dyn Downstream,
+    started: Instant,
+    record: &'a AccessRecord,
+}
+
+impl Ctx<'_> {
+    /// Routes, then hands the request to a pool or a WebSocket backend.
+    /// Returns the route for metrics.
+    async fn route_and_hand_over(
+        &self,
+        req: Request<Incoming>,
+    ) -> (Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
+        let routed = match route::route(&self.generation.router, self.conn, &req) {
+            Ok(r) => r,
+            Err((route, e)) => return (route, Err(e)),
+        };
+        let route = routed.route;
+        let result = match crate::websocket::classify(&req) {
+            crate::websocket::Upgrade::None => {
+                forward::forward(self, &route, req, &routed.host).await
+            }
+            crate::websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
+            crate::websocket::Upgrade::WebSocket => match &route.websocket {
+                None => Err(ProxyError::NoWebSocketOnRoute),
+                // Boxed: a handshake is rare next to plain requests, whose
+                // future (moved and boxed per request) need not be this large.
+                Some(pool) => {
+                    Box::pin(websocket::hand_over(self, &route, pool, req, &routed.host)).await
+                }
+            },
+        };
+        (route, result)
+    }
+
+    /// The real client's address.
+    fn real(&self) -> IpAddr {
+        self.record.client
+    }
+}

@@ -1,0 +1,192 @@
+//! Respond: the response body that records its request when it ends —
+//! metrics, the access line, and the pool slot it may still hold.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+
+use super::access::{self, AccessRecord};
+use crate::body::{Body, BoxError};
+use crate::pool::Lease;
+use crate::routing::Route;
+
+/// `resp`, recorded by `finish` when its body ends.
+pub(crate) fn finish_plain(resp: Response<Body>, mut finish: Finish) -> Response<ResponseBody> {
+    // An empty body (a 101, a 204) is whole once its head is written;
+    // hyper never polls it, so say so now.
+    finish.complete = http_body::Body::is_end_stream(resp.body());
+    resp.map(|body| ResponseBody {
+        body,
+        finish: Some(finish),
+    })
+}
+
+/// Request body bytes read from the client, for the access log.
+#[derive(Debug, Default)]
+pub enum Received {
+    /// Counted already (a buffered body, or none).
+    #[default]
+    Nothing,
+    /// This many.
+    Known(u64),
+    /// Counted as the body streams upstream.
+    Counted(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Received {
+    fn bytes(&self) -> u64 {
+        match self {
+            Received::Nothing => 0,
+            Received::Known(n) => *n,
+            Received::Counted(c) => c.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// Records a request when its response is done: metrics and the access log.
+pub struct Finish {
+    route: Arc<Route>,
+    started: Instant,
+    method: Method,
+    status: StatusCode,
+    lease: Option<Lease>,
+    upstream: Option<Arc<str>>,
+    /// Time spent in the pool's queue.
+    pub queue_wait: Option<std::time::Duration>,
+    /// What the request said about itself, for the access log.
+    pub record: Option<AccessRecord>,
+    /// Request body bytes from the client.
+    pub received: Received,
+    bytes: u64,
+    complete: bool,
+}
+
+impl Finish {
+    /// Starts tracking a response.
+    pub fn new(
+        route: Arc<Route>,
+        started: Instant,
+        method: Method,
+        status: StatusCode,
+        lease: Option<Lease>,
+        upstream: Option<Arc<str>>,
+    ) -> Self {
+        let upstream = upstream.or_else(|| {
+            lease
+                .as_ref()
+                .and_then(|l| l.server())
+                .map(|s| s.addr.clone())
+        });
+        Finish {
+            route,
+            started,
+            method,
+            status,
+            lease,
+            upstream,
+            queue_wait: None,
+            record: None,
+            received: Received::Nothing,
+            bytes: 0,
+            complete: false,
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        // Free the upstream slot before logging.
+        self.lease.take();
+        let elapsed = self.started.elapsed();
+        let m = &self.route.metrics;
+        m.requests.inc(&self.method, self.status);
+        m.duration.record(elapsed.as_secs_f64());
+        access::log(
+            self.record.as_ref(),
+            &access::Outcome {
+                site: &self.route.site,
+                route: &self.route.name,
+                method: &self.method,
+                status: self.status.as_u16(),
+                bytes_sent: self.bytes,
+                bytes_received: self.received.bytes(),
+                duration: elapsed,
+                upstream: self.upstream.as_deref(),
+                queue_wait: self.queue_wait,
+                complete: Some(self.complete),
+                session: None,
+            },
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the request when it ends or is dropped.
+    pub struct ResponseBody {
+        #[pin]
+        body: Body,
+        finish: Option<Finish>,
+    }
+}
+
+impl ResponseBody {
+    /// A proxy-generated body with no request accounting.
+    pub fn plain(body: Body) -> Self {
+        ResponseBody { body, finish: None }
+    }
+
+    /// The request's record, while the body has not ended.
+    pub(crate) fn finish_mut(&mut self) -> Option<&mut Finish> {
+        self.finish.as_mut()
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let r = this.body.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(f), Some(d)) = (this.finish.as_mut(), frame.data_ref()) {
+                    f.bytes += d.len() as u64;
+                }
+                // hyper stops polling once the body says it has ended, so
+                // the request is recorded here rather than on a final None.
+                if this.body.is_end_stream()
+                    && let Some(mut f) = this.finish.take()
+                {
+                    f.complete = true;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut f) = this.finish.take() {
+                    f.complete = true;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.finish.take();
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
