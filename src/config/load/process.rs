@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue};
 use super::super::{Limits, Listen, Log, LogFormat, Runtime, Timeouts, TrustedProxies};
 use super::diagnostics::{Cx, found};
 use super::values::{
-    Table, get_bool, get_duration, get_size, get_str, get_strings, get_usize, parse_cidr,
+    Table, Val, get_bool, get_duration, get_size, get_str, get_strings, get_usize, parse_cidr,
     socket_addr,
 };
 
@@ -76,6 +76,7 @@ impl Default for Process {
     }
 }
 
+/// Reads `switchyard.toml`, starting from the defaults.
 pub(super) fn parse_main(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Process {
     let mut p = Process::default();
     let top = Table::open(cx, root.get_ref(), root.span(), String::new(), MAIN_FIELDS);
@@ -85,41 +86,11 @@ pub(super) fn parse_main(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Proces
     }
 
     if let Some(t) = top.section(cx, "timeouts", TIMEOUT_FIELDS) {
-        let slots: [(&str, &mut Duration, bool); 5] = [
-            ("header", &mut p.timeouts.header, false),
-            ("idle", &mut p.timeouts.idle, false),
-            ("upstream_connect", &mut p.timeouts.upstream_connect, false),
-            (
-                "upstream_response",
-                &mut p.timeouts.upstream_response,
-                false,
-            ),
-            ("drain", &mut p.timeouts.drain, true),
-        ];
-        for (name, slot, allow_zero) in slots {
-            if let Some(v) = t.get(name)
-                && let Some(d) = get_duration(cx, v, &t.child(name), allow_zero)
-            {
-                *slot = d;
-            }
-        }
+        parse_timeouts(cx, &t, &mut p.timeouts);
     }
 
     if let Some(t) = top.section(cx, "limits", LIMIT_FIELDS) {
-        if let Some(v) = t.get("max_connections")
-            && let Some(n) = get_usize(cx, v, &t.child("max_connections"), 1)
-        {
-            p.limits.max_connections = n;
-        }
-        if let Some(v) = t.get("max_header_bytes") {
-            let path = t.child("max_header_bytes");
-            if let Some(n) = get_size(cx, v, &path, 1) {
-                match usize::try_from(n) {
-                    Ok(n) => p.limits.max_header_bytes = n,
-                    Err(_) => cx.error(v.span(), format!("{path}: {n} is too large")),
-                }
-            }
-        }
+        parse_limits(cx, &t, &mut p.limits);
     }
 
     if let Some(t) = top.section(cx, "runtime", RUNTIME_FIELDS)
@@ -130,52 +101,122 @@ pub(super) fn parse_main(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Proces
     }
 
     if let Some(t) = top.section(cx, "log", LOG_FIELDS) {
-        if let Some(v) = t.get("format")
-            && let Some(s) = get_str(cx, v, &t.child("format"))
-        {
-            match s {
-                "text" => p.log.format = LogFormat::Text,
-                "json" => p.log.format = LogFormat::Json,
-                other => cx.error(
-                    v.span(),
-                    format!(
-                        "{}: expected \"text\" or \"json\", found {other:?}",
-                        t.child("format")
-                    ),
-                ),
-            }
-        }
-        if let Some(v) = t.get("level")
-            && let Some(s) = get_str(cx, v, &t.child("level"))
-        {
-            if s.trim().is_empty() {
-                cx.error(
-                    v.span(),
-                    format!(
-                        "{}: must not be empty (use a level such as \"info\")",
-                        t.child("level")
-                    ),
-                );
-            } else if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(s) {
-                cx.error(
-                    v.span(),
-                    format!(
-                        "{}: {s:?} is not a valid log filter ({e}); use a level such as \"info\" or directives such as \"info,switchyard=debug\"",
-                        t.child("level")
-                    ),
-                );
-            } else {
-                p.log.level = s.to_owned();
-            }
-        }
+        parse_log(cx, &t, &mut p.log);
     }
     p
 }
 
-fn parse_listen(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen) {
-    // Every address in use, for conflict checks: (addr, path, span if written).
-    let mut used: Vec<(SocketAddr, String, Option<Range<usize>>)> = Vec::new();
+fn parse_timeouts(cx: &mut Cx<'_>, t: &Table<'_, '_>, timeouts: &mut Timeouts) {
+    let slots: [(&str, &mut Duration, bool); 5] = [
+        ("header", &mut timeouts.header, false),
+        ("idle", &mut timeouts.idle, false),
+        ("upstream_connect", &mut timeouts.upstream_connect, false),
+        ("upstream_response", &mut timeouts.upstream_response, false),
+        ("drain", &mut timeouts.drain, true),
+    ];
+    for (name, slot, allow_zero) in slots {
+        if let Some(v) = t.get(name)
+            && let Some(d) = get_duration(cx, v, &t.child(name), allow_zero)
+        {
+            *slot = d;
+        }
+    }
+}
 
+fn parse_limits(cx: &mut Cx<'_>, t: &Table<'_, '_>, limits: &mut Limits) {
+    if let Some(v) = t.get("max_connections")
+        && let Some(n) = get_usize(cx, v, &t.child("max_connections"), 1)
+    {
+        limits.max_connections = n;
+    }
+    if let Some(v) = t.get("max_header_bytes") {
+        let path = t.child("max_header_bytes");
+        if let Some(n) = get_size(cx, v, &path, 1) {
+            match usize::try_from(n) {
+                Ok(n) => limits.max_header_bytes = n,
+                Err(_) => cx.error(v.span(), format!("{path}: {n} is too large")),
+            }
+        }
+    }
+}
+
+fn parse_log(cx: &mut Cx<'_>, t: &Table<'_, '_>, log: &mut Log) {
+    if let Some(v) = t.get("format")
+        && let Some(s) = get_str(cx, v, &t.child("format"))
+    {
+        match s {
+            "text" => log.format = LogFormat::Text,
+            "json" => log.format = LogFormat::Json,
+            other => cx.error(
+                v.span(),
+                format!(
+                    "{}: expected \"text\" or \"json\", found {other:?}",
+                    t.child("format")
+                ),
+            ),
+        }
+    }
+    if let Some(v) = t.get("level")
+        && let Some(s) = get_str(cx, v, &t.child("level"))
+    {
+        if s.trim().is_empty() {
+            cx.error(
+                v.span(),
+                format!(
+                    "{}: must not be empty (use a level such as \"info\")",
+                    t.child("level")
+                ),
+            );
+        } else if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(s) {
+            cx.error(
+                v.span(),
+                format!(
+                    "{}: {s:?} is not a valid log filter ({e}); use a level such as \"info\" or directives such as \"info,switchyard=debug\"",
+                    t.child("level")
+                ),
+            );
+        } else {
+            log.level = s.to_owned();
+        }
+    }
+}
+
+/// An address a listener will bind, for conflict checks: the address, its
+/// path for messages, and its span if it was written (`None`: a default).
+type InUse = (SocketAddr, String, Option<Range<usize>>);
+
+fn parse_listen(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen) {
+    let mut used: Vec<InUse> = Vec::new();
+    parse_listeners(cx, t, listen, &mut used);
+    parse_admin(cx, t, &mut listen.admin, &mut used);
+
+    if let Some(v) = t.get("proxy_protocol")
+        && let Some(b) = get_bool(cx, v, &t.child("proxy_protocol"))
+    {
+        listen.proxy_protocol = b;
+    }
+    if let Some(v) = t.get("trusted_proxies") {
+        listen.trusted_proxies = parse_trusted_proxies(cx, v, &t.child("trusted_proxies"));
+    }
+
+    if listen.https.is_empty()
+        && listen.http.is_empty()
+        && t.get("https")
+            .is_some_and(|v| matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()))
+        && t.get("http")
+            .is_some_and(|v| matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()))
+    {
+        cx.error(
+            t.span.clone(),
+            "listen: https and http are both empty, so no site could be reached",
+        );
+    }
+
+    check_conflicts(cx, &used);
+}
+
+/// `https` and `http`: lists of addresses, each replacing its default.
+fn parse_listeners(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen, used: &mut Vec<InUse>) {
     for (name, slot, example) in [
         ("https", &mut listen.https, "0.0.0.0:8443"),
         ("http", &mut listen.http, "0.0.0.0:8080"),
@@ -199,21 +240,29 @@ fn parse_listen(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen) {
             }
         }
     }
+}
 
+/// `admin`: one address, or `false` or `""` to switch it off.
+fn parse_admin(
+    cx: &mut Cx<'_>,
+    t: &Table<'_, '_>,
+    admin: &mut Option<SocketAddr>,
+    used: &mut Vec<InUse>,
+) {
     let admin_path = t.child("admin");
     match t.get("admin") {
         None => {
-            if let Some(addr) = listen.admin {
+            if let Some(addr) = *admin {
                 used.push((addr, admin_path, None));
             }
         }
         Some(v) => match v.get_ref() {
-            DeValue::Boolean(false) => listen.admin = None,
-            DeValue::String(s) if s.is_empty() => listen.admin = None,
+            DeValue::Boolean(false) => *admin = None,
+            DeValue::String(s) if s.is_empty() => *admin = None,
             DeValue::String(s) => {
-                listen.admin = None;
+                *admin = None;
                 if let Some(addr) = socket_addr(cx, s, &admin_path, v.span(), "127.0.0.1:9901") {
-                    listen.admin = Some(addr);
+                    *admin = Some(addr);
                     used.push((addr, admin_path, Some(v.span())));
                 }
             }
@@ -226,37 +275,22 @@ fn parse_listen(cx: &mut Cx<'_>, t: &Table<'_, '_>, listen: &mut Listen) {
             ),
         },
     }
+}
 
-    if let Some(v) = t.get("proxy_protocol")
-        && let Some(b) = get_bool(cx, v, &t.child("proxy_protocol"))
-    {
-        listen.proxy_protocol = b;
-    }
-    if let Some(v) = t.get("trusted_proxies") {
-        let path = t.child("trusted_proxies");
-        let mut ranges = Vec::new();
-        for (s, item_path, span) in get_strings(cx, v, &path).unwrap_or_default() {
-            match parse_cidr(s) {
-                Ok(net) => ranges.push(net),
-                Err(why) => cx.error(span, format!("{item_path}: {why}")),
-            }
+/// `trusted_proxies`: the ranges that parse; the others are reported.
+fn parse_trusted_proxies(cx: &mut Cx<'_>, v: &Val<'_>, path: &str) -> TrustedProxies {
+    let mut ranges = Vec::new();
+    for (s, item_path, span) in get_strings(cx, v, path).unwrap_or_default() {
+        match parse_cidr(s) {
+            Ok(net) => ranges.push(net),
+            Err(why) => cx.error(span, format!("{item_path}: {why}")),
         }
-        listen.trusted_proxies = TrustedProxies::new(ranges);
     }
+    TrustedProxies::new(ranges)
+}
 
-    if listen.https.is_empty()
-        && listen.http.is_empty()
-        && t.get("https")
-            .is_some_and(|v| matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()))
-        && t.get("http")
-            .is_some_and(|v| matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()))
-    {
-        cx.error(
-            t.span.clone(),
-            "listen: https and http are both empty, so no site could be reached",
-        );
-    }
-
+/// Reports each address that clashes with one listed before it, once.
+fn check_conflicts(cx: &mut Cx<'_>, used: &[InUse]) {
     for (j, (b, b_path, b_span)) in used.iter().enumerate() {
         for (a, a_path, a_span) in &used[..j] {
             // Port 0 asks the OS for a fresh port each time: never a clash.
