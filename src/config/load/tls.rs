@@ -9,11 +9,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+use rustls::sign::SigningKey;
+
 use super::super::SiteTls;
 use super::diagnostics::Cx;
 use super::hash::Fnv;
 use super::values::{Table, get_str};
 
+/// The fields of `tls = { ... }`.
 pub(super) const TLS_FIELDS: &[&str] = &["cert", "key"];
 
 /// Reads and checks `tls = { cert, key }`; every file read feeds `hash`.
@@ -23,95 +27,10 @@ pub(super) fn parse_tls(
     base: &Path,
     hash: &mut Fnv,
 ) -> Option<SiteTls> {
-    let mut field =
-        |cx: &mut Cx<'_>, name: &str| -> Option<(String, PathBuf, Range<usize>, Vec<u8>)> {
-            let Some(v) = t.get(name) else {
-                t.missing(
-                    cx,
-                    name,
-                    "tls = { cert = \"certs/site.crt\", key = \"certs/site.key\" }",
-                );
-                return None;
-            };
-            let path_name = t.child(name);
-            let s = get_str(cx, v, &path_name)?;
-            if s.is_empty() {
-                cx.error(v.span(), format!("{path_name}: must not be empty"));
-                return None;
-            }
-            let resolved = base.join(s);
-            match fs::read(&resolved) {
-                Ok(bytes) => {
-                    hash.file(s, &bytes);
-                    Some((s.to_owned(), resolved, v.span(), bytes))
-                }
-                Err(e) => {
-                    cx.error(
-                        v.span(),
-                        format!("{path_name}: cannot read {}: {e}", resolved.display()),
-                    );
-                    None
-                }
-            }
-        };
-    let cert = field(cx, "cert");
-    let key = field(cx, "key");
-
-    let certs = cert.as_ref().and_then(|(_, path, span, bytes)| {
-        match rustls_pemfile::certs(&mut bytes.as_slice()).collect::<Result<Vec<_>, _>>() {
-            Ok(certs) if certs.is_empty() => {
-                cx.error(
-                    span.clone(),
-                    format!(
-                        "tls.cert: no certificate found in {} (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
-                        path.display()
-                    ),
-                );
-                None
-            }
-            Ok(certs) => Some(certs),
-            Err(e) => {
-                cx.error(
-                    span.clone(),
-                    format!("tls.cert: cannot parse PEM in {}: {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
-
-    let signing_key = key.as_ref().and_then(|(_, path, span, bytes)| {
-        let der = match rustls_pemfile::private_key(&mut bytes.as_slice()) {
-            Ok(Some(der)) => der,
-            Ok(None) => {
-                cx.error(
-                    span.clone(),
-                    format!(
-                        "tls.key: no private key found in {} (expected a PEM \"-----BEGIN PRIVATE KEY-----\" block)",
-                        path.display()
-                    ),
-                );
-                return None;
-            }
-            Err(e) => {
-                cx.error(
-                    span.clone(),
-                    format!("tls.key: cannot parse PEM in {}: {e}", path.display()),
-                );
-                return None;
-            }
-        };
-        match rustls::crypto::ring::sign::any_supported_type(&der) {
-            Ok(key) => Some(key),
-            Err(e) => {
-                cx.error(
-                    span.clone(),
-                    format!("tls.key: unsupported private key in {}: {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
+    let cert = read_pem(cx, t, "cert", base, hash);
+    let key = read_pem(cx, t, "key", base, hash);
+    let certs = cert.as_ref().and_then(|cert| parse_certs(cx, cert));
+    let signing_key = key.as_ref().and_then(|key| parse_key(cx, key));
 
     let (Some(certs), Some(signing_key), Some(cert), Some(key)) = (certs, signing_key, cert, key)
     else {
@@ -122,31 +41,146 @@ pub(super) fn parse_tls(
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(_)) => {
             cx.error(
-                key.2,
+                key.span,
                 format!(
                     "tls.key does not match tls.cert ({} is not the key of the certificate in {})",
-                    key.1.display(),
-                    cert.1.display()
+                    key.path.display(),
+                    cert.path.display()
                 ),
             );
             return None;
         }
         Err(e) => {
             cx.error(
-                cert.2,
+                cert.span,
                 format!(
                     "tls.cert: the first certificate in {} is not a valid X.509 certificate: {e}",
-                    cert.1.display()
+                    cert.path.display()
                 ),
             );
             return None;
         }
     }
     Some(SiteTls {
-        cert_path: cert.1,
-        key_path: key.1,
+        cert_path: cert.path,
+        key_path: key.path,
         certified_key: Arc::new(certified_key),
     })
+}
+
+/// A PEM file named by `tls.cert` or `tls.key`, read.
+struct PemFile {
+    /// The path, resolved against the site file's directory.
+    path: PathBuf,
+    /// Where the path is written, for errors about the file's content.
+    span: Range<usize>,
+    bytes: Vec<u8>,
+}
+
+/// Reads the file that the field `name` names; its name and content feed
+/// `hash`.
+fn read_pem(
+    cx: &mut Cx<'_>,
+    t: &Table<'_, '_>,
+    name: &str,
+    base: &Path,
+    hash: &mut Fnv,
+) -> Option<PemFile> {
+    let Some(v) = t.get(name) else {
+        t.missing(
+            cx,
+            name,
+            "tls = { cert = \"certs/site.crt\", key = \"certs/site.key\" }",
+        );
+        return None;
+    };
+    let path_name = t.child(name);
+    let s = get_str(cx, v, &path_name)?;
+    if s.is_empty() {
+        cx.error(v.span(), format!("{path_name}: must not be empty"));
+        return None;
+    }
+    let resolved = base.join(s);
+    match fs::read(&resolved) {
+        Ok(bytes) => {
+            hash.file(s, &bytes);
+            Some(PemFile {
+                path: resolved,
+                span: v.span(),
+                bytes,
+            })
+        }
+        Err(e) => {
+            cx.error(
+                v.span(),
+                format!("{path_name}: cannot read {}: {e}", resolved.display()),
+            );
+            None
+        }
+    }
+}
+
+/// The certificate chain in `tls.cert`: at least one certificate.
+fn parse_certs(cx: &mut Cx<'_>, file: &PemFile) -> Option<Vec<CertificateDer<'static>>> {
+    let PemFile { path, span, bytes } = file;
+    match rustls_pemfile::certs(&mut bytes.as_slice()).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if certs.is_empty() => {
+            cx.error(
+                span.clone(),
+                format!(
+                    "tls.cert: no certificate found in {} (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+                    path.display()
+                ),
+            );
+            None
+        }
+        Ok(certs) => Some(certs),
+        Err(e) => {
+            cx.error(
+                span.clone(),
+                format!("tls.cert: cannot parse PEM in {}: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
+/// The private key in `tls.key`, of a type rustls can sign with.
+fn parse_key(cx: &mut Cx<'_>, file: &PemFile) -> Option<Arc<dyn SigningKey>> {
+    let PemFile { path, span, bytes } = file;
+    let der = match rustls_pemfile::private_key(&mut bytes.as_slice()) {
+        Ok(Some(der)) => der,
+        Ok(None) => {
+            cx.error(
+                span.clone(),
+                format!(
+                    "tls.key: no private key found in {} (expected a PEM \"-----BEGIN PRIVATE KEY-----\" block)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Err(e) => {
+            cx.error(
+                span.clone(),
+                format!("tls.key: cannot parse PEM in {}: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    match rustls::crypto::ring::sign::any_supported_type(&der) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            cx.error(
+                span.clone(),
+                format!(
+                    "tls.key: unsupported private key in {}: {e}",
+                    path.display()
+                ),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
