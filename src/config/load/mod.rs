@@ -17,7 +17,6 @@ mod test_support;
 mod tls;
 mod values;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,7 @@ use super::{Config, ConfigError, ConfigErrors};
 use diagnostics::{Cx, at_start, parse_toml, single};
 use hash::Fnv;
 use process::{Process, parse_main};
-use site::parse_site;
+use site::{Claimed, parse_site};
 
 /// The process-wide settings file inside the config directory.
 const MAIN_FILE: &str = "switchyard.toml";
@@ -180,7 +179,7 @@ fn build(
         }
     }
 
-    let mut claimed: HashMap<String, (String, PathBuf)> = HashMap::new();
+    let mut claimed = Claimed::new();
     let mut parsed_sites = Vec::with_capacity(sites.len());
     for (name, path, text) in &sites {
         hash.file(&format!("{SITES_DIR}/{name}.toml"), text.as_bytes());

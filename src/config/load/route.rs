@@ -6,15 +6,18 @@
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
+use std::ops::Range;
 use std::time::Duration;
 
+use toml::de::DeValue;
+
 use super::super::{Health, Pool, Route};
-use super::diagnostics::Cx;
+use super::diagnostics::{Cx, found, type_error};
 use super::values::{
-    Table, get_bool, get_duration, get_size, get_str, get_strings, get_uint, get_usize,
+    Table, Val, get_bool, get_duration, get_size, get_str, get_strings, get_uint, get_usize, join,
 };
 
-pub(super) const POOL_FIELDS: &[&str] = &[
+const POOL_FIELDS: &[&str] = &[
     "servers",
     "max_in_flight",
     "queue_timeout",
@@ -24,7 +27,7 @@ pub(super) const POOL_FIELDS: &[&str] = &[
     "health",
 ];
 const HEALTH_FIELDS: &[&str] = &["path", "interval", "timeout", "rise", "fall"];
-pub(super) const ROUTE_FIELDS: &[&str] = &[
+const ROUTE_FIELDS: &[&str] = &[
     "name",
     "path",
     "pool",
@@ -34,7 +37,41 @@ pub(super) const ROUTE_FIELDS: &[&str] = &[
     "max_message_bytes",
 ];
 
-pub(super) fn parse_pool(cx: &mut Cx<'_>, name: &str, t: &Table<'_, '_>) -> Pool {
+/// `[pools.NAME]` tables, in file order: routes refer to a pool by its index.
+pub(super) fn parse_pools(cx: &mut Cx<'_>, v: &Val<'_>) -> Vec<Pool> {
+    let mut pools = Vec::new();
+    match v.get_ref() {
+        DeValue::Table(table) => {
+            let mut entries: Vec<_> = table.iter().collect();
+            entries.sort_by_key(|(key, _)| key.span().start);
+            for (key, value) in entries {
+                let pool_name: &str = key.get_ref().as_ref();
+                let path = join("pools", pool_name);
+                if pool_name.is_empty() {
+                    cx.error(key.span(), "pools: a pool name must not be empty");
+                    continue;
+                }
+                match value.get_ref() {
+                    DeValue::Table(t) => {
+                        let t = Table::open(cx, t, value.span(), path, POOL_FIELDS);
+                        pools.push(parse_pool(cx, pool_name, &t));
+                    }
+                    other => cx.error(
+                        value.span(),
+                        format!(
+                            "expected a table for {path}, found {} (each pool is a table: [pools.NAME] with servers = [...])",
+                            found(other)
+                        ),
+                    ),
+                }
+            }
+        }
+        _ => type_error(cx, v, "a table of pools ([pools.NAME])", "pools"),
+    }
+    pools
+}
+
+fn parse_pool(cx: &mut Cx<'_>, name: &str, t: &Table<'_, '_>) -> Pool {
     let mut pool = Pool {
         name: name.to_owned(),
         servers: Vec::new(),
@@ -214,12 +251,43 @@ fn parse_health(cx: &mut Cx<'_>, t: &Table<'_, '_>) -> Option<Health> {
     ok.then_some(health)
 }
 
-pub(super) fn parse_route(
+/// First use of each route path, or name, in a site: the route's table path
+/// and line, for "already used by" messages.
+type FirstUse = HashMap<String, (String, usize)>;
+
+/// `[[routes]]`, in file order, each checked against `pools` and the routes
+/// before it.
+pub(super) fn parse_routes(cx: &mut Cx<'_>, v: &Val<'_>, pools: &[Pool]) -> Vec<Route> {
+    let mut routes = Vec::new();
+    match v.get_ref() {
+        DeValue::Array(items) => {
+            let mut by_path = FirstUse::new();
+            let mut by_name = FirstUse::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("routes[{i}]");
+                if let Some(t) = Table::open_value(cx, item, path, ROUTE_FIELDS) {
+                    let route = parse_route(cx, &t, pools, &mut by_path, &mut by_name);
+                    routes.push(route);
+                }
+            }
+        }
+        other => cx.error(
+            v.span(),
+            format!(
+                "expected an array of tables ([[routes]]) for routes, found {}",
+                found(other)
+            ),
+        ),
+    }
+    routes
+}
+
+fn parse_route(
     cx: &mut Cx<'_>,
     t: &Table<'_, '_>,
     pools: &[Pool],
-    by_path: &mut HashMap<String, (String, usize)>,
-    by_name: &mut HashMap<String, (String, usize)>,
+    by_path: &mut FirstUse,
+    by_name: &mut FirstUse,
 ) -> Route {
     let mut route = Route {
         name: String::new(),
@@ -230,9 +298,25 @@ pub(super) fn parse_route(
         ping_interval: None,
         max_message_bytes: None,
     };
+    let (path, path_span) = route_path(cx, t, by_path);
+    route.path = path;
+    if let Some(name) = route_name(cx, t, &route.path, path_span, by_name) {
+        route.name = name;
+    }
+    route_pools(cx, t, pools, &mut route);
+    websocket_settings(cx, t, &mut route);
+    route
+}
 
-    // path
+/// `path`, empty if missing or invalid, and where a defaulted name is
+/// reported: at the path, or at the route if it has none.
+fn route_path(
+    cx: &mut Cx<'_>,
+    t: &Table<'_, '_>,
+    by_path: &mut FirstUse,
+) -> (String, Range<usize>) {
     let mut path_span = t.span.clone();
+    let mut path = String::new();
     match t.get("path") {
         None => t.missing(cx, "path", "path = \"/\""),
         Some(v) => {
@@ -255,7 +339,7 @@ pub(super) fn parse_route(
                         ),
                     );
                 } else {
-                    route.path = p.to_owned();
+                    path = p.to_owned();
                     let line = cx.position(v.span().start).0;
                     if let Some((other, other_line)) = by_path.get(p) {
                         cx.error(
@@ -271,8 +355,17 @@ pub(super) fn parse_route(
             }
         }
     }
+    (path, path_span)
+}
 
-    // name (defaults to the path)
+/// `name`, which defaults to the path; `None` if neither is usable.
+fn route_name(
+    cx: &mut Cx<'_>,
+    t: &Table<'_, '_>,
+    path: &str,
+    path_span: Range<usize>,
+    by_name: &mut FirstUse,
+) -> Option<String> {
     let (name, name_span, defaulted) = match t.get("name") {
         Some(v) => match get_str(cx, v, &t.child("name")) {
             Some("") => {
@@ -283,34 +376,35 @@ pub(super) fn parse_route(
             None => (None, v.span(), false),
         },
         None => {
-            let name = (!route.path.is_empty()).then(|| route.path.clone());
+            let name = (!path.is_empty()).then(|| path.to_owned());
             (name, path_span, true)
         }
     };
-    if let Some(name) = name {
-        let line = cx.position(name_span.start).0;
-        if let Some((other, other_line)) = by_name.get(&name) {
-            let field = if defaulted {
-                format!(
-                    "{}: the route name (which defaults to the path)",
-                    t.child("path")
-                )
-            } else {
-                t.child("name")
-            };
-            cx.error(
-                name_span,
-                format!(
-                    "{field}: duplicate route name {name:?} (already used by {other} on line {other_line}); route names are metric labels and must be unique in a site"
-                ),
-            );
+    let name = name?;
+    let line = cx.position(name_span.start).0;
+    if let Some((other, other_line)) = by_name.get(&name) {
+        let field = if defaulted {
+            format!(
+                "{}: the route name (which defaults to the path)",
+                t.child("path")
+            )
         } else {
-            by_name.insert(name.clone(), (t.path.clone(), line));
-        }
-        route.name = name;
+            t.child("name")
+        };
+        cx.error(
+            name_span,
+            format!(
+                "{field}: duplicate route name {name:?} (already used by {other} on line {other_line}); route names are metric labels and must be unique in a site"
+            ),
+        );
+    } else {
+        by_name.insert(name.clone(), (t.path.clone(), line));
     }
+    Some(name)
+}
 
-    // pool / websocket
+/// `pool` and `websocket`: at least one, each naming a pool of this site.
+fn route_pools(cx: &mut Cx<'_>, t: &Table<'_, '_>, pools: &[Pool], route: &mut Route) {
     let pool_names = || {
         if pools.is_empty() {
             "this site has no pools".to_owned()
@@ -348,8 +442,10 @@ pub(super) fn parse_route(
             ),
         );
     }
+}
 
-    // WebSocket-only settings
+/// Settings that only apply to a route with `websocket`.
+fn websocket_settings(cx: &mut Cx<'_>, t: &Table<'_, '_>, route: &mut Route) {
     let ws = t.get("websocket").is_some();
     for name in ["idle_timeout", "ping_interval", "max_message_bytes"] {
         let Some(v) = t.get(name) else { continue };
@@ -369,7 +465,6 @@ pub(super) fn parse_route(
             _ => route.max_message_bytes = get_size(cx, v, &field, 1),
         }
     }
-    route
 }
 
 #[cfg(test)]

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 use super::super::{RemovedSessions, Site};
-use super::diagnostics::{Cx, found, type_error};
+use super::diagnostics::Cx;
 use super::hash::Fnv;
-use super::route::{POOL_FIELDS, ROUTE_FIELDS, parse_pool, parse_route};
+use super::route::{parse_pools, parse_routes};
 use super::tls::{TLS_FIELDS, parse_tls};
-use super::values::{Table, get_bool, get_duration, get_str, get_strings, join};
+use super::values::{Table, Val, get_bool, get_duration, get_str, get_strings};
 
 const SITE_FIELDS: &[&str] = &[
     "hosts",
@@ -29,12 +29,17 @@ const SITE_FIELDS: &[&str] = &[
     "routes",
 ];
 
+/// Host names claimed so far, across sites: the host, and the name and file
+/// of the site that claimed it.
+pub(super) type Claimed = HashMap<String, (String, PathBuf)>;
+
+/// Reads one site file; `claimed` holds the hosts of the sites before it.
 pub(super) fn parse_site(
     cx: &mut Cx<'_>,
     name: &str,
     base: &Path,
     root: &Spanned<DeTable<'_>>,
-    claimed: &mut HashMap<String, (String, PathBuf)>,
+    claimed: &mut Claimed,
     hash: &mut Fnv,
 ) -> Site {
     let top = Table::open(cx, root.get_ref(), root.span(), String::new(), SITE_FIELDS);
@@ -50,58 +55,15 @@ pub(super) fn parse_site(
         routes: Vec::new(),
     };
 
-    // hosts
     match top.get("hosts") {
         None => top.missing(cx, "hosts", "hosts = [\"example.com\"]"),
-        Some(v) => {
-            if let Some(items) = get_strings(cx, v, "hosts") {
-                if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
-                    cx.error(
-                        v.span(),
-                        "hosts: must not be empty (list the host names this site answers, as in hosts = [\"example.com\"])",
-                    );
-                }
-                let mut local: HashMap<String, String> = HashMap::new();
-                for (raw, path, span) in items {
-                    let host = match check_host(raw) {
-                        Ok(host) => host,
-                        Err(problem) => {
-                            cx.error(span, format!("{path}: {raw:?} {problem}"));
-                            continue;
-                        }
-                    };
-                    if let Some(first) = local.get(&host) {
-                        cx.error(
-                            span,
-                            format!("{path}: duplicate host {host:?} (already listed as {first})"),
-                        );
-                        continue;
-                    }
-                    local.insert(host.clone(), path.clone());
-                    if let Some((other, other_file)) = claimed.get(&host) {
-                        cx.error(
-                            span,
-                            format!(
-                                "{path}: host {host:?} is already claimed by site {other:?} ({})",
-                                other_file.display()
-                            ),
-                        );
-                        continue;
-                    }
-                    claimed.insert(host.clone(), (name.to_owned(), cx.file.to_path_buf()));
-                    site.hosts.push(host);
-                }
-            }
-        }
+        Some(v) => site.hosts = parse_hosts(cx, v, name, claimed),
     }
 
-    // tls
     let tls_given = top.get("tls").is_some();
     if let Some(t) = top.section(cx, "tls", TLS_FIELDS) {
         site.tls = parse_tls(cx, &t, base, hash);
     }
-
-    // redirect_https
     if let Some(v) = top.get("redirect_https")
         && let Some(b) = get_bool(cx, v, "redirect_https")
     {
@@ -114,7 +76,66 @@ pub(super) fn parse_site(
         }
     }
 
-    // removed_sessions, close_window
+    parse_removed_sessions(cx, &top, &mut site);
+
+    if let Some(v) = top.get("pools") {
+        site.pools = parse_pools(cx, v);
+    }
+    if let Some(v) = top.get("routes") {
+        site.routes = parse_routes(cx, v, &site.pools);
+    }
+    site
+}
+
+/// `hosts`: each one checked, normalized, and claimed for this site unless
+/// it is listed twice or another site claimed it first.
+fn parse_hosts(cx: &mut Cx<'_>, v: &Val<'_>, name: &str, claimed: &mut Claimed) -> Vec<String> {
+    let mut hosts = Vec::new();
+    let Some(items) = get_strings(cx, v, "hosts") else {
+        return hosts;
+    };
+    if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+        cx.error(
+            v.span(),
+            "hosts: must not be empty (list the host names this site answers, as in hosts = [\"example.com\"])",
+        );
+    }
+    let mut local: HashMap<String, String> = HashMap::new();
+    for (raw, path, span) in items {
+        let host = match check_host(raw) {
+            Ok(host) => host,
+            Err(problem) => {
+                cx.error(span, format!("{path}: {raw:?} {problem}"));
+                continue;
+            }
+        };
+        if let Some(first) = local.get(&host) {
+            cx.error(
+                span,
+                format!("{path}: duplicate host {host:?} (already listed as {first})"),
+            );
+            continue;
+        }
+        local.insert(host.clone(), path.clone());
+        if let Some((other, other_file)) = claimed.get(&host) {
+            cx.error(
+                span,
+                format!(
+                    "{path}: host {host:?} is already claimed by site {other:?} ({})",
+                    other_file.display()
+                ),
+            );
+            continue;
+        }
+        claimed.insert(host.clone(), (name.to_owned(), cx.file.to_path_buf()));
+        hosts.push(host);
+    }
+    hosts
+}
+
+/// `removed_sessions` and `close_window`, which only means something with
+/// `removed_sessions = "close"`.
+fn parse_removed_sessions(cx: &mut Cx<'_>, top: &Table<'_, '_>, site: &mut Site) {
     let mut keeping = true; // false also when removed_sessions is invalid
     if let Some(v) = top.get("removed_sessions") {
         keeping = false;
@@ -142,64 +163,6 @@ pub(super) fn parse_site(
             );
         }
     }
-
-    // pools
-    if let Some(pools) = top.get("pools") {
-        match pools.get_ref() {
-            DeValue::Table(table) => {
-                let mut entries: Vec<_> = table.iter().collect();
-                entries.sort_by_key(|(key, _)| key.span().start);
-                for (key, value) in entries {
-                    let pool_name: &str = key.get_ref().as_ref();
-                    let path = join("pools", pool_name);
-                    if pool_name.is_empty() {
-                        cx.error(key.span(), "pools: a pool name must not be empty");
-                        continue;
-                    }
-                    match value.get_ref() {
-                        DeValue::Table(t) => {
-                            let t = Table::open(cx, t, value.span(), path, POOL_FIELDS);
-                            site.pools.push(parse_pool(cx, pool_name, &t));
-                        }
-                        other => cx.error(
-                            value.span(),
-                            format!(
-                                "expected a table for {path}, found {} (each pool is a table: [pools.NAME] with servers = [...])",
-                                found(other)
-                            ),
-                        ),
-                    }
-                }
-            }
-            _ => type_error(cx, pools, "a table of pools ([pools.NAME])", "pools"),
-        }
-    }
-
-    // routes
-    if let Some(v) = top.get("routes") {
-        match v.get_ref() {
-            DeValue::Array(items) => {
-                let mut by_path: HashMap<String, (String, usize)> = HashMap::new();
-                let mut by_name: HashMap<String, (String, usize)> = HashMap::new();
-                for (i, item) in items.iter().enumerate() {
-                    let path = format!("routes[{i}]");
-                    if let Some(t) = Table::open_value(cx, item, path, ROUTE_FIELDS) {
-                        let route = parse_route(cx, &t, &site.pools, &mut by_path, &mut by_name);
-                        site.routes.push(route);
-                    }
-                }
-            }
-            other => cx.error(
-                v.span(),
-                format!(
-                    "expected an array of tables ([[routes]]) for routes, found {}",
-                    found(other)
-                ),
-            ),
-        }
-    }
-
-    site
 }
 
 /// Lower-cases and checks a host name; `Err` says what is wrong with it.
