@@ -38,97 +38,114 @@ const SITES_DIR: &str = "sites";
 ///
 /// Returns every problem found, in file order, rather than the first one.
 pub fn load(dir: &Path) -> Result<Config, ConfigErrors> {
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(single(
-                dir,
-                format!(
-                    "{} is not a directory (expected a configuration directory holding {MAIN_FILE} and {SITES_DIR}/)",
-                    dir.display()
-                ),
-            ));
-        }
-        Err(e) => {
-            return Err(single(
-                dir,
-                format!("cannot read configuration directory {}: {e}", dir.display()),
-            ));
-        }
-    }
-
+    check_dir(dir)?;
     let mut errors = Vec::new();
     let main_path = dir.join(MAIN_FILE);
-    let main = match fs::read_to_string(&main_path) {
+    let main = read_main(&main_path, &mut errors);
+    let (mut site_files, seen) = read_sites(&dir.join(SITES_DIR), &mut errors);
+    site_files.sort_by(|a, b| a.0.cmp(&b.0));
+
+    build(dir, main.map(|t| (main_path, t)), site_files, seen, errors)
+}
+
+/// A site file: the site's name (the file stem), its path and its text.
+type SiteFile = (String, PathBuf, String);
+
+/// Fails unless `dir` is a readable directory: nothing else can be reported
+/// without one.
+fn check_dir(dir: &Path) -> Result<(), ConfigErrors> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(single(
+            dir,
+            format!(
+                "{} is not a directory (expected a configuration directory holding {MAIN_FILE} and {SITES_DIR}/)",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(single(
+            dir,
+            format!("cannot read configuration directory {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// The text of `switchyard.toml`, or `None` if there is none (every field
+/// has a default) or it cannot be read (reported).
+fn read_main(main_path: &Path, errors: &mut Vec<ConfigError>) -> Option<String> {
+    match fs::read_to_string(main_path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
             errors.push(at_start(
-                &main_path,
+                main_path,
                 format!("cannot read {}: {e}", main_path.display()),
             ));
             None
         }
-    };
+    }
+}
 
-    let sites_dir = dir.join(SITES_DIR);
+/// Every site file in `sites_dir`, unsorted, and how many there are,
+/// counting those that could not be read (reported).
+fn read_sites(sites_dir: &Path, errors: &mut Vec<ConfigError>) -> (Vec<SiteFile>, usize) {
     let mut site_files = Vec::new();
     let mut seen = 0;
-    match fs::read_dir(&sites_dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => errors.push(at_start(
-            &sites_dir,
-            format!("cannot read {}: {e}", sites_dir.display()),
-        )),
-        Ok(entries) => {
-            for entry in entries {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        errors.push(at_start(
-                            &sites_dir,
-                            format!("cannot read {}: {e}", sites_dir.display()),
-                        ));
-                        continue;
-                    }
-                };
-                let path = entry.path();
-                let file_name = entry.file_name();
-                let Some(file_name) = file_name.to_str() else {
-                    if path.extension().is_some_and(|ext| ext == "toml") {
-                        errors.push(at_start(
-                            &path,
-                            "site file names must be valid UTF-8 (the name is the site's metric label)",
-                        ));
-                    }
-                    continue;
-                };
-                // Like the shell's `*.toml`: hidden files (editor backups,
-                // Kubernetes ConfigMap internals) are not sites.
-                if file_name.starts_with('.') {
-                    continue;
-                }
-                let Some(stem) = file_name.strip_suffix(".toml") else {
-                    continue;
-                };
-                // Follows symlinks, so ConfigMap-style links to files count.
-                if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                    continue;
-                }
-                seen += 1;
-                match fs::read_to_string(&path) {
-                    Ok(text) => site_files.push((stem.to_owned(), path, text)),
-                    Err(e) => errors.push(at_start(
-                        &path,
-                        format!("cannot read {}: {e}", path.display()),
-                    )),
-                }
+    let entries = match fs::read_dir(sites_dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (site_files, seen),
+        Err(e) => {
+            errors.push(at_start(
+                sites_dir,
+                format!("cannot read {}: {e}", sites_dir.display()),
+            ));
+            return (site_files, seen);
+        }
+        Ok(entries) => entries,
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                errors.push(at_start(
+                    sites_dir,
+                    format!("cannot read {}: {e}", sites_dir.display()),
+                ));
+                continue;
             }
+        };
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                errors.push(at_start(
+                    &path,
+                    "site file names must be valid UTF-8 (the name is the site's metric label)",
+                ));
+            }
+            continue;
+        };
+        // Like the shell's `*.toml`: hidden files (editor backups,
+        // Kubernetes ConfigMap internals) are not sites.
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let Some(stem) = file_name.strip_suffix(".toml") else {
+            continue;
+        };
+        // Follows symlinks, so ConfigMap-style links to files count.
+        if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        seen += 1;
+        match fs::read_to_string(&path) {
+            Ok(text) => site_files.push((stem.to_owned(), path, text)),
+            Err(e) => errors.push(at_start(
+                &path,
+                format!("cannot read {}: {e}", path.display()),
+            )),
         }
     }
-    site_files.sort_by(|a, b| a.0.cmp(&b.0));
-
-    build(dir, main.map(|t| (main_path, t)), site_files, seen, errors)
+    (site_files, seen)
 }
 
 /// Like [`load`], but from text: `main` is the content of `switchyard.toml`
@@ -138,7 +155,7 @@ pub fn load(dir: &Path) -> Result<Config, ConfigErrors> {
 /// certificate paths resolve relative to `dir/sites/`, as they would for real
 /// files.
 pub fn load_str(dir: &Path, main: &str, sites: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
-    let mut site_files: Vec<(String, PathBuf, String)> = sites
+    let mut site_files: Vec<SiteFile> = sites
         .iter()
         .map(|(name, text)| {
             (
@@ -163,7 +180,7 @@ pub fn load_str(dir: &Path, main: &str, sites: &[(&str, &str)]) -> Result<Config
 fn build(
     dir: &Path,
     main: Option<(PathBuf, String)>,
-    sites: Vec<(String, PathBuf, String)>,
+    sites: Vec<SiteFile>,
     site_files_seen: usize,
     mut errors: Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
