@@ -468,9 +468,28 @@ mod tests {
         fs::create_dir_all(config_dir.join("sites")).unwrap();
         fs::write(certs.join("shop.crt"), &pem.cert).unwrap();
         fs::write(certs.join("shop.key"), &pem.key).unwrap();
-        fs::write(
-            config_dir.join(MAIN_FILE),
-            r#"[listen]
+        fs::write(config_dir.join(MAIN_FILE), CONTRACT_MAIN).unwrap();
+        fs::write(config_dir.join("sites/shop.toml"), CONTRACT_SITE).unwrap();
+
+        let config = load(&config_dir).unwrap();
+        let defaults = Process::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.timeouts, defaults.timeouts);
+        assert_eq!(config.limits, defaults.limits);
+        assert_eq!(config.runtime, defaults.runtime);
+        assert_eq!(config.sites.len(), 1);
+        let site = &config.sites[0];
+        assert_eq!(site.name, "shop");
+        assert_eq!(site.hosts, ["shop.example.com", "www.shop.example.com"]);
+        assert!(site.redirect_https);
+        let tls = site.tls.as_ref().unwrap();
+        assert_eq!(tls.cert_path, config_dir.join("sites/../../certs/shop.crt"));
+        assert_eq!(site.pools, contract_pools());
+        assert_eq!(site.routes, contract_routes());
+    }
+
+    /// The contract's `switchyard.toml`: every setting at its default.
+    const CONTRACT_MAIN: &str = r#"[listen]
 https = ["0.0.0.0:8443"]     # TLS; ALPN h2 and http/1.1
 http  = ["0.0.0.0:8080"]     # plain HTTP (sites may redirect it to https)
 admin = "127.0.0.1:9901"     # GET /metrics, /healthz, /readyz — never on a public listener
@@ -488,12 +507,10 @@ max_header_bytes = 65536
 
 [runtime]
 worker_threads = 0           # 0: one per CPU core
-"#,
-        )
-        .unwrap();
-        fs::write(
-            config_dir.join("sites/shop.toml"),
-            r#"hosts = ["shop.example.com", "www.shop.example.com"]
+"#;
+
+    /// The contract's `sites/shop.toml`, with certificates in `../../certs/`.
+    const CONTRACT_SITE: &str = r#"hosts = ["shop.example.com", "www.shop.example.com"]
 tls = { cert = "../../certs/shop.crt", key = "../../certs/shop.key" }   # relative to this file
 redirect_https = true        # plain-HTTP requests get 308 to https
 
@@ -521,76 +538,61 @@ max_message_bytes = "16MiB"  # optional: a larger message closes with 1009
 name = "app"
 path = "/"
 pool = "web"
-"#,
-        )
-        .unwrap();
+"#;
 
-        let config = load(&config_dir).unwrap();
-        let defaults = Process::default();
-        assert_eq!(config.listen, defaults.listen);
-        assert_eq!(config.timeouts, defaults.timeouts);
-        assert_eq!(config.limits, defaults.limits);
-        assert_eq!(config.runtime, defaults.runtime);
-        assert_eq!(config.sites.len(), 1);
-        let site = &config.sites[0];
-        assert_eq!(site.name, "shop");
-        assert_eq!(site.hosts, ["shop.example.com", "www.shop.example.com"]);
-        assert!(site.redirect_https);
-        let tls = site.tls.as_ref().unwrap();
-        assert_eq!(tls.cert_path, config_dir.join("sites/../../certs/shop.crt"));
-        assert_eq!(
-            site.pools,
-            [
-                Pool {
-                    name: "web".into(),
-                    servers: vec!["127.0.0.1:8000".into(), "127.0.0.1:8001".into()],
-                    max_in_flight: Some(4),
-                    queue_timeout: Duration::from_secs(5),
-                    max_queue: Some(1000),
-                    max_body: 100 * 1024 * 1024,
-                    buffering: true,
-                    health: Some(Health {
-                        path: "/healthz".into(),
-                        interval: Duration::from_secs(5),
-                        timeout: Duration::from_secs(2),
-                        rise: 2,
-                        fall: 3,
-                    }),
-                },
-                Pool {
-                    name: "live".into(),
-                    servers: vec!["127.0.0.1:9000".into()],
-                    max_in_flight: None,
-                    queue_timeout: Duration::from_secs(5),
-                    max_queue: None,
-                    max_body: 100 * 1024 * 1024,
-                    buffering: true,
-                    health: None,
-                },
-            ]
-        );
-        assert_eq!(
-            site.routes,
-            [
-                Route {
-                    name: "sockets".into(),
-                    path: "/ws/".into(),
-                    pool: Some(0),
-                    websocket: Some(1),
-                    idle_timeout: Some(Duration::from_secs(300)),
-                    ping_interval: Some(Duration::from_secs(30)),
-                    max_message_bytes: Some(16 * 1024 * 1024),
-                },
-                Route {
-                    name: "app".into(),
-                    path: "/".into(),
-                    pool: Some(0),
-                    websocket: None,
-                    idle_timeout: None,
-                    ping_interval: None,
-                    max_message_bytes: None,
-                },
-            ]
-        );
+    /// The pools `CONTRACT_SITE` declares, as loaded.
+    fn contract_pools() -> [Pool; 2] {
+        [
+            Pool {
+                name: "web".into(),
+                servers: vec!["127.0.0.1:8000".into(), "127.0.0.1:8001".into()],
+                max_in_flight: Some(4),
+                queue_timeout: Duration::from_secs(5),
+                max_queue: Some(1000),
+                max_body: 100 * 1024 * 1024,
+                buffering: true,
+                health: Some(Health {
+                    path: "/healthz".into(),
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(2),
+                    rise: 2,
+                    fall: 3,
+                }),
+            },
+            Pool {
+                name: "live".into(),
+                servers: vec!["127.0.0.1:9000".into()],
+                max_in_flight: None,
+                queue_timeout: Duration::from_secs(5),
+                max_queue: None,
+                max_body: 100 * 1024 * 1024,
+                buffering: true,
+                health: None,
+            },
+        ]
+    }
+
+    /// The routes `CONTRACT_SITE` declares, as loaded.
+    fn contract_routes() -> [Route; 2] {
+        [
+            Route {
+                name: "sockets".into(),
+                path: "/ws/".into(),
+                pool: Some(0),
+                websocket: Some(1),
+                idle_timeout: Some(Duration::from_secs(300)),
+                ping_interval: Some(Duration::from_secs(30)),
+                max_message_bytes: Some(16 * 1024 * 1024),
+            },
+            Route {
+                name: "app".into(),
+                path: "/".into(),
+                pool: Some(0),
+                websocket: None,
+                idle_timeout: None,
+                ping_interval: None,
+                max_message_bytes: None,
+            },
+        ]
     }
 }
