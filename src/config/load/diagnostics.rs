@@ -19,6 +19,7 @@ pub(super) fn single(file: &Path, message: String) -> ConfigErrors {
     ConfigErrors(vec![at_start(file, message)])
 }
 
+/// An error at the start of `file`, for a problem with the whole file.
 pub(super) fn at_start(file: &Path, message: impl Into<String>) -> ConfigError {
     ConfigError {
         file: file.to_path_buf(),
@@ -37,6 +38,7 @@ pub(super) struct Cx<'a> {
 }
 
 impl<'a> Cx<'a> {
+    /// Starts checking `text`, the content of `file`; errors go to `errors`.
     pub(super) fn new(file: &'a Path, text: &'a str, errors: &'a mut Vec<ConfigError>) -> Self {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
@@ -65,6 +67,7 @@ impl<'a> Cx<'a> {
         (line.max(1), col + 1)
     }
 
+    /// Reports `message` at the start of `span`.
     pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, col) = self.position(span.start);
         self.errors.push(ConfigError {
@@ -102,6 +105,7 @@ fn describe_table(path: &str) -> String {
     }
 }
 
+/// The message for a key not in `allowed`, with a hint if one is close.
 pub(super) fn unknown_field(name: &str, path: &str, allowed: &[&str]) -> String {
     let mut message = format!(
         "unknown field {name:?} in {} (expected one of: {})",
@@ -158,6 +162,7 @@ pub(super) fn found(v: &DeValue<'_>) -> String {
     }
 }
 
+/// Reports that the value at `path` is not `expected`.
 pub(super) fn type_error(cx: &mut Cx<'_>, v: &Val<'_>, expected: &str, path: &str) {
     cx.error(
         v.span(),

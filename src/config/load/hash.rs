@@ -7,6 +7,7 @@
 pub(super) struct Fnv(u64);
 
 impl Fnv {
+    /// The hash of nothing (the FNV-1a offset basis).
     pub(super) fn new() -> Self {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
@@ -26,6 +27,7 @@ impl Fnv {
         self.write(content);
     }
 
+    /// The hash of everything added so far.
     pub(super) fn finish(&self) -> u64 {
         self.0
     }

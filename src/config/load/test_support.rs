@@ -17,10 +17,12 @@ path = "/"
 pool = "web"
 "#;
 
+/// The directory the tests that load text pretend to load.
 pub(super) fn cfg() -> &'static Path {
     Path::new("cfg")
 }
 
+/// Loads text that must be a valid configuration.
 pub(super) fn ok(main: &str, sites: &[(&str, &str)]) -> Config {
     match load_str(cfg(), main, sites) {
         Ok(config) => config,
@@ -28,6 +30,7 @@ pub(super) fn ok(main: &str, sites: &[(&str, &str)]) -> Config {
     }
 }
 
+/// Loads text that must be invalid; each error as `FILE:LINE:COL: message`.
 pub(super) fn errors(main: &str, sites: &[(&str, &str)]) -> Vec<String> {
     match load_str(cfg(), main, sites) {
         Ok(_) => panic!("expected errors, got a valid config"),
@@ -53,11 +56,13 @@ pub(super) fn assert_errors(actual: &[String], expected: &[&str]) {
     }
 }
 
+/// A certificate and its private key, PEM-encoded.
 pub(super) struct Pem {
     pub(super) cert: String,
     pub(super) key: String,
 }
 
+/// A fresh self-signed certificate for `localhost`.
 pub(super) fn generate() -> Pem {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     Pem {
@@ -77,6 +82,7 @@ pub(super) fn cert_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// [`SITE`] with a `tls` naming two files in the `certs/` of [`cert_dir`].
 pub(super) fn tls_site(cert: &str, key: &str) -> String {
     format!("tls = {{ cert = \"../certs/{cert}\", key = \"../certs/{key}\" }}\n{SITE}")
 }

@@ -15,6 +15,7 @@ use toml::de::{DeArray, DeString, DeTable, DeValue};
 use super::super::units::{parse_duration, parse_size};
 use super::diagnostics::{Cx, type_error, unknown_field};
 
+/// A TOML value and its byte span in the file.
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 
 /// A TOML table being read: its known fields (unknown ones are reported when
@@ -64,6 +65,7 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
+    /// The value of the known field `name`, if present.
     pub(super) fn get(&self, name: &str) -> Option<&'t Val<'i>> {
         self.fields
             .iter()
@@ -119,6 +121,7 @@ pub(super) fn join(parent: &str, key: &str) -> String {
     }
 }
 
+/// A string.
 pub(super) fn get_str<'v>(cx: &mut Cx<'_>, v: &'v Val<'_>, path: &str) -> Option<&'v str> {
     match v.get_ref() {
         DeValue::String(s) => Some(s.as_ref()),
@@ -129,6 +132,7 @@ pub(super) fn get_str<'v>(cx: &mut Cx<'_>, v: &'v Val<'_>, path: &str) -> Option
     }
 }
 
+/// `true` or `false`.
 pub(super) fn get_bool(cx: &mut Cx<'_>, v: &Val<'_>, path: &str) -> Option<bool> {
     match v.get_ref() {
         DeValue::Boolean(b) => Some(*b),
@@ -182,6 +186,7 @@ pub(super) fn get_uint(
     u64::try_from(n).ok()
 }
 
+/// A non-negative integer of at least `min` that fits a `usize`.
 pub(super) fn get_usize(cx: &mut Cx<'_>, v: &Val<'_>, path: &str, min: u64) -> Option<usize> {
     let max = u64::try_from(usize::MAX).unwrap_or(u64::MAX);
     get_uint(cx, v, path, min, max).and_then(|n| usize::try_from(n).ok())
@@ -294,6 +299,7 @@ pub(super) fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     Ok(net)
 }
 
+/// An IP address and port; a bad one is reported with a hint at what is wrong.
 pub(super) fn socket_addr(
     cx: &mut Cx<'_>,
     s: &str,
