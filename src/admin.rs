@@ -11,8 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Body;
 use crate::state::Shared;
+use crate::upstream::Body;
 
 fn text(
     status: StatusCode,

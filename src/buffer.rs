@@ -20,9 +20,9 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::body::{Body, BoxError};
 use crate::pool::Lease;
 use crate::upstream::UpstreamError;
+use crate::upstream::{Body, BoxError};
 
 /// Bytes of one body held in memory before the rest goes to a temporary file.
 pub const MEMORY_LIMIT: usize = 1 << 20;

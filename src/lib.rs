@@ -10,14 +10,12 @@
 
 mod activity;
 pub mod admin;
-pub mod body;
 pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod forwarded;
 pub mod headers;
-pub mod health;
 pub mod listener;
 mod memory;
 pub mod metrics;

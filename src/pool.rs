@@ -78,7 +78,7 @@ impl Server {
         let enabled = health.is_some();
         *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
         if enabled && !self.checker_running.swap(true, Ordering::AcqRel) {
-            crate::health::spawn(self);
+            crate::upstream::spawn_health_checker(self);
         }
         if !enabled {
             // Without active checks, only passive backoff decides.

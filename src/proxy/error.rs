@@ -4,7 +4,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::body::Body;
+use crate::upstream::Body;
 use crate::buffer;
 use crate::pool::PoolError;
 use crate::upstream::UpstreamError;

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::response::finish_plain;
 use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
-use crate::body::Body;
+use crate::upstream::Body;
 use crate::buffer;
 use crate::forwarded;
 use crate::headers;

@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 
 use super::access::{self, AccessRecord};
-use crate::body::{Body, BoxError};
+use crate::upstream::{Body, BoxError};
 use crate::pool::Lease;
 use crate::routing::Route;
 

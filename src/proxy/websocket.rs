@@ -18,7 +18,7 @@ use super::forward::upstream_request;
 use super::response::finish_plain;
 use super::{Ctx, Finish, ProxyError, ResponseBody};
 use crate::activity::ActiveGuard;
-use crate::body::Body;
+use crate::upstream::Body;
 use crate::headers;
 use crate::pool::{Lease, Pool, PoolError, Server};
 use crate::routing::Route;

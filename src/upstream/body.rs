@@ -34,7 +34,7 @@ pin_project_lite::pin_project! {
         /// Streamed from a server that must not go silent for longer than
         /// `timeout` between frames (an unbuffered response).
         Timed {
-            #[pin] inner: crate::upstream::Pulled,
+            #[pin] inner: super::client::Pulled,
             // Made the first time the server has nothing ready, so a body
             // that arrives whole costs no timer. Boxed: the client needs an
             // Unpin body, and Sleep is not.
@@ -67,7 +67,7 @@ impl Body {
 
 impl Body {
     /// A streamed body that fails if the sender goes silent for `timeout`.
-    pub fn timed(inner: crate::upstream::Pulled, timeout: std::time::Duration) -> Self {
+    pub fn timed(inner: super::client::Pulled, timeout: std::time::Duration) -> Self {
         Body::Timed {
             inner,
             stalled: None,

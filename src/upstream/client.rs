@@ -24,7 +24,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use super::body::Body;
 use crate::pool::Server;
 
 /// How long an idle connection is kept for reuse.

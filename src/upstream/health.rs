@@ -12,7 +12,7 @@ use http::{Request, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use super::body::Body;
 use crate::config::Health;
 use crate::pool::Server;
 
