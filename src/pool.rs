@@ -9,7 +9,7 @@
 //! the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -17,149 +17,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::config;
-use crate::metrics::{Metrics, PoolMetrics, ServerMetrics};
-
-/// One upstream server and its live accounting.
-///
-/// Shared across configuration generations, so in-flight counts and health
-/// survive a reload that keeps the server.
-pub struct Server {
-    /// `host:port` as configured; the `server` metric label.
-    pub addr: Arc<str>,
-    in_flight: AtomicUsize,
-    up: AtomicBool,
-    /// Passive health: consecutive connect failures.
-    failures: AtomicUsize,
-    /// Passive health: not before this (ms since `epoch`) after failures.
-    down_until_ms: AtomicU64,
-    epoch: Instant,
-    metrics: ServerMetrics,
-    /// Active health settings, replaced on reload.
-    health: Mutex<Option<config::Health>>,
-    checker_running: AtomicBool,
-    /// Keep-alive connections to this server.
-    pub connections: crate::upstream::Connections,
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("addr", &self.addr).finish()
-    }
-}
-
-impl Server {
-    /// A server with no requests in flight, considered up.
-    pub fn new(
-        addr: &str,
-        metrics: &Metrics,
-        site: &str,
-        pool: &str,
-    ) -> Result<Arc<Self>, http::uri::InvalidUri> {
-        // Every server address must be a valid URI authority (`host:port`).
-        addr.parse::<http::uri::Authority>()?;
-        let m = ServerMetrics::new(metrics, site, pool, addr);
-        m.up.set(1.0);
-        Ok(Arc::new(Server {
-            addr: addr.into(),
-            in_flight: AtomicUsize::new(0),
-            up: AtomicBool::new(true),
-            failures: AtomicUsize::new(0),
-            down_until_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            metrics: m,
-            health: Mutex::new(None),
-            checker_running: AtomicBool::new(false),
-            connections: Default::default(),
-        }))
-    }
-
-    /// Sets (or clears) active health checking, starting the checker if needed.
-    pub fn set_health(self: &Arc<Self>, health: Option<config::Health>) {
-        let enabled = health.is_some();
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
-        if enabled && !self.checker_running.swap(true, Ordering::AcqRel) {
-            crate::upstream::spawn_health_checker(self);
-        }
-        if !enabled {
-            // Without active checks, only passive backoff decides.
-            self.set_up(true);
-        }
-    }
-
-    /// The current active health settings.
-    pub fn health_settings(&self) -> Option<config::Health> {
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn stop_checker(&self) {
-        self.checker_running.store(false, Ordering::Release);
-    }
-
-    /// Whether active checks consider the server up.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Sets the active health state.
-    pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
-        self.refresh_up_gauge();
-    }
-
-    /// Requests in flight right now.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Whether the server may receive new requests.
-    pub fn is_available(&self) -> bool {
-        if !self.up.load(Ordering::Relaxed) {
-            return false;
-        }
-        let until = self.down_until_ms.load(Ordering::Relaxed);
-        until == 0 || self.now_ms() >= until
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Records a connect failure or reset: the server is skipped for a
-    /// backoff that doubles with each consecutive failure (1s up to 30s).
-    pub fn report_failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(5);
-        let backoff = 1000u64 << n;
-        self.down_until_ms
-            .store(self.now_ms() + backoff.min(30_000), Ordering::Relaxed);
-        self.metrics.up.set(0.0);
-    }
-
-    /// Records a good exchange: clears any passive backoff.
-    pub fn report_success(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) != 0 {
-            self.down_until_ms.store(0, Ordering::Relaxed);
-            self.refresh_up_gauge();
-        }
-    }
-
-    fn refresh_up_gauge(&self) {
-        let up = self.up.load(Ordering::Relaxed) && self.failures.load(Ordering::Relaxed) == 0;
-        self.metrics.up.set(if up { 1.0 } else { 0.0 });
-    }
-
-    fn add_in_flight(&self) {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.in_flight.set(n as f64);
-    }
-
-    fn sub_in_flight(&self) {
-        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.metrics.in_flight.set(n as f64);
-    }
-}
+use crate::metrics::{Metrics, PoolMetrics};
+use crate::upstream::Server;
 
 /// Why a pool could not lease a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use crate::config::{Config, Route as RouteConfig, Site as SiteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::pool::{Pool, Server};
+use crate::pool::Pool;
 use crate::tls;
+use crate::upstream::Server;
 
 /// A route, resolved: its pools and metric handles.
 pub struct Route {

@@ -4,9 +4,9 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::upstream::Body;
 use crate::buffer;
 use crate::pool::PoolError;
+use crate::upstream::Body;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]

@@ -15,14 +15,14 @@ use hyper::body::Incoming;
 
 use super::response::finish_plain;
 use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
-use crate::upstream::Body;
 use crate::buffer;
 use crate::forwarded;
 use crate::headers;
-use crate::pool::{Lease, PoolError, Server};
+use crate::pool::{Lease, PoolError};
 use crate::routing::Route;
 use crate::state::Generation;
-use crate::upstream::UpstreamError;
+use crate::upstream::Body;
+use crate::upstream::{Server, UpstreamError};
 
 /// Rewrites a client request into the request sent to a backend: hop-by-hop
 /// headers out, the forwarded headers in, origin-form target, HTTP/1.1.

@@ -11,9 +11,9 @@ use http::{Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 
 use super::access::{self, AccessRecord};
-use crate::upstream::{Body, BoxError};
 use crate::pool::Lease;
 use crate::routing::Route;
+use crate::upstream::{Body, BoxError};
 
 /// `resp`, recorded by `finish` when its body ends.
 pub(crate) fn finish_plain(resp: Response<Body>, mut finish: Finish) -> Response<ResponseBody> {

@@ -18,12 +18,12 @@ use super::forward::upstream_request;
 use super::response::finish_plain;
 use super::{Ctx, Finish, ProxyError, ResponseBody};
 use crate::activity::ActiveGuard;
-use crate::upstream::Body;
 use crate::headers;
-use crate::pool::{Lease, Pool, PoolError, Server};
+use crate::pool::{Lease, Pool, PoolError};
 use crate::routing::Route;
 use crate::state::Shared;
-use crate::upstream::{UpstreamError, connect_tcp, error_chain};
+use crate::upstream::Body;
+use crate::upstream::{Server, UpstreamError, connect, error_chain};
 use crate::websocket::{
     End, EndFromUpgrade, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
     new_key, relay,
@@ -181,7 +181,7 @@ async fn connect_backend(
         let Some(server) = lease.server().cloned() else {
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
         };
-        let error = match connect_tcp(&server.addr, connect_timeout).await {
+        let error = match connect(&server.address, connect_timeout).await {
             Ok(tcp) => return Ok((lease, server, tcp)),
             Err(e) => e,
         };

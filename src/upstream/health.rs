@@ -4,22 +4,54 @@
 //! fresh connection; `fall` consecutive failures take the server out of
 //! rotation and `rise` consecutive successes bring it back. The task holds
 //! only a weak reference, so it ends when a reload drops the server.
+//!
+//! The checker is switched on and off from here ([`Server::set_health`]),
+//! so a server's own code knows nothing of checks beyond its `up` flag.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::Body;
+use super::connect::connect;
+use super::server::Server;
 use crate::config::Health;
-use crate::pool::Server;
+
+impl Server {
+    /// Sets (or clears) active health checking, starting the checker if needed.
+    pub(crate) fn set_health(self: &Arc<Self>, health: Option<Health>) {
+        let enabled = health.is_some();
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+        if enabled && !self.checker_running.swap(true, Ordering::AcqRel) {
+            spawn(self);
+        }
+        if !enabled {
+            // Without active checks, only passive backoff decides.
+            self.set_up(true);
+        }
+    }
+
+    /// The current active health settings.
+    fn health_settings(&self) -> Option<Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn stop_checker(&self) {
+        self.checker_running.store(false, Ordering::Release);
+    }
+}
 
 /// One check: connect, `GET path`, and expect a 2xx or 3xx within `timeout`.
-pub async fn check_once(addr: &str, authority: &str, health: &Health) -> Result<(), String> {
+async fn check_once(server: &Server, health: &Health) -> Result<(), String> {
+    let authority = &*server.addr;
     let work = async {
-        let tcp = TcpStream::connect(addr)
+        let tcp = connect(&server.address, health.timeout)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
@@ -51,7 +83,7 @@ pub async fn check_once(addr: &str, authority: &str, health: &Health) -> Result<
 
 /// Starts the checker task for `server`, which runs until the server is dropped
 /// or its health settings are removed.
-pub fn spawn(server: &Arc<Server>) {
+fn spawn(server: &Arc<Server>) {
     let weak: Weak<Server> = Arc::downgrade(server);
     tokio::spawn(async move {
         let mut ok_streak = 0u32;
@@ -62,7 +94,7 @@ pub fn spawn(server: &Arc<Server>) {
                 server.stop_checker();
                 return;
             };
-            let result = check_once(&server.addr, &server.addr, &health).await;
+            let result = check_once(&server, &health).await;
             match result {
                 Ok(()) => {
                     fail_streak = 0;

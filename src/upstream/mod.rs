@@ -1,10 +1,15 @@
-//! Upstream: talking to pool servers — the HTTP/1.1 client, the body type
-//! that flows through the proxy, and active health checks.
+//! Upstream: talking to pool servers — where a server is and how to connect
+//! to it, its live state, the HTTP/1.1 client, the body type that flows
+//! through the proxy, and active health checks.
 
 mod body;
 mod client;
+mod connect;
 mod health;
+mod keepalive;
+mod server;
 
 pub use body::{Body, BoxError};
-pub use client::{Connections, Pulled, Upstream, UpstreamError, connect_tcp, error_chain};
-pub(crate) use health::spawn as spawn_health_checker;
+pub use client::{Pulled, Upstream, UpstreamError, error_chain};
+pub(crate) use connect::connect;
+pub use server::Server;
