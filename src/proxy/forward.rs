@@ -177,9 +177,7 @@ async fn request_body(
             }
         }
     }
-    let body = Body::Replay {
-        inner: buffer::Replay(spilled),
-    };
+    let body = Body::Replay { inner: spilled };
     Ok((body, received))
 }
 

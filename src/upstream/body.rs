@@ -42,7 +42,7 @@ pin_project_lite::pin_project! {
             timeout: std::time::Duration,
         },
         /// Replayed from a buffered (possibly spilled) body.
-        Replay { #[pin] inner: crate::buffer::Replay },
+        Replay { #[pin] inner: super::spill::Replay },
         /// Fed by a task that drains the server (see [`crate::buffer`]).
         Channel { rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>> },
     }

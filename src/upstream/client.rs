@@ -64,6 +64,11 @@ pub struct Pulled {
 }
 
 impl Pulled {
+    /// The server sending this body.
+    pub(crate) fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
     /// Gives the connection back for reuse if it is idle and open (one more
     /// poll lets hyper finish the exchange's bookkeeping); else closes it.
     fn release(&mut self, cx: &mut Context<'_>) {

@@ -8,8 +8,11 @@ mod connect;
 mod health;
 mod keepalive;
 mod server;
+mod spill;
 
 pub use body::{Body, BoxError};
 pub use client::{Pulled, Upstream, UpstreamError, error_chain};
 pub(crate) use connect::connect;
 pub use server::Server;
+pub use spill::Replay;
+pub(crate) use spill::{MEMORY_LIMIT, Spill};
