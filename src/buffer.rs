@@ -19,7 +19,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc::{self, Permit};
 
-use crate::upstream::{Body, BoxError, MEMORY_LIMIT, Pulled, Replay, Spill, UpstreamError};
+use crate::upstream::{
+    Body, BoxError, Failure, Fault, MEMORY_LIMIT, Pulled, Replay, Spill, UpstreamError,
+};
 
 /// Bytes of one response held on disk before the server is read more slowly.
 const SPILL_LIMIT: u64 = 1 << 30;
@@ -32,10 +34,25 @@ pub enum BufferError {
     TooLarge(u64),
     /// The client's body stream failed (disconnect, bad chunking).
     #[error("reading the request body failed: {0}")]
-    Client(String),
+    Client(#[source] hyper::Error),
     /// The spill file could not be written or read.
     #[error("temporary file for the request body failed: {0}")]
     Spill(#[from] std::io::Error),
+}
+
+impl Failure for BufferError {
+    fn fault(&self) -> Fault {
+        match self {
+            BufferError::TooLarge(_) | BufferError::Client(_) => Fault::Client,
+            BufferError::Spill(_) => Fault::Proxy,
+        }
+    }
+
+    /// Never: no server was involved, and another would not change the
+    /// body (the client's) or the proxy's disk.
+    fn retry_safe(&self) -> bool {
+        false
+    }
 }
 
 /// Reads a whole request body (up to `max_body`) before it is dispatched.
@@ -47,7 +64,7 @@ pub async fn read_request(body: Incoming, max_body: u64) -> Result<Replay, Buffe
     let mut spill = Spill::default();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BufferError::Client(e.to_string()))?;
+        let frame = frame.map_err(BufferError::Client)?;
         match frame.into_data() {
             Ok(data) => {
                 if spill.len() + data.len() as u64 > max_body {
@@ -104,10 +121,7 @@ pub async fn drain_response<L: Send + 'static>(
                 drop(lease);
                 Ok(Body::full(collected.freeze()))
             }
-            Ok(Err(e)) => Err(UpstreamError::Response(format!(
-                "response body cut short: {}",
-                crate::upstream::error_chain(&e)
-            ))),
+            Ok(Err(e)) => Err(UpstreamError::BodyCutShort(e)),
             Err(_) => Err(UpstreamError::Timeout),
         };
     }
@@ -255,4 +269,24 @@ async fn feed(spill: &mut Spill, permit: Permit<'_, FrameResult>) -> Step {
         None => {}
     }
     Step::Fed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_errors_are_the_clients_or_the_proxys_and_never_retried() {
+        let cases = [
+            (BufferError::TooLarge(1), Fault::Client),
+            (
+                BufferError::Spill(std::io::Error::other("disk full")),
+                Fault::Proxy,
+            ),
+        ];
+        for (e, fault) in cases {
+            assert_eq!(e.fault(), fault, "{e}");
+            assert!(!e.retry_safe(), "{e}");
+        }
+    }
 }

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::config;
 use crate::metrics::{Metrics, PoolMetrics};
-use crate::upstream::Server;
+use crate::upstream::{Failure, Fault, Server};
 
 /// Why a pool could not lease a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,18 @@ pub enum PoolError {
     /// Every server is down.
     #[error("no healthy server in the pool")]
     NoHealthyServer,
+}
+
+impl Failure for PoolError {
+    /// The pool's servers: too few, too busy or down.
+    fn fault(&self) -> Fault {
+        Fault::Upstream
+    }
+
+    /// Never: the pool has weighed every server already.
+    fn retry_safe(&self) -> bool {
+        false
+    }
 }
 
 struct Waiter {
@@ -297,6 +309,23 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             self.pool.release(server);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_errors_are_the_pools_servers_and_never_retried_elsewhere() {
+        for e in [
+            PoolError::QueueTimeout,
+            PoolError::QueueFull,
+            PoolError::NoHealthyServer,
+        ] {
+            assert_eq!(e.fault(), Fault::Upstream, "{e}");
+            assert!(!e.retry_safe(), "{e}");
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::pool::{Lease, PoolError};
 use crate::routing::Route;
 use crate::state::Generation;
 use crate::upstream::Body;
-use crate::upstream::{Server, UpstreamError};
+use crate::upstream::{Failure, Server, UpstreamError};
 
 /// Rewrites a client request into the request sent to a backend: hop-by-hop
 /// headers out, the forwarded headers in, origin-form target, HTTP/1.1.
@@ -112,13 +112,13 @@ pub(super) async fn forward(
                 return Ok(finish_plain(Response::from_parts(rparts, body), finish));
             }
             Err((e, lease)) => {
-                let before_response = e.before_response();
+                let before_response = e.retry_safe();
                 if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
                     server.report_failure();
                 }
                 tracing::warn!(
                     site = %pool.site, pool = %pool.name, server = %server.addr,
-                    error = %e, "upstream request failed"
+                    error = %e, fault = %e.fault(), "upstream request failed"
                 );
                 // The slot is freed once the failure is counted, before any
                 // retry queues again.

@@ -10,7 +10,6 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::access::{self, AccessRecord, SessionOutcome};
@@ -23,7 +22,7 @@ use crate::pool::{Lease, Pool, PoolError};
 use crate::routing::Route;
 use crate::state::Shared;
 use crate::upstream::Body;
-use crate::upstream::{Server, UpstreamError, connect, error_chain};
+use crate::upstream::{Server, UpstreamError, connect, handshake};
 use crate::websocket::{
     End, EndFromUpgrade, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
     new_key, relay,
@@ -108,17 +107,14 @@ async fn send_handshake(
     tcp: TcpStream,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Response(error_chain(&e)))?;
+    let (mut sender, connection) = handshake(tcp).await?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
     sender
         .send_request(req)
         .await
-        .map_err(|e| UpstreamError::Response(error_chain(&e)))
+        .map_err(UpstreamError::Response)
 }
 
 /// The backend accepted: the response head for the client (101, or 200 for

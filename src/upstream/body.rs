@@ -12,8 +12,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-/// Errors a body can yield while streaming.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::error::BoxError;
 
 pin_project_lite::pin_project! {
     /// A request or response body: empty, a fixed buffer, or streamed from a peer.

@@ -6,6 +6,9 @@
 //! response head and then from the response body ([`Pulled`]), so a
 //! response reaches the client without a hop between tasks; once the body
 //! has ended the connection goes back on its server's stack.
+//!
+//! [`handshake`] is the one HTTP/1.1 handshake every upstream connection
+//! goes through: pool requests here, WebSocket handshakes and health checks.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -17,41 +20,15 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Body;
 use super::connect::connect;
+use super::error::UpstreamError;
 use super::keepalive::Conn;
 use super::server::Server;
-
-/// How an upstream exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// The TCP connection could not be made (refused, unreachable, timed out).
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// The connection failed before a response head arrived (reset, EOF,
-    /// malformed response).
-    #[error("no valid response: {0}")]
-    Response(String),
-    /// No response head within `upstream_response`.
-    #[error("no response within the upstream_response timeout")]
-    Timeout,
-    /// The client's request body failed while it was being sent (bad
-    /// chunking, a disconnect): the client's fault, not the server's.
-    #[error("the request body failed: {0}")]
-    RequestBody(String),
-}
-
-impl UpstreamError {
-    /// Whether the exchange failed before any response byte came back
-    /// (connect refused, reset before the status line), so an idempotent
-    /// request without a body may be retried on another server.
-    pub fn before_response(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::Response(_))
-    }
-}
 
 /// A response body from a pool server. It drives the connection it arrives
 /// on, and puts the connection back on the server's stack once it has ended.
@@ -208,11 +185,10 @@ impl Upstream {
                     Some(unsent) if !fresh => req = unsent,
                     _ => {
                         let e = e.into_error();
-                        let msg = error_chain(&e);
                         return Err(if request_body_failed(&e) {
-                            UpstreamError::RequestBody(msg)
+                            UpstreamError::RequestBody(e)
                         } else {
-                            UpstreamError::Response(msg)
+                            UpstreamError::Response(e)
                         });
                     }
                 },
@@ -223,12 +199,23 @@ impl Upstream {
     /// Opens a connection to `server`; the request that opened it drives it.
     async fn connect(&self, server: &Server) -> Result<Conn, UpstreamError> {
         let tcp = connect(&server.address, self.connect_timeout).await?;
-        let (sender, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        let (sender, driver) = handshake(tcp).await?;
         Ok(Conn::new(sender, driver))
     }
+}
+
+/// The HTTP/1.1 handshake on a new connection to a pool server. The one
+/// every upstream connection goes through, so all speak to servers alike.
+pub(crate) async fn handshake<T>(
+    io: T,
+) -> Result<(SendRequest<Body>, http1::Connection<TokioIo<T>, Body>), UpstreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(UpstreamError::Handshake)
 }
 
 /// Whether hyper gave up because the request body (the client's stream) failed.
@@ -243,16 +230,4 @@ fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
         src = s.source();
     }
     false
-}
-
-/// An error and its sources, joined, for logs an operator can act on.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }

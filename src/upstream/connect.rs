@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::client::UpstreamError;
+use super::error::UpstreamError;
 
 /// Where a pool server listens, parsed from its configured string.
 #[derive(Debug, Clone)]
@@ -37,8 +37,8 @@ pub(crate) async fn connect(addr: &Address, timeout: Duration) -> Result<TcpStre
                     let _ = tcp.set_nodelay(true);
                     Ok(tcp)
                 }
-                Ok(Err(e)) => Err(UpstreamError::Connect(e.to_string())),
-                Err(_) => Err(UpstreamError::Connect("timed out".to_string())),
+                Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+                Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
             }
         }
     }

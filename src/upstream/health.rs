@@ -13,10 +13,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, header};
-use hyper_util::rt::TokioIo;
 
 use super::body::Body;
+use super::client::handshake;
 use super::connect::connect;
+use super::error::UpstreamError;
 use super::server::Server;
 use crate::config::Health;
 
@@ -47,37 +48,49 @@ impl Server {
     }
 }
 
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    /// The server could not be reached, or broke the exchange off.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The check's request could not be built from its settings.
+    #[error("the health check request is invalid (check health.path): {0}")]
+    Request(#[source] http::Error),
+    /// The server answered, but not with a 2xx or 3xx.
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    /// No answer within `health.timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// One check: connect, `GET path`, and expect a 2xx or 3xx within `timeout`.
-async fn check_once(server: &Server, health: &Health) -> Result<(), String> {
-    let authority = &*server.addr;
+async fn check_once(server: &Server, health: &Health) -> Result<(), CheckError> {
     let work = async {
-        let tcp = connect(&server.address, health.timeout)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let tcp = connect(&server.address, health.timeout).await?;
+        let (mut send, conn) = handshake(tcp).await?;
         tokio::spawn(conn);
         let req = Request::get(health.path.as_str())
-            .header(header::HOST, authority)
+            .header(header::HOST, &*server.addr)
             .header(header::USER_AGENT, "switchyard-health")
             .header(header::CONNECTION, "close")
             .body(Body::empty())
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(CheckError::Request)?;
         let resp = send
             .send_request(req)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(UpstreamError::Response)?;
         let s = resp.status();
         if s.is_success() || s.is_redirection() {
             Ok(())
         } else {
-            Err(format!("status {s}"))
+            Err(CheckError::Status(s))
         }
     };
     match tokio::time::timeout(health.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", health.timeout)),
+        Err(_) => Err(CheckError::Timeout(health.timeout)),
     }
 }
 

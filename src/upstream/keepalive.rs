@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::Body;
-use super::client::error_chain;
+use super::error::Chain;
 
 /// How long an idle connection is kept for reuse.
 pub(super) const IDLE_KEEP: Duration = Duration::from_secs(60);
@@ -60,7 +60,7 @@ impl Conn {
             Poll::Pending => true,
             Poll::Ready(r) => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
+                    tracing::debug!(error = %Chain(&e), "upstream connection ended with an error");
                 }
                 // Dropping the driver answers any request still queued on
                 // it with an error that hands the request back.

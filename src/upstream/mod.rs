@@ -5,14 +5,18 @@
 mod body;
 mod client;
 mod connect;
+mod error;
 mod health;
 mod keepalive;
 mod server;
 mod spill;
 
-pub use body::{Body, BoxError};
-pub use client::{Pulled, Upstream, UpstreamError, error_chain};
+pub use body::Body;
+pub(crate) use client::handshake;
+pub use client::{Pulled, Upstream};
 pub(crate) use connect::connect;
+pub use error::{BoxError, UpstreamError};
+pub(crate) use error::{Failure, Fault};
 pub use server::Server;
 pub use spill::Replay;
 pub(crate) use spill::{MEMORY_LIMIT, Spill};

@@ -18,7 +18,7 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::body::BoxError;
+use super::error::BoxError;
 
 /// Bytes of one body held in memory before the rest goes to a temporary file.
 pub(crate) const MEMORY_LIMIT: usize = 1 << 20;
