@@ -22,7 +22,7 @@ use crate::pool::{Lease, PoolError};
 use crate::routing::Route;
 use crate::state::Generation;
 use crate::upstream::Body;
-use crate::upstream::{Failure, Server, UpstreamError};
+use crate::upstream::{Failure, Server, UpstreamError, retry};
 
 /// Rewrites a client request into the request sent to a backend: hop-by-hop
 /// headers out, the forwarded headers in, origin-form target, HTTP/1.1.
@@ -77,8 +77,9 @@ pub(super) async fn forward(
     // A request without a body may be retried on another server when the
     // first one could not be reached.
     // (Only with another server to retry on: the head is copied for it.)
-    let retryable =
-        is_idempotent(&method) && hyper::body::Body::is_end_stream(&body) && several_servers;
+    let idempotent = is_idempotent(&method);
+    let replayable = hyper::body::Body::is_end_stream(&body);
+    let retryable = idempotent && replayable && several_servers;
     let (body, received) = request_body(&mut parts, body, buffering, max_body).await?;
     let mut body = Some(body);
     let mut failed_on = None;
@@ -112,7 +113,6 @@ pub(super) async fn forward(
                 return Ok(finish_plain(Response::from_parts(rparts, body), finish));
             }
             Err((e, lease)) => {
-                let before_response = e.retry_safe();
                 if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
                     server.report_failure();
                 }
@@ -123,7 +123,8 @@ pub(super) async fn forward(
                 // The slot is freed once the failure is counted, before any
                 // retry queues again.
                 drop(lease);
-                if before_response && retryable && failed_on.is_none() {
+                let attempt = u32::from(failed_on.is_some());
+                if several_servers && retry::should_retry(&e, attempt, idempotent, replayable) {
                     failed_on = Some(server);
                     body = Some(Body::empty());
                     continue;

@@ -22,7 +22,7 @@ use crate::pool::{Lease, Pool, PoolError};
 use crate::routing::Route;
 use crate::state::Shared;
 use crate::upstream::Body;
-use crate::upstream::{Server, UpstreamError, connect, handshake};
+use crate::upstream::{Server, UpstreamError, connect, handshake, retry};
 use crate::websocket::{
     End, EndFromUpgrade, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
     new_key, relay,
@@ -187,7 +187,9 @@ async fn connect_backend(
             "WebSocket backend connect failed"
         );
         drop(lease);
-        if failed_on.is_none() && pool.members().servers.len() > 1 {
+        // A handshake is an idempotent GET without a body.
+        let attempt = u32::from(failed_on.is_some());
+        if pool.members().servers.len() > 1 && retry::should_retry(&error, attempt, true, true) {
             failed_on = Some(server);
             continue;
         }

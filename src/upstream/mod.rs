@@ -8,6 +8,7 @@ mod connect;
 mod error;
 mod health;
 mod keepalive;
+pub(crate) mod retry;
 mod server;
 mod spill;
 
