@@ -2,10 +2,10 @@
 //! never holds a sync worker.
 //!
 //! Request bodies are read completely before the request joins a pool's
-//! queue ([`read_request`]); response bodies are drained from the server as
-//! fast as it sends them ([`drain_response`]), so the server's slot is freed
+//! queue (`read_request`); response bodies are drained from the server as
+//! fast as it sends them (`drain_response`), so the server's slot is freed
 //! when the server is done, not when the client is. Both keep what is not
-//! passed on yet in a [`Spill`] (memory, then an unnamed temporary file).
+//! passed on yet in a `Spill` (memory, then an unnamed temporary file).
 //!
 //! The server's slot is whatever the caller hands in (the pool's lease):
 //! this module only drops it, so it does not depend on the pool.
@@ -56,7 +56,7 @@ impl Failure for BufferError {
 }
 
 /// Reads a whole request body (up to `max_body`) before it is dispatched.
-pub async fn read_request(body: Incoming, max_body: u64) -> Result<Replay, BufferError> {
+pub(crate) async fn read_request(body: Incoming, max_body: u64) -> Result<Replay, BufferError> {
     if body.size_hint().lower() > max_body {
         return Err(BufferError::TooLarge(max_body));
     }
@@ -89,7 +89,7 @@ pub async fn read_request(body: Incoming, max_body: u64) -> Result<Replay, Buffe
 /// A body whose length is known and small is read inline; anything else gets
 /// a task that reads the server and feeds the client concurrently, keeping
 /// what the client has not taken yet in memory and then on disk.
-pub async fn drain_response<L: Send + 'static>(
+pub(crate) async fn drain_response<L: Send + 'static>(
     mut body: Pulled,
     lease: L,
     timeout: Duration,

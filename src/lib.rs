@@ -4,8 +4,8 @@
 //!
 //! Modules follow a request's path: [`config`] → [`listener`] / [`tls`] →
 //! [`connection`] → [`routing`] → [`proxy`] → [`pool`] or [`websocket`] →
-//! [`metrics`]. [`server`] ties them into a running proxy; [`cli`] is the
-//! command line.
+//! [`upstream`] → [`metrics`]. [`server`] ties them into a running proxy;
+//! [`cli`] is the command line.
 #![deny(unsafe_code)]
 
 mod activity;

@@ -1,12 +1,16 @@
 //! Pool: the upstream servers of one `[pools.NAME]`, how many requests each
 //! may carry at once, and the FIFO queue where the rest wait.
 //!
-//! A request asks [`Pool::acquire`] for a [`Lease`] on one server. If a
+//! A request asks `Pool::acquire` for a [`Lease`] on one server. If a
 //! server has room, the least-loaded one is leased at once (ties broken
 //! round-robin). If every server is at `max_in_flight`, the request waits in
 //! the pool's queue; a lease that is dropped hands its slot straight to the
 //! first waiter, so no one polls. Dropping a waiting request takes it out of
 //! the queue.
+//!
+//! This is admission only. The servers themselves (address, health, idle
+//! connections, the client that talks to them) are `crate::upstream`'s,
+//! which this module builds on and which knows nothing of pools.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,11 +63,11 @@ struct Queue {
 
 /// What a pool is configured with; swapped whole on reload.
 #[derive(Debug)]
-pub struct Members {
+pub(crate) struct Members {
     /// Settings as configured.
-    pub settings: config::Pool,
+    pub(crate) settings: config::Pool,
     /// The servers, shared with earlier generations where they survived.
-    pub servers: Vec<Arc<Server>>,
+    pub(crate) servers: Vec<Arc<Server>>,
 }
 
 /// One `[pools.NAME]` of a site, with its queue.
@@ -72,9 +76,9 @@ pub struct Members {
 /// queued before a reload are served by slots freed after it.
 pub struct Pool {
     /// The site's name.
-    pub site: Arc<str>,
+    pub(crate) site: Arc<str>,
     /// The pool's name.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     members: ArcSwap<Members>,
     queue: Mutex<Queue>,
     rr: AtomicUsize,
@@ -93,7 +97,7 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool over these servers (which may be shared with an earlier generation).
-    pub fn new(
+    pub(crate) fn new(
         site: &str,
         settings: config::Pool,
         servers: Vec<Arc<Server>>,
@@ -111,13 +115,13 @@ impl Pool {
 
     /// Replaces settings and servers (on reload), then lets waiters take
     /// any room the change made.
-    pub fn update(self: &Arc<Self>, settings: config::Pool, servers: Vec<Arc<Server>>) {
+    pub(crate) fn update(self: &Arc<Self>, settings: config::Pool, servers: Vec<Arc<Server>>) {
         self.members.store(Arc::new(Members { settings, servers }));
         self.dispatch();
     }
 
     /// The current settings and servers.
-    pub fn members(&self) -> arc_swap::Guard<Arc<Members>> {
+    pub(crate) fn members(&self) -> arc_swap::Guard<Arc<Members>> {
         self.members.load()
     }
 
@@ -156,7 +160,7 @@ impl Pool {
     }
 
     /// Leases a server, waiting in the queue up to `queue_timeout` when all are full.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         self: &Arc<Self>,
         exclude: Option<&Arc<Server>>,
     ) -> Result<Lease, PoolError> {
@@ -300,7 +304,7 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     /// The leased server.
-    pub fn server(&self) -> Option<&Arc<Server>> {
+    pub(crate) fn server(&self) -> Option<&Arc<Server>> {
         self.server.as_ref()
     }
 }

@@ -1,7 +1,11 @@
 //! Body: the one body type that flows through the proxy in both directions.
 //!
 //! An enum rather than a boxed trait object, so forwarding a streamed body
-//! costs no allocation and no dynamic dispatch per chunk.
+//! costs no allocation and no dynamic dispatch per chunk. It lives with the
+//! upstream client because two of its kinds are the client's: a server's
+//! response body ([`Pulled`](super::Pulled)) and a buffered body played back
+//! ([`Replay`](super::Replay)); the proxy, admin and buffer modules use it
+//! from here.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,12 +53,12 @@ pin_project_lite::pin_project! {
 
 impl Body {
     /// An empty body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Body::Empty
     }
 
     /// A body holding these bytes.
-    pub fn full(data: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
         if data.is_empty() {
             Body::Empty
@@ -66,7 +70,7 @@ impl Body {
 
 impl Body {
     /// A streamed body that fails if the sender goes silent for `timeout`.
-    pub fn timed(inner: super::client::Pulled, timeout: std::time::Duration) -> Self {
+    pub(crate) fn timed(inner: super::client::Pulled, timeout: std::time::Duration) -> Self {
         Body::Timed {
             inner,
             stalled: None,

@@ -108,7 +108,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client with these timeouts.
-    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
         Upstream {
             response_timeout,
             connect_timeout,
@@ -116,13 +116,13 @@ impl Upstream {
     }
 
     /// Whether this client was built with these timeouts (so a reload can keep it).
-    pub fn has_timeouts(&self, connect: Duration, response: Duration) -> bool {
+    pub(crate) fn has_timeouts(&self, connect: Duration, response: Duration) -> bool {
         self.connect_timeout == connect && self.response_timeout == response
     }
 
     /// Sends a request (origin-form URI) to `server` over a kept-alive
     /// connection or a new one, and waits for the response head.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         server: &Arc<Server>,
         req: Request<Body>,

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use super::error::UpstreamError;
 
 /// Where a pool server listens, parsed from its configured string.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Address {
     /// `host:port`, over TCP.
     Tcp(http::uri::Authority),

@@ -22,7 +22,7 @@ use super::body::Body;
 use super::error::Chain;
 
 /// How long an idle connection is kept for reuse.
-pub(super) const IDLE_KEEP: Duration = Duration::from_secs(60);
+const IDLE_KEEP: Duration = Duration::from_secs(60);
 /// Most idle connections kept per server; past it a connection is closed
 /// once its response is done instead of going back on the stack.
 const MAX_KEPT: usize = 512;

@@ -1,6 +1,22 @@
-//! Upstream: talking to pool servers — where a server is and how to connect
-//! to it, its live state, the HTTP/1.1 client, the body type that flows
-//! through the proxy, and active health checks.
+//! Upstream: everything about talking to the servers of a pool, one server
+//! at a time.
+//!
+//! - `server`: a pool member ([`Server`]): its address, passive and active
+//!   health, requests in flight, idle connections.
+//! - `connect`: the one way to open a connection to any kind of server
+//!   `Address` (today `host:port`).
+//! - `client`: the HTTP/1.1 client ([`Upstream`]) and the one `handshake`
+//!   every upstream connection goes through; `keepalive` holds the idle
+//!   connections it reuses.
+//! - `body`: the [`Body`] that flows through the proxy in both directions;
+//!   `spill`: the one buffer that holds a body in memory, then on disk.
+//! - `health`: active health checks.
+//! - `error`: [`UpstreamError`], who is at fault (`Fault`), and whether a
+//!   failure may be retried; `retry`: the one retry policy.
+//!
+//! This module knows servers, not admission: which server a request may
+//! use, and when, is `crate::pool`'s business. The pool builds on this
+//! module and never the other way round, so none of these files imports it.
 
 mod body;
 mod client;

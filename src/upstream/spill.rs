@@ -175,7 +175,7 @@ impl SpillFile {
     }
 }
 
-/// A buffered body played back: its bytes from a [`Spill`], then its trailers.
+/// A buffered body played back: its bytes from a `Spill`, then its trailers.
 #[derive(Debug)]
 pub struct Replay {
     spill: Spill,
