@@ -6,8 +6,7 @@ use http::{Response, StatusCode};
 
 use crate::buffer;
 use crate::pool::PoolError;
-use crate::upstream::Body;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Body, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

@@ -21,8 +21,7 @@ use crate::headers;
 use crate::pool::{Lease, PoolError};
 use crate::routing::Route;
 use crate::state::Generation;
-use crate::upstream::Body;
-use crate::upstream::{Failure, Server, UpstreamError, retry};
+use crate::upstream::{Body, Failure, Server, UpstreamError, retry};
 
 /// Rewrites a client request into the request sent to a backend: hop-by-hop
 /// headers out, the forwarded headers in, origin-form target, HTTP/1.1.

@@ -21,8 +21,7 @@ use crate::headers;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::routing::Route;
 use crate::state::Shared;
-use crate::upstream::Body;
-use crate::upstream::{Server, UpstreamError, connect, handshake, retry};
+use crate::upstream::{Body, Server, UpstreamError, connect, handshake, retry};
 use crate::websocket::{
     End, EndFromUpgrade, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
     new_key, relay,
