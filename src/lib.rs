@@ -2,33 +2,37 @@
 //! traffic between a synchronous worker pool (plain HTTP) and an async
 //! backend (WebSockets).
 //!
-//! Modules follow a request's path: [`config`] → [`listener`] / [`tls`] →
-//! [`connection`] → [`routing`] → [`proxy`] → [`pool`] or [`websocket`] →
-//! [`upstream`] → [`metrics`]. [`server`] ties them into a running proxy;
-//! [`cli`] is the command line.
+//! Modules follow a request's path: `config` → `server` / `listener`
+//! (accept, PROXY protocol, drain, reload) → `tls` → `connection` (one
+//! downstream connection) → `proxy` (the phases of one request: identify
+//! the client, route, hand over, respond, log) → `pool` above `upstream`
+//! (servers, connect, the HTTP/1 client), or `websocket` (the frame relay).
+//! `metrics` names every metric. README.md's "Code map" has one line per
+//! module. Only what the binary, the tests and the fuzz targets use is
+//! public.
 #![deny(unsafe_code)]
 
 mod activity;
-pub mod admin;
-pub mod buffer;
+mod admin;
+mod buffer;
 pub mod cli;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod forwarded;
 pub mod headers;
-pub mod listener;
+mod listener;
 mod memory;
-pub mod metrics;
-pub mod pool;
-pub mod prefixed;
-pub mod proxy;
+mod metrics;
+mod pool;
+mod prefixed;
+mod proxy;
 pub mod proxy_protocol;
 mod random;
 pub mod routing;
 pub mod server;
-pub mod state;
-pub mod tls;
-pub mod upstream;
+mod state;
+mod tls;
+mod upstream;
 pub mod websocket;
 
 pub use config::Config;

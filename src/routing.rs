@@ -15,7 +15,7 @@ use crate::tls;
 use crate::upstream::Server;
 
 /// A route, resolved: its pools and metric handles.
-pub struct Route {
+pub(crate) struct Route {
     /// The site's name.
     pub site: Arc<str>,
     /// Route name; the `route` metric label.
@@ -37,7 +37,7 @@ pub struct Route {
 }
 
 /// A site, resolved.
-pub struct Site {
+pub(crate) struct Site {
     /// File stem; the `site` metric label.
     pub name: Arc<str>,
     /// 308 plain-HTTP requests to https.
@@ -62,7 +62,7 @@ impl Site {
 }
 
 /// Host → site, for one configuration generation.
-pub struct Router {
+pub(crate) struct Router {
     hosts: HashMap<String, usize>,
     sites: Vec<Arc<Site>>,
     /// Metrics for requests whose host matches no site.
@@ -70,7 +70,7 @@ pub struct Router {
 }
 
 /// Label used for `site` and `route` when a request matched none.
-pub const UNMATCHED: &str = "_unmatched";
+pub(crate) const UNMATCHED: &str = "_unmatched";
 
 fn unrouted(metrics: &Arc<Metrics>, site: &str) -> Arc<Route> {
     Arc::new(Route {
@@ -165,11 +165,6 @@ impl Router {
     /// The site with this name.
     pub fn site_named(&self, name: &str) -> Option<&Arc<Site>> {
         self.sites.iter().find(|s| &*s.name == name)
-    }
-
-    /// Every site.
-    pub fn sites(&self) -> &[Arc<Site>] {
-        &self.sites
     }
 }
 

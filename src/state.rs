@@ -17,19 +17,19 @@ use crate::upstream::Upstream;
 
 /// One configuration, resolved: routing table, pools and upstream client.
 /// Requests hold an `Arc` to the generation they started on.
-pub struct Generation {
+pub(crate) struct Generation {
     /// The validated configuration.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// Host and path routing.
-    pub router: Router,
+    pub(crate) router: Router,
     /// The upstream HTTP client.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
 }
 
 impl Generation {
     /// Resolves a configuration, carrying server state and the upstream
     /// client's pooled connections over from `previous`.
-    pub fn build(
+    pub(crate) fn build(
         config: Arc<Config>,
         previous: Option<&Generation>,
         metrics: &Arc<Metrics>,
@@ -56,14 +56,14 @@ impl Generation {
 /// Process-wide shared state.
 pub struct Shared {
     /// The live generation.
-    pub generation: ArcSwap<Generation>,
+    pub(crate) generation: ArcSwap<Generation>,
     /// The metric registry.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     draining: AtomicBool,
     /// Cancelled when the drain deadline passes: open WebSockets close with 1001.
     pub close_websockets: CancellationToken,
     /// Every WebSocket session task, so shutdown can wait for them.
-    pub sessions: TaskTracker,
+    pub(crate) sessions: TaskTracker,
     /// Open WebSocket sessions by (site, route, pool), so a reload that
     /// removes a route or pool can close them.
     groups: Mutex<HashMap<GroupKey, (Arc<Group>, usize)>>,
@@ -89,7 +89,7 @@ struct Group {
 /// One open WebSocket session's registration: its shutdown token is
 /// cancelled when the proxy drains past its deadline, or a random moment
 /// within `close_window` after a reload retired its route or pool.
-pub struct SessionTicket {
+pub(crate) struct SessionTicket {
     shared: Arc<Shared>,
     key: GroupKey,
     group: Arc<Group>,
@@ -99,13 +99,13 @@ pub struct SessionTicket {
 impl SessionTicket {
     /// The token the session's relay watches; cancelled, it closes both
     /// sides with 1001.
-    pub fn shutdown(&self) -> CancellationToken {
+    pub(crate) fn shutdown(&self) -> CancellationToken {
         self.token.clone()
     }
 
     /// Runs the session `relay`, cancelling [`SessionTicket::shutdown`] at
     /// its staggered moment if a reload retires the session's route or pool.
-    pub async fn watch<F: Future>(&self, relay: F) -> F::Output {
+    pub(crate) async fn watch<F: Future>(&self, relay: F) -> F::Output {
         let retire = async {
             self.group.retire.cancelled().await;
             let window = self.group.window_ms.load(Ordering::Relaxed);
@@ -164,7 +164,7 @@ fn still_configured(config: &Config, key: &GroupKey) -> bool {
 
 impl Shared {
     /// State serving `generation`.
-    pub fn new(generation: Generation, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(generation: Generation, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Shared {
             generation: ArcSwap::from_pointee(generation),
             metrics,
@@ -177,7 +177,7 @@ impl Shared {
 
     /// Registers a WebSocket session opened on `route` (which must have a
     /// `websocket` pool; sessions without one are only closed by the drain).
-    pub fn session_ticket(self: &Arc<Self>, route: &Route) -> SessionTicket {
+    pub(crate) fn session_ticket(self: &Arc<Self>, route: &Route) -> SessionTicket {
         let key = GroupKey {
             site: route.site.clone(),
             route: route.name.clone(),
@@ -204,7 +204,7 @@ impl Shared {
     /// over `close_window`, if their site says `removed_sessions = "close"`
     /// (the new file's setting, or the old one's for a removed site).
     /// Returns how many sessions were scheduled to close.
-    pub fn retire_sessions(&self, config: &Config, previous: &Config) -> usize {
+    pub(crate) fn retire_sessions(&self, config: &Config, previous: &Config) -> usize {
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         let mut closing = 0;
         groups.retain(|key, (group, open)| {
@@ -247,12 +247,12 @@ impl Shared {
     }
 
     /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     /// Marks shutdown as begun (`/readyz` turns 503).
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 }

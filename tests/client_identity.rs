@@ -713,6 +713,7 @@ async fn a_proxy_header_from_outside_trusted_proxies_is_refused() {
 #[tokio::test]
 async fn two_host_headers_are_refused_and_close_the_connection() {
     let s = setup("", "").await;
+    capture_logs();
     let mut tcp = TcpStream::connect(s.proxy.http).await.unwrap();
     tcp.write_all(
         b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\nGET /next HTTP/1.1\r\nHost: a.test\r\n\r\n",
@@ -723,6 +724,8 @@ async fn two_host_headers_are_refused_and_close_the_connection() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("more than one Host"), "{text}");
+    let line = access_lines_with("status=400").pop().expect("access line");
+    assert!(line.contains("fault=client"), "who caused it: {line}");
     assert_eq!(
         text.matches("HTTP/1.1").count(),
         1,

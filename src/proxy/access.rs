@@ -62,6 +62,8 @@ pub struct Outcome<'a> {
     pub queue_wait: Option<Duration>,
     /// Whether the whole response was sent (plain requests).
     pub complete: Option<bool>,
+    /// Who caused the error the proxy answered (client, upstream, proxy).
+    pub fault: Option<crate::upstream::Fault>,
     /// What a WebSocket session relayed.
     pub session: Option<&'a SessionOutcome>,
 }
@@ -117,6 +119,7 @@ pub fn log(record: Option<&AccessRecord>, o: &Outcome<'_>) {
         referer = ?record.map_or("-", |r| text(r.referer.as_ref())),
         queue_ms = o.queue_wait.map(ms),
         complete = o.complete,
+        fault = o.fault.map(tracing::field::display),
         websocket = s.map(|_| true),
         frames_in = s.map(|s| s.frames_in),
         frames_out = s.map(|s| s.frames_out),

@@ -1,13 +1,15 @@
-//! Errors the proxy answers itself: each variant knows its status and the
-//! response body an operator or client can act on.
+//! Errors the proxy answers itself: each variant knows its status, the
+//! response body an operator or client can act on, who caused it, and
+//! (through the errors it wraps, which keep their causes) why.
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::buffer;
 use crate::pool::PoolError;
-use crate::upstream::{Body, UpstreamError};
+use crate::upstream::{Body, Failure, Fault, UpstreamError};
 
+/// Why the proxy answered a request itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// No site claims the host.
@@ -35,14 +37,36 @@ pub enum ProxyError {
     #[error("this route only accepts WebSocket upgrades")]
     WebSocketOnly,
     /// The pool turned the request away.
-    #[error("{0}")]
+    #[error(transparent)]
     Pool(PoolError),
     /// The upstream exchange failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Upstream(UpstreamError),
     /// The request body could not be buffered.
-    #[error("{0}")]
+    #[error(transparent)]
     Body(buffer::BufferError),
+}
+
+impl Failure for ProxyError {
+    fn fault(&self) -> Fault {
+        match self {
+            ProxyError::Pool(e) => e.fault(),
+            ProxyError::Upstream(e) => e.fault(),
+            ProxyError::Body(e) => e.fault(),
+            // Everything else is the request itself: a host, path, method
+            // or header the configuration does not serve.
+            _ => Fault::Client,
+        }
+    }
+
+    fn retry_safe(&self) -> bool {
+        match self {
+            ProxyError::Pool(e) => e.retry_safe(),
+            ProxyError::Upstream(e) => e.retry_safe(),
+            ProxyError::Body(e) => e.retry_safe(),
+            _ => false,
+        }
+    }
 }
 
 impl ProxyError {

@@ -32,8 +32,9 @@ use crate::activity::ActiveGuard;
 use crate::forwarded;
 use crate::routing::{Route, Site};
 use crate::state::{Generation, Shared};
+use crate::upstream::Failure;
 
-pub use access::{AccessRecord, Outcome, SessionOutcome};
+pub use access::AccessRecord;
 pub use error::ProxyError;
 pub use response::{Finish, Received, ResponseBody};
 
@@ -85,6 +86,7 @@ pub async fn handle(
     let mut resp = match response {
         Ok(resp) => resp,
         Err(e) => {
+            let fault = e.fault();
             let mut resp = e.into_response();
             let status = resp.status();
             if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
@@ -93,10 +95,9 @@ pub async fn handle(
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            response::finish_plain(
-                resp,
-                Finish::new(route, started, method, status, None, None),
-            )
+            let mut finish = Finish::new(route, started, method, status, None, None);
+            finish.fault = Some(fault);
+            response::finish_plain(resp, finish)
         }
     };
     if let Some(finish) = resp.body_mut().finish_mut() {

@@ -62,6 +62,8 @@ pub struct Finish {
     pub record: Option<AccessRecord>,
     /// Request body bytes from the client.
     pub received: Received,
+    /// Who caused the error, when the proxy answered one itself.
+    pub fault: Option<crate::upstream::Fault>,
     bytes: u64,
     complete: bool,
 }
@@ -92,6 +94,7 @@ impl Finish {
             queue_wait: None,
             record: None,
             received: Received::Nothing,
+            fault: None,
             bytes: 0,
             complete: false,
         }
@@ -119,6 +122,7 @@ impl Drop for Finish {
                 upstream: self.upstream.as_deref(),
                 queue_wait: self.queue_wait,
                 complete: Some(self.complete),
+                fault: self.fault,
                 session: None,
             },
         );
@@ -135,11 +139,6 @@ pin_project_lite::pin_project! {
 }
 
 impl ResponseBody {
-    /// A proxy-generated body with no request accounting.
-    pub fn plain(body: Body) -> Self {
-        ResponseBody { body, finish: None }
-    }
-
     /// The request's record, while the body has not ended.
     pub(crate) fn finish_mut(&mut self) -> Option<&mut Finish> {
         self.finish.as_mut()

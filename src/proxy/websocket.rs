@@ -306,6 +306,7 @@ impl Session {
                 upstream: self.lease.server().map(|s| &*s.addr),
                 queue_wait: None,
                 complete: None,
+                fault: None,
                 session: Some(&session),
             },
         );
