@@ -52,7 +52,7 @@ const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
 /// A downstream TLS 1.3 connection after the handshake, its records sealed
 /// and opened here.
-pub struct TlsRecords {
+pub(crate) struct TlsRecords {
     tcp: TcpStream,
     rx: Box<dyn MessageDecrypter>,
     tx: Box<dyn MessageEncrypter>,
@@ -85,7 +85,7 @@ fn invalid(msg: &'static str) -> io::Error {
 impl TlsRecords {
     /// Whether `tls` can be taken over: TLS 1.3, handshake done, nothing
     /// left for rustls to send.
-    pub fn applicable<IO>(tls: &TlsStream<IO>) -> bool {
+    pub(crate) fn applicable<IO>(tls: &TlsStream<IO>) -> bool {
         let (_, conn) = tls.get_ref();
         conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
             && !conn.is_handshaking()
@@ -99,7 +99,9 @@ impl TlsRecords {
     /// Takes the connection's keys out of rustls. Returns the stream and any
     /// application data rustls had already decrypted (to be read first).
     /// Call only when [`TlsRecords::applicable`] holds.
-    pub fn take_over(mut tls: TlsStream<Prefixed<TcpStream>>) -> io::Result<(Self, Vec<u8>)> {
+    pub(crate) fn take_over(
+        mut tls: TlsStream<Prefixed<TcpStream>>,
+    ) -> io::Result<(Self, Vec<u8>)> {
         let (_, conn) = tls.get_mut();
         // Complete records rustls has read are opened now, so nothing it
         // holds is lost with it.
@@ -293,17 +295,8 @@ impl AsyncRead for TlsRecords {
         let mut delivered = false;
         loop {
             if this.plain_at < this.plain_end {
-                let n = (this.plain_end - this.plain_at).min(buf.remaining());
-                buf.put_slice(&this.rbuf[this.plain_at..this.plain_at + n]);
-                this.plain_at += n;
                 delivered = true;
-                if this.plain_at == this.plain_end && this.rec_at == this.filled {
-                    // Nothing in flight: an idle session holds no buffer.
-                    this.rbuf = Vec::new();
-                    (this.plain_at, this.plain_end, this.rec_at, this.filled) = (0, 0, 0, 0);
-                    return Poll::Ready(Ok(()));
-                }
-                if buf.remaining() == 0 {
+                if this.deliver(buf) {
                     return Poll::Ready(Ok(()));
                 }
                 // Room left: open the next record already read, if any.
@@ -318,57 +311,81 @@ impl AsyncRead for TlsRecords {
                 return Poll::Ready(Ok(()));
             }
             if this.rbuf.is_empty() {
-                // Read into the stack first and allocate only once bytes
-                // are there, sized to them: a small record gets a small
-                // buffer, cheap to allocate and with little to zero.
-                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
-                let mut rb = ReadBuf::uninit(&mut probe);
-                ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
-                let got = rb.filled();
-                if got.is_empty() {
-                    // End of stream at a record boundary.
-                    this.read_done = true;
-                    continue;
-                }
-                // A probe that filled up means bulk data.
-                this.rbuf = super::burst_buffer(got, FIRST_READ, BULK);
-                this.filled = got.len();
-                continue;
-            } else if this.rec_at > 0 {
-                // Move the partial record to the front.
-                this.rbuf.copy_within(this.rec_at..this.filled, 0);
-                this.filled -= this.rec_at;
-                this.rec_at = 0;
-            }
-            let mut rb = ReadBuf::new(&mut this.rbuf[this.filled..]);
-            match Pin::new(&mut this.tcp).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        if this.rec_at < this.filled {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the client closed the connection inside a TLS record",
-                            )));
-                        }
-                        this.read_done = true;
-                    }
-                    this.filled += n;
-                    if this.filled == this.rbuf.len() && this.rbuf.len() < BULK {
-                        // The buffer filled up: bulk data, read several
-                        // records at a time.
-                        this.rbuf.resize(BULK, 0);
-                    }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if this.filled == 0 {
-                        this.rbuf = Vec::new();
-                    }
-                    return Poll::Pending;
-                }
+                ready!(this.poll_first_read(cx))?;
+            } else {
+                ready!(this.poll_read_more(cx))?;
             }
         }
+    }
+}
+
+impl TlsRecords {
+    /// Copies opened plaintext into `buf`; true when the read should return
+    /// now (`buf` is full, or nothing is left in flight).
+    fn deliver(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let n = (self.plain_end - self.plain_at).min(buf.remaining());
+        buf.put_slice(&self.rbuf[self.plain_at..self.plain_at + n]);
+        self.plain_at += n;
+        if self.plain_at == self.plain_end && self.rec_at == self.filled {
+            // Nothing in flight: an idle session holds no buffer.
+            self.rbuf = Vec::new();
+            (self.plain_at, self.plain_end, self.rec_at, self.filled) = (0, 0, 0, 0);
+            return true;
+        }
+        buf.remaining() == 0
+    }
+
+    /// A burst's first read, while no receive buffer exists.
+    fn poll_first_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Read into the stack first and allocate only once bytes are there,
+        // sized to them: a small record gets a small buffer, cheap to
+        // allocate and with little to zero.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut rb = ReadBuf::uninit(&mut probe);
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        if got.is_empty() {
+            // End of stream at a record boundary.
+            self.read_done = true;
+        } else {
+            // A probe that filled up means bulk data.
+            self.rbuf = super::burst_buffer(got, FIRST_READ, BULK);
+            self.filled = got.len();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more of a record into the receive buffer (its partial record
+    /// moved to the front first).
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.rec_at > 0 {
+            self.rbuf.copy_within(self.rec_at..self.filled, 0);
+            self.filled -= self.rec_at;
+            self.rec_at = 0;
+        }
+        let mut rb = ReadBuf::new(&mut self.rbuf[self.filled..]);
+        if Pin::new(&mut self.tcp).poll_read(cx, &mut rb)?.is_pending() {
+            if self.filled == 0 {
+                self.rbuf = Vec::new();
+            }
+            return Poll::Pending;
+        }
+        let n = rb.filled().len();
+        if n == 0 {
+            if self.rec_at < self.filled {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection inside a TLS record",
+                )));
+            }
+            self.read_done = true;
+        }
+        self.filled += n;
+        if self.filled == self.rbuf.len() && self.rbuf.len() < BULK {
+            // The buffer filled up: bulk data, read several records at a time.
+            self.rbuf.resize(BULK, 0);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
