@@ -22,6 +22,7 @@ use crate::pool::{Lease, Pool, PoolError};
 use crate::routing::Route;
 use crate::state::Shared;
 use crate::upstream::{Body, Server, UpstreamError, connect, handshake, retry};
+use crate::websocket::frame::Direction;
 use crate::websocket::{
     End, EndFromUpgrade, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
     new_key, relay,
@@ -287,8 +288,8 @@ impl Session {
         m.ws_active.decrement(1.0);
         m.ws_duration.record(elapsed.as_secs_f64());
         let session = SessionOutcome {
-            frames_in: outcome.frames[0].iter().sum(),
-            frames_out: outcome.frames[1].iter().sum(),
+            frames_in: outcome.frames(Direction::ClientToUpstream).iter().sum(),
+            frames_out: outcome.frames(Direction::UpstreamToClient).iter().sum(),
             client_close: outcome.client_close.map_or(-1, i32::from),
             upstream_close: outcome.upstream_close.map_or(-1, i32::from),
             end: format!("{:?}", outcome.end),
@@ -300,8 +301,8 @@ impl Session {
                 route: &self.route.name,
                 method: &self.method,
                 status: self.status,
-                bytes_sent: outcome.bytes[1],
-                bytes_received: outcome.bytes[0],
+                bytes_sent: outcome.bytes(Direction::UpstreamToClient),
+                bytes_received: outcome.bytes(Direction::ClientToUpstream),
                 duration: elapsed,
                 upstream: self.lease.server().map(|s| &*s.addr),
                 queue_wait: None,

@@ -57,6 +57,10 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Both directions, in index order.
+    pub(crate) const ALL: [Direction; 2] =
+        [Direction::ClientToUpstream, Direction::UpstreamToClient];
+
     /// Index into [`crate::metrics::DIRECTIONS`] and per-direction arrays.
     pub const fn index(self) -> usize {
         self as usize
@@ -65,6 +69,14 @@ impl Direction {
     /// Whether frames in this direction must be masked.
     pub const fn masked(self) -> bool {
         matches!(self, Direction::ClientToUpstream)
+    }
+
+    /// The other way.
+    pub(crate) const fn reverse(self) -> Direction {
+        match self {
+            Direction::ClientToUpstream => Direction::UpstreamToClient,
+            Direction::UpstreamToClient => Direction::ClientToUpstream,
+        }
     }
 }
 

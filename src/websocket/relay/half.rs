@@ -1,19 +1,21 @@
 //! One direction of a session: reading its source, walking the frames,
-//! writing its destination.
+//! writing them (and the proxy's own frames) to its destination, counting.
+//! What to do with each frame is asked of `plan`.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::RelaySettings;
-use super::plan::{HalfEvent, PING_LEN, PING_PREFIX, ping_payload};
+use super::plan::{self, AtEnd, AtHeader, HalfEvent, Pings};
+use super::{Counts, RelaySettings};
 use crate::metrics::WsDirectionMetrics;
 use crate::websocket::frame::{
-    CLOSE_NO_STATUS, ControlFrame, Direction, FrameWalker, OP_CLOSE, OP_PONG, Step, opcode_class,
-    random_mask,
+    CLOSE_NO_STATUS, ControlFrame, Direction, FrameError, FrameHeader, FrameWalker, OP_CLOSE,
+    OP_PONG, Step, opcode_class, random_mask,
 };
 
 /// Per-direction read buffer once a burst outgrows the probe.
@@ -31,7 +33,7 @@ const PONG_CLASS: usize = match opcode_class(OP_PONG) {
 
 /// What a direction does with its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
+enum Mode {
     /// Read, walk and pass bytes on.
     Forward,
     /// Read and walk without passing anything on, until a close frame.
@@ -41,7 +43,7 @@ pub(super) enum Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum InjectKind {
+enum InjectKind {
     /// The proxy's ping to the client.
     Ping,
     /// A client pong held back in case it answered the proxy's ping, and
@@ -52,53 +54,59 @@ pub(super) enum InjectKind {
 }
 
 /// A frame the proxy writes into a stream between relayed frames.
-pub(super) struct Injection {
-    pub(super) frame: ControlFrame,
-    pub(super) written: usize,
-    pub(super) kind: InjectKind,
+struct Injection {
+    frame: ControlFrame,
+    written: usize,
+    kind: InjectKind,
 }
 
 impl Injection {
-    pub(super) fn boxed(frame: ControlFrame, kind: InjectKind) -> Box<Self> {
-        Box::new(Self::new(frame, kind))
-    }
-
-    pub(super) fn new(frame: ControlFrame, kind: InjectKind) -> Self {
-        Injection {
+    fn boxed(frame: ControlFrame, kind: InjectKind) -> Box<Self> {
+        Box::new(Injection {
             frame,
             written: 0,
             kind,
-        }
+        })
     }
 }
 
 /// State both directions touch.
 pub(super) struct Shared {
-    /// Pings are on: client pongs that may answer one are held back.
-    pub(super) consume_pongs: bool,
-    pub(super) ping_seq: u32,
-    /// The ping awaiting its pong.
-    pub(super) ping_outstanding: Option<u32>,
-    /// That ping has been written.
-    pub(super) ping_written: bool,
+    /// The proxy's pings (written client-bound, answered client→upstream).
+    pub(super) pings: Pings,
     /// When bytes were last relayed either way.
     pub(super) last_activity: Instant,
 }
 
-impl Shared {
-    /// Whether `payload` is a pong to one of our pings (then it is not
-    /// passed on); clears the outstanding ping if it answers that one.
-    pub(super) fn take_pong(&mut self, payload: &[u8]) -> bool {
-        if payload.len() != PING_LEN || !payload.starts_with(PING_PREFIX) {
-            return false;
+/// One direction's counts: in all, and not yet given to the metrics.
+#[derive(Default)]
+pub(super) struct Tally {
+    pub(super) total: Counts,
+    unpublished: Counts,
+}
+
+impl Tally {
+    fn frame(&mut self, class: usize) {
+        self.total.frames[class] += 1;
+        self.unpublished.frames[class] += 1;
+    }
+
+    fn bytes(&mut self, n: u64) {
+        self.total.bytes += n;
+        self.unpublished.bytes += n;
+    }
+
+    /// Adds what was counted since the last call to the metrics.
+    pub(super) fn publish(&mut self, m: &WsDirectionMetrics) {
+        let pending = std::mem::take(&mut self.unpublished);
+        for (counter, n) in m.frames.iter().zip(pending.frames) {
+            if n > 0 {
+                counter.increment(n);
+            }
         }
-        if let Some(seq) = self.ping_outstanding
-            && payload == ping_payload(seq)
-        {
-            self.ping_outstanding = None;
-            self.ping_written = false;
+        if pending.bytes > 0 {
+            m.bytes.increment(pending.bytes);
         }
-        true
     }
 }
 
@@ -110,42 +118,39 @@ impl Shared {
 /// most an incomplete frame header, held back so the destination is never
 /// left inside a header.
 pub(super) struct Half {
-    pub(super) dir: Direction,
-    pub(super) walker: FrameWalker,
-    pub(super) buf: Vec<u8>,
-    pub(super) filled: usize,
-    pub(super) parsed: usize,
-    pub(super) fwd: usize,
-    pub(super) out_start: usize,
-    pub(super) out_end: usize,
+    dir: Direction,
+    walker: FrameWalker,
+    buf: Vec<u8>,
+    filled: usize,
+    parsed: usize,
+    fwd: usize,
+    out_start: usize,
+    out_end: usize,
     /// Once `buf[out_start..out_end]` is written the destination stream is
     /// between frames.
-    pub(super) out_boundary: bool,
+    out_boundary: bool,
     /// Dropping the current frame's bytes (a pong that may be ours).
-    pub(super) skipping: bool,
+    skipping: bool,
     /// Hold back a close frame from the source instead of passing it on.
     pub(super) swallow_close: bool,
     /// A ping or a passed-on pong to write at the next boundary.
     // Boxed: rare (pings, closes), and inline they would sit in every idle
     // session's state.
-    pub(super) inject: Option<Box<Injection>>,
+    inject: Option<Box<Injection>>,
     /// The proxy's close frame to write at the next boundary.
-    pub(super) close: Option<Box<Injection>>,
-    pub(super) mode: Mode,
-    pub(super) need_flush: bool,
-    pub(super) want_shutdown: bool,
-    pub(super) shut_done: bool,
-    pub(super) dst_broken: bool,
+    close: Option<Box<Injection>>,
+    mode: Mode,
+    need_flush: bool,
+    want_shutdown: bool,
+    shut_done: bool,
+    dst_broken: bool,
     /// The source ended (EOF or error).
-    pub(super) src_done: bool,
+    src_done: bool,
     /// A close frame was relayed or queued to the destination.
     pub(super) dst_closed: bool,
     /// The source's close frame: its code (1005 without one).
     pub(super) close_seen: Option<u16>,
-    pub(super) frames: [u64; 6],
-    pub(super) bytes: u64,
-    pub(super) unpublished_frames: [u64; 6],
-    pub(super) unpublished_bytes: u64,
+    pub(super) tally: Tally,
 }
 
 impl Half {
@@ -172,26 +177,96 @@ impl Half {
             src_done: false,
             dst_closed: false,
             close_seen: None,
-            frames: [0; 6],
-            bytes: 0,
-            unpublished_frames: [0; 6],
-            unpublished_bytes: 0,
+            tally: Tally::default(),
         }
     }
 
     /// Nothing left to write (injections that wait for a boundary that will
     /// never come count as done).
-    pub(super) fn output_idle(&self) -> bool {
+    fn output_idle(&self) -> bool {
         self.out_start == self.out_end
             && (!self.out_boundary || (self.inject.is_none() && self.close.is_none()))
     }
 
+    /// Everything written is flushed (or the destination is gone).
     pub(super) fn flushed(&self) -> bool {
         self.dst_broken || (self.output_idle() && !self.need_flush)
     }
 
+    /// Still passing frames on to a destination that is open.
+    pub(super) fn relaying(&self) -> bool {
+        self.mode == Mode::Forward && !self.dst_closed && !self.dst_broken
+    }
+
+    /// The source will send nothing more: it closed, ended or broke the
+    /// protocol.
+    pub(super) fn source_finished(&self) -> bool {
+        self.close_seen.is_some() || self.src_done || self.walker.error().is_some()
+    }
+
+    /// The source ended or sent its close frame, so it has nothing more to
+    /// send (used when lingering).
+    pub(super) fn source_quiet(&self) -> bool {
+        self.src_done || self.close_seen.is_some()
+    }
+
+    /// Not waiting for a close reply any more, and all written is flushed.
+    pub(super) fn replied(&self) -> bool {
+        self.mode != Mode::Discard && self.flushed()
+    }
+
+    /// The destination is shut down (or gone).
+    pub(super) fn shut(&self) -> bool {
+        self.dst_broken || self.shut_done
+    }
+
+    /// The stream to the destination can take one of the proxy's pings.
+    pub(super) fn can_take_ping(&self) -> bool {
+        self.relaying() && self.inject.is_none()
+    }
+
+    /// Queues the proxy's ping for the next boundary.
+    pub(super) fn inject_ping(&mut self, ping: ControlFrame) {
+        self.inject = Some(Injection::boxed(ping, InjectKind::Ping));
+    }
+
+    /// Drops the proxy's ping if none of it was written (the session ends).
+    pub(super) fn drop_unsent_ping(&mut self) {
+        if self
+            .inject
+            .as_ref()
+            .is_some_and(|i| i.kind == InjectKind::Ping && i.written == 0)
+        {
+            self.inject = None;
+        }
+    }
+
+    /// Leaves the source alone from now on.
+    pub(super) fn stop(&mut self) {
+        self.mode = Mode::Off;
+    }
+
+    /// The session ends: with `await_reply`, read on (passing nothing on)
+    /// for the close the source owes, unless it can no longer come;
+    /// otherwise stop reading.
+    pub(super) fn stop_reading(&mut self, await_reply: bool) {
+        self.skipping = false;
+        if await_reply && !self.source_finished() {
+            self.fwd = self.parsed;
+            self.mode = Mode::Discard;
+        } else {
+            self.mode = Mode::Off;
+        }
+    }
+
+    /// Stops reading and shuts the destination down once all is written.
+    pub(super) fn begin_shutdown(&mut self) {
+        self.mode = Mode::Off;
+        self.want_shutdown = true;
+    }
+
     /// The destination failed: drop everything queued for it.
-    pub(super) fn broken(&mut self) -> HalfEvent {
+    fn broken(&mut self) -> HalfEvent {
         self.dst_broken = true;
         self.out_start = self.out_end;
         self.inject = None;
@@ -203,26 +278,15 @@ impl Half {
         HalfEvent::WriteError
     }
 
-    pub(super) fn count(&mut self, class: usize) {
-        self.frames[class] += 1;
-        self.unpublished_frames[class] += 1;
-    }
-
-    pub(super) fn publish(&mut self, m: &WsDirectionMetrics) {
-        for (counter, n) in m.frames.iter().zip(self.unpublished_frames.iter_mut()) {
-            if *n > 0 {
-                counter.increment(*n);
-                *n = 0;
-            }
-        }
-        if self.unpublished_bytes > 0 {
-            m.bytes.increment(self.unpublished_bytes);
-            self.unpublished_bytes = 0;
-        }
+    /// The source ended with `event` (EOF or a read error).
+    fn source_ended(&mut self, event: HalfEvent) -> HalfEvent {
+        self.src_done = true;
+        self.mode = Mode::Off;
+        event
     }
 
     /// Queues `buf[from..to]` for writing.
-    pub(super) fn queue(&mut self, from: usize, to: usize, sh: &mut Shared) {
+    fn queue(&mut self, from: usize, to: usize, sh: &mut Shared) {
         if to > from {
             self.out_start = from;
             self.out_end = to;
@@ -245,68 +309,15 @@ impl Half {
     {
         loop {
             if !self.dst_broken {
-                // 1. Relayed bytes.
-                if self.out_start < self.out_end {
-                    let bytes = &self.buf[self.out_start..self.out_end];
-                    match Pin::new(&mut *dst).poll_write(cx, bytes) {
-                        Poll::Ready(Ok(n)) if n > 0 => {
-                            self.out_start += n;
-                            self.bytes += n as u64;
-                            self.unpublished_bytes += n as u64;
-                            self.need_flush = true;
-                            continue;
-                        }
-                        Poll::Ready(_) => return Poll::Ready(self.broken()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                // 2. The proxy's own frames, only between frames.
-                if self.out_boundary {
-                    let slot = if self.inject.is_some() {
-                        &mut self.inject
-                    } else {
-                        &mut self.close
-                    };
-                    if let Some(inj) = slot {
-                        match poll_injection(cx, dst, inj) {
-                            Poll::Ready(Ok(done)) => {
-                                self.need_flush = true;
-                                if done {
-                                    let len = inj.frame.len() as u64;
-                                    match inj.kind {
-                                        InjectKind::Ping => sh.ping_written = true,
-                                        InjectKind::Pong => {
-                                            self.bytes += len;
-                                            self.unpublished_bytes += len;
-                                        }
-                                        InjectKind::Close => {}
-                                    }
-                                    *slot = None;
-                                }
-                                continue;
-                            }
-                            Poll::Ready(Err(_)) => return Poll::Ready(self.broken()),
-                            Poll::Pending => return Poll::Pending,
-                        }
-                    }
-                }
-                // 3. Shutdown, once everything is out.
-                if self.want_shutdown && !self.shut_done && self.output_idle() {
-                    match Pin::new(&mut *dst).poll_shutdown(cx) {
-                        Poll::Ready(_) => {
-                            self.shut_done = true;
-                            self.need_flush = false;
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    }
+                match self.poll_output(cx, dst, sh) {
+                    Poll::Ready(Ok(true)) => continue,
+                    Poll::Ready(Ok(false)) => {}
+                    Poll::Ready(Err(())) => return Poll::Ready(self.broken()),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            // 4. The source.
             if self.mode == Mode::Off {
-                return match self.poll_flush(cx, dst) {
-                    Poll::Ready(Err(())) => Poll::Ready(self.broken()),
-                    _ => Poll::Pending,
-                };
+                return self.poll_flush(cx, dst);
             }
             if self.parsed < self.filled {
                 let event = match self.mode {
@@ -318,20 +329,14 @@ impl Half {
                 }
                 continue;
             }
-            self.publish(m);
+            self.tally.publish(m);
             self.compact();
             match self.poll_read(cx, src) {
-                Poll::Ready(Ok(0)) => {
-                    self.src_done = true;
-                    self.mode = Mode::Off;
-                    return Poll::Ready(HalfEvent::Eof);
-                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(self.source_ended(HalfEvent::Eof)),
                 Poll::Ready(Ok(n)) => self.filled += n,
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(direction = ?self.dir, error = %e, "WebSocket read failed");
-                    self.src_done = true;
-                    self.mode = Mode::Off;
-                    return Poll::Ready(HalfEvent::ReadError);
+                    return Poll::Ready(self.source_ended(HalfEvent::ReadError));
                 }
                 Poll::Pending => {
                     if self.filled == 0 && !self.buf.is_empty() {
@@ -339,33 +344,81 @@ impl Half {
                         // held back: a quiet direction keeps no buffer.
                         self.buf = Vec::new();
                     }
-                    return match self.poll_flush(cx, dst) {
-                        Poll::Ready(Err(())) => Poll::Ready(self.broken()),
-                        _ => Poll::Pending,
-                    };
+                    return self.poll_flush(cx, dst);
                 }
             }
         }
     }
 
-    pub(super) fn poll_flush<D>(
+    /// Writes what is queued for the destination, in order: relayed bytes,
+    /// then the proxy's own frames (only between frames), then the shutdown
+    /// once everything is out. `Ok(true)`: something was written, call
+    /// again; `Err`: the destination failed.
+    fn poll_output<D>(
         &mut self,
         cx: &mut Context<'_>,
         dst: &mut D,
-    ) -> Poll<Result<(), ()>>
+        sh: &mut Shared,
+    ) -> Poll<Result<bool, ()>>
     where
         D: AsyncWrite + Unpin + ?Sized,
     {
-        if !self.need_flush || self.dst_broken {
-            return Poll::Ready(Ok(()));
+        if self.out_start < self.out_end {
+            let bytes = &self.buf[self.out_start..self.out_end];
+            return match ready!(Pin::new(&mut *dst).poll_write(cx, bytes)) {
+                Ok(n) if n > 0 => {
+                    self.out_start += n;
+                    self.tally.bytes(n as u64);
+                    self.need_flush = true;
+                    Poll::Ready(Ok(true))
+                }
+                _ => Poll::Ready(Err(())),
+            };
         }
-        match ready!(Pin::new(dst).poll_flush(cx)) {
-            Ok(()) => {
-                self.need_flush = false;
-                Poll::Ready(Ok(()))
+        if self.out_boundary {
+            // A ping or passed-on pong goes before a close.
+            let slot = if self.inject.is_some() {
+                &mut self.inject
+            } else {
+                &mut self.close
+            };
+            if let Some(inj) = slot {
+                let done = ready!(poll_injection(cx, dst, inj)).map_err(|_| ())?;
+                self.need_flush = true;
+                if done {
+                    match inj.kind {
+                        InjectKind::Ping => sh.pings.sent(),
+                        InjectKind::Pong => self.tally.bytes(inj.frame.len() as u64),
+                        InjectKind::Close => {}
+                    }
+                    *slot = None;
+                }
+                return Poll::Ready(Ok(true));
             }
-            Err(_) => Poll::Ready(Err(())),
         }
+        if self.want_shutdown && !self.shut_done && self.output_idle() {
+            // Shut down either way: a failure leaves nothing more to do.
+            let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+            self.shut_done = true;
+            self.need_flush = false;
+        }
+        Poll::Ready(Ok(false))
+    }
+
+    /// Flushes what was written while the direction waits; pending unless
+    /// the flush fails.
+    fn poll_flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut D) -> Poll<HalfEvent>
+    where
+        D: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.need_flush && !self.dst_broken {
+            match Pin::new(dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(self.broken()),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 
     /// Queues a close frame for the destination, masked if it goes to the
@@ -386,7 +439,7 @@ impl Half {
     }
 
     /// Moves a held-back partial header to the front of the buffer.
-    pub(super) fn compact(&mut self) {
+    fn compact(&mut self) {
         if self.fwd > 0 {
             self.buf.copy_within(self.fwd..self.filled, 0);
             self.filled -= self.fwd;
@@ -397,11 +450,7 @@ impl Half {
         self.out_end = 0;
     }
 
-    pub(super) fn poll_read<S>(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut S,
-    ) -> Poll<io::Result<usize>>
+    fn poll_read<S>(&mut self, cx: &mut Context<'_>, src: &mut S) -> Poll<io::Result<usize>>
     where
         S: AsyncRead + Unpin + ?Sized,
     {
@@ -442,108 +491,33 @@ impl Half {
         Poll::Ready(Ok(n))
     }
 
-    /// A pong from the client that may answer the proxy's ping.
-    pub(super) fn maybe_our_pong(
-        &self,
-        header: &crate::websocket::frame::FrameHeader,
-        sh: &Shared,
-    ) -> bool {
-        self.dir == Direction::ClientToUpstream
-            && sh.consume_pongs
-            && header.opcode == OP_PONG
-            && header.payload_len == PING_LEN as u64
-    }
-
     /// Walks what was read, queueing the bytes to pass on. Stops early where
     /// something must be written or decided first.
-    pub(super) fn walk_forward(&mut self, sh: &mut Shared) -> Option<HalfEvent> {
+    fn walk_forward(&mut self, sh: &mut Shared) -> Option<HalfEvent> {
         let mut pos = self.parsed;
         while let Some(step) = self.walker.next(&self.buf[..self.filled], &mut pos) {
-            match step {
+            let flow = match step {
                 Step::Header {
                     header,
                     start,
                     carried,
-                } => {
-                    if self.maybe_our_pong(&header, sh)
-                        || (self.swallow_close && header.opcode == OP_CLOSE)
-                    {
-                        // Pass on what precedes it; hold the pong (or a
-                        // close the proxy replaces with its own) back.
-                        let frame_start = start.saturating_sub(carried).max(self.fwd);
-                        self.queue(self.fwd, frame_start, sh);
-                        self.fwd = pos;
-                        self.parsed = pos;
-                        self.skipping = true;
-                        self.out_boundary = true;
-                        return None;
-                    }
-                    self.count(header.opcode_class());
-                }
-                Step::End { header } => {
-                    if self.skipping && header.opcode == OP_CLOSE {
-                        // Swallowed: the proxy sends its own close instead.
-                        self.skipping = false;
-                        self.close_seen = Some(self.walker.close_code().unwrap_or(CLOSE_NO_STATUS));
-                        self.fwd = pos;
-                        self.parsed = pos;
-                        self.out_boundary = true;
-                        self.mode = Mode::Off;
-                        return Some(HalfEvent::Close);
-                    }
-                    if self.skipping {
-                        self.skipping = false;
-                        self.fwd = pos;
-                        if !sh.take_pong(self.walker.control_payload())
-                            && let Some(frame) = self.walker.reencode_control()
-                        {
-                            // Not ours after all: pass it on unchanged.
-                            self.count(PONG_CLASS);
-                            self.inject = Some(Injection::boxed(frame, InjectKind::Pong));
-                            self.parsed = pos;
-                            return None;
-                        }
-                        continue;
-                    }
-                    if header.opcode == OP_CLOSE {
-                        self.close_seen = Some(self.walker.close_code().unwrap_or(CLOSE_NO_STATUS));
-                        self.queue(self.fwd, pos, sh);
-                        self.fwd = pos;
-                        self.parsed = pos;
-                        self.out_boundary = true;
-                        self.dst_closed = true;
-                        // Nothing may follow a close frame.
-                        self.mode = Mode::Off;
-                        return Some(HalfEvent::Close);
-                    }
-                    if self.inject.is_some() || self.close.is_some() {
-                        // A boundary: let the injection in here.
-                        self.queue(self.fwd, pos, sh);
-                        self.fwd = pos;
-                        self.parsed = pos;
-                        self.out_boundary = true;
-                        return None;
-                    }
-                }
+                } => self.on_header(&header, start.saturating_sub(carried), pos, sh),
+                Step::End { header } => self.on_end(header.opcode, pos, sh),
                 Step::Invalid {
                     error,
                     start,
                     carried,
-                } => {
-                    let frame_start = start.saturating_sub(carried).max(self.fwd);
-                    self.queue(self.fwd, frame_start, sh);
-                    self.fwd = frame_start;
-                    self.parsed = pos;
-                    self.out_boundary = true;
-                    self.mode = Mode::Off;
-                    return Some(HalfEvent::Violation(error));
-                }
+                } => self.on_invalid(error, start.saturating_sub(carried), pos, sh),
+            };
+            if let ControlFlow::Break(event) = flow {
+                return event;
             }
         }
         self.parsed = self.filled;
         if self.skipping {
             self.fwd = self.filled;
         } else {
+            // Pass on all but a partial header at the end.
             let end = self
                 .filled
                 .saturating_sub(self.walker.pending_header_len())
@@ -555,26 +529,128 @@ impl Half {
         None
     }
 
+    /// Stops the walk at `pos`, a frame boundary, after the bytes before it
+    /// that are passed on.
+    fn stop_at(&mut self, pos: usize) {
+        self.fwd = pos;
+        self.parsed = pos;
+        self.out_boundary = true;
+    }
+
+    /// A header was walked; its frame starts at `start` and its payload at
+    /// `pos`.
+    fn on_header(
+        &mut self,
+        header: &FrameHeader,
+        start: usize,
+        pos: usize,
+        sh: &mut Shared,
+    ) -> ControlFlow<Option<HalfEvent>> {
+        match plan::at_header(self.dir, header, &sh.pings, self.swallow_close) {
+            AtHeader::Relay => {
+                self.tally.frame(header.opcode_class());
+                ControlFlow::Continue(())
+            }
+            AtHeader::HoldBack => {
+                // Pass on what precedes it; hold the pong (or a close the
+                // proxy replaces with its own) back.
+                self.queue(self.fwd, start.max(self.fwd), sh);
+                self.stop_at(pos);
+                self.skipping = true;
+                ControlFlow::Break(None)
+            }
+        }
+    }
+
+    /// A frame ended at `pos`.
+    fn on_end(
+        &mut self,
+        opcode: u8,
+        pos: usize,
+        sh: &mut Shared,
+    ) -> ControlFlow<Option<HalfEvent>> {
+        let waiting = self.inject.is_some() || self.close.is_some();
+        let payload = self.walker.control_payload();
+        match plan::at_end(opcode, self.skipping, payload, &mut sh.pings, waiting) {
+            AtEnd::Walk => ControlFlow::Continue(()),
+            AtEnd::PongConsumed => {
+                self.skipping = false;
+                self.fwd = pos;
+                ControlFlow::Continue(())
+            }
+            AtEnd::PongPassed => {
+                self.skipping = false;
+                self.fwd = pos;
+                let Some(frame) = self.walker.reencode_control() else {
+                    return ControlFlow::Continue(());
+                };
+                // Not ours after all: pass it on unchanged.
+                self.tally.frame(PONG_CLASS);
+                self.inject = Some(Injection::boxed(frame, InjectKind::Pong));
+                self.parsed = pos;
+                ControlFlow::Break(None)
+            }
+            AtEnd::CloseSwallowed => {
+                // The proxy sends its own close instead.
+                self.skipping = false;
+                ControlFlow::Break(Some(self.closed(pos)))
+            }
+            AtEnd::Closed => {
+                self.queue(self.fwd, pos, sh);
+                self.dst_closed = true;
+                ControlFlow::Break(Some(self.closed(pos)))
+            }
+            AtEnd::Boundary => {
+                // Let the injection in here.
+                self.queue(self.fwd, pos, sh);
+                self.stop_at(pos);
+                ControlFlow::Break(None)
+            }
+        }
+    }
+
+    /// The source's close frame ended at `pos`: nothing may follow it.
+    fn closed(&mut self, pos: usize) -> HalfEvent {
+        self.close_seen = Some(self.walker.close_code().unwrap_or(CLOSE_NO_STATUS));
+        self.stop_at(pos);
+        self.mode = Mode::Off;
+        HalfEvent::Close
+    }
+
+    /// The frame starting at `start` breaks the protocol: pass on what
+    /// precedes it and stop.
+    fn on_invalid(
+        &mut self,
+        error: FrameError,
+        start: usize,
+        pos: usize,
+        sh: &mut Shared,
+    ) -> ControlFlow<Option<HalfEvent>> {
+        let frame_start = start.max(self.fwd);
+        self.queue(self.fwd, frame_start, sh);
+        self.fwd = frame_start;
+        self.parsed = pos;
+        self.out_boundary = true;
+        self.mode = Mode::Off;
+        ControlFlow::Break(Some(HalfEvent::Violation(error)))
+    }
+
     /// Walks what was read without passing it on, looking for a close frame.
-    pub(super) fn walk_discard(&mut self) -> Option<HalfEvent> {
+    fn walk_discard(&mut self) -> Option<HalfEvent> {
         let mut pos = self.parsed;
         while let Some(step) = self.walker.next(&self.buf[..self.filled], &mut pos) {
-            match step {
+            let event = match step {
                 Step::End { header } if header.opcode == OP_CLOSE => {
                     self.close_seen = Some(self.walker.close_code().unwrap_or(CLOSE_NO_STATUS));
-                    self.mode = Mode::Off;
-                    self.parsed = pos;
-                    self.fwd = pos;
-                    return Some(HalfEvent::Close);
+                    HalfEvent::Close
                 }
-                Step::Invalid { error, .. } => {
-                    self.mode = Mode::Off;
-                    self.parsed = pos;
-                    self.fwd = pos;
-                    return Some(HalfEvent::Violation(error));
-                }
-                _ => {}
-            }
+                Step::Invalid { error, .. } => HalfEvent::Violation(error),
+                _ => continue,
+            };
+            self.mode = Mode::Off;
+            self.parsed = pos;
+            self.fwd = pos;
+            return Some(event);
         }
         self.parsed = self.filled;
         self.fwd = self.filled;

@@ -20,6 +20,14 @@
 //! - follow the close handshake and end the session cleanly.
 //!
 //! Frames and bytes are counted per direction in plain fields and published
+//! to the route's metric handles once per read.
+//!
+//! The parts: `session` drives both directions and the timers and ends the
+//! session; `half` is one direction (read, walk, write, count); `plan` holds
+//! the decisions (what each frame is, the proxy's pings, which close code
+//! goes where). `LIFECYCLE.md` beside this module walks through a session.
+//!
+//! [`FrameWalker`]: super::frame::FrameWalker
 
 mod half;
 mod plan;
@@ -27,47 +35,102 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::frame::Direction;
 use crate::metrics::RouteMetrics;
 use session::Session;
 
 /// How a session is relayed (from the route's configuration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RelaySettings {
+pub(crate) struct RelaySettings {
     /// No frame in either direction for this long: close both sides (1001).
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     /// Ping the client this often; a missing pong ends the session.
-    pub ping_interval: Option<Duration>,
+    pub(crate) ping_interval: Option<Duration>,
     /// Largest message (sum of its frames' payloads) either way; larger: 1009.
-    pub max_message_bytes: Option<u64>,
+    pub(crate) max_message_bytes: Option<u64>,
     /// An extension was negotiated, so RSV bits are allowed.
-    pub extensions: bool,
+    pub(crate) extensions: bool,
+}
+
+/// One `T` for each direction, indexed by [`Direction`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ByDirection<T>([T; 2]);
+
+impl<T> ByDirection<T> {
+    /// Makes the `T` of each direction.
+    fn new(make: impl FnMut(Direction) -> T) -> Self {
+        ByDirection(Direction::ALL.map(make))
+    }
+
+    /// Both, client→upstream first.
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// Both, client→upstream first.
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, T> {
+        self.0.iter_mut()
+    }
+}
+
+impl<T> Index<Direction> for ByDirection<T> {
+    type Output = T;
+
+    fn index(&self, dir: Direction) -> &T {
+        &self.0[dir.index()]
+    }
+}
+
+impl<T> IndexMut<Direction> for ByDirection<T> {
+    fn index_mut(&mut self, dir: Direction) -> &mut T {
+        &mut self.0[dir.index()]
+    }
+}
+
+/// What one direction relayed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    /// Frames by opcode class (see [`crate::metrics::OPCODES`]).
+    frames: [u64; 6],
+    /// Bytes on the wire.
+    bytes: u64,
 }
 
 /// What happened in a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayOutcome {
-    /// Frames relayed, by direction (see [`crate::metrics::DIRECTIONS`]) and
-    /// opcode class (see [`crate::metrics::OPCODES`]). Frames the proxy made
-    /// up (its pings and closes) and pongs it consumed are not counted.
-    pub frames: [[u64; 6]; 2],
-    /// Bytes relayed, by direction, counted like `frames`.
-    pub bytes: [u64; 2],
+pub(crate) struct RelayOutcome {
+    /// Frames and bytes relayed, by direction. Frames the proxy made up (its
+    /// pings and closes) and pongs it consumed are not counted.
+    relayed: ByDirection<Counts>,
     /// Code of the client's close frame, if it sent one (1005: no code).
-    pub client_close: Option<u16>,
+    pub(crate) client_close: Option<u16>,
     /// Code of the backend's close frame, if it sent one (1005: no code).
-    pub upstream_close: Option<u16>,
+    pub(crate) upstream_close: Option<u16>,
     /// Why the session ended.
-    pub end: RelayEnd,
+    pub(crate) end: RelayEnd,
+}
+
+impl RelayOutcome {
+    /// Frames relayed `dir`, by opcode class (see [`crate::metrics::OPCODES`]).
+    pub(crate) fn frames(&self, dir: Direction) -> [u64; 6] {
+        self.relayed[dir].frames
+    }
+
+    /// Bytes relayed `dir`, as written to the other side.
+    pub(crate) fn bytes(&self, dir: Direction) -> u64 {
+        self.relayed[dir].bytes
+    }
 }
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayEnd {
+pub(crate) enum RelayEnd {
     /// A close frame went one way and (usually) its reply the other.
     CloseHandshake,
     /// The client disconnected (or failed) without a close frame.
@@ -95,7 +158,7 @@ pub enum RelayEnd {
 /// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
 /// outlives the call.
 #[allow(clippy::manual_async_fn)] // see the comment in the body
-pub fn relay<'a, C, U>(
+pub(crate) fn relay<'a, C, U>(
     mut client: C,
     mut upstream: U,
     settings: &'a RelaySettings,
@@ -115,16 +178,7 @@ where
             .await;
         s.terminate(&plan, &mut client, &mut upstream, metrics)
             .await;
-        for (half, m) in s.halves.iter_mut().zip(&metrics.ws) {
-            half.publish(m);
-        }
-        let outcome = RelayOutcome {
-            frames: [s.halves[0].frames, s.halves[1].frames],
-            bytes: [s.halves[0].bytes, s.halves[1].bytes],
-            client_close: s.halves[0].close_seen,
-            upstream_close: s.halves[1].close_seen,
-            end: plan.end,
-        };
+        let outcome = s.outcome(plan.end, metrics);
         tracing::debug!(?outcome, "WebSocket relay ended");
         outcome
     }

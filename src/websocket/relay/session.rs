@@ -1,5 +1,6 @@
-//! One session: both directions driven from one task, its timers, and
-//! how it ends.
+//! One session: both directions driven from one task, the timers (idle
+//! timeout, pings, the close wait, shutdown), and how the session ends
+//! (closes, replies, shutdown, linger).
 
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
@@ -10,11 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use super::half::{Half, InjectKind, Injection, Mode, Shared};
-use super::plan::{HalfEvent, Plan, ping_payload};
-use super::{RelayEnd, RelaySettings};
+use super::half::{Half, Shared};
+use super::plan::{HalfEvent, PingDue, Pings, Plan};
+use super::{ByDirection, RelayEnd, RelayOutcome, RelaySettings};
 use crate::metrics::RouteMetrics;
-use crate::websocket::frame::{CLOSE_GOING_AWAY, ControlFrame, Direction};
+use crate::websocket::frame::Direction;
 
 /// How long to wait for the other side's close frame once one side closed,
 /// or for close replies after the proxy closed both sides.
@@ -28,8 +29,8 @@ const LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PumpEvent {
-    /// Direction (0: client→upstream, 1: upstream→client) and event.
-    Half(usize, HalfEvent),
+    /// An event of one direction.
+    Half(Direction, HalfEvent),
     /// The goal of an ending phase was reached.
     Settled,
 }
@@ -77,6 +78,12 @@ enum Tick {
 /// The relay's deadlines, all served by one timer (a `Sleep` per deadline
 /// would sit in every idle session's state).
 struct Deadlines {
+    /// `idle_timeout`, unless off.
+    idle_timeout: Option<Duration>,
+    /// `ping_interval`, unless off.
+    ping_every: Option<Duration>,
+    /// Where the timer waits when nothing is due (a year away).
+    far: Instant,
     /// The close handshake's end, once a close frame was seen.
     close: Option<Instant>,
     /// When to check for idleness next.
@@ -86,15 +93,29 @@ struct Deadlines {
 }
 
 impl Deadlines {
+    fn new(settings: &RelaySettings) -> Self {
+        let idle_timeout = settings.idle_timeout.filter(|d| !d.is_zero());
+        let ping_every = settings.ping_interval.filter(|d| !d.is_zero());
+        let start = Instant::now();
+        Deadlines {
+            idle_timeout,
+            ping_every,
+            far: start + Duration::from_secs(365 * 24 * 3600),
+            close: None,
+            idle: idle_timeout.map(|d| start + d),
+            ping: ping_every.map(|d| start + d),
+        }
+    }
+
     /// The earliest deadline that counts now (only the close wait counts
     /// while closing), or a far one.
-    fn next(&self, far: Instant) -> Instant {
+    fn next(&self) -> Instant {
         match self.close {
             Some(close) => close,
             None => [self.idle, self.ping]
                 .into_iter()
                 .flatten()
-                .fold(far, Instant::min),
+                .fold(self.far, Instant::min),
         }
     }
 
@@ -118,28 +139,34 @@ impl Deadlines {
 }
 
 pub(super) struct Session {
-    /// Client→upstream, upstream→client.
-    pub(super) halves: [Half; 2],
-    pub(super) shared: Shared,
-    /// Which direction the pump polls first (alternates, for fairness).
-    pub(super) turn: usize,
+    halves: ByDirection<Half>,
+    shared: Shared,
+    /// The direction the pump polls first (alternates, for fairness).
+    turn: Direction,
 }
 
 impl Session {
     pub(super) fn new(settings: &RelaySettings) -> Self {
         Session {
-            halves: [
-                Half::new(Direction::ClientToUpstream, settings),
-                Half::new(Direction::UpstreamToClient, settings),
-            ],
+            halves: ByDirection::new(|dir| Half::new(dir, settings)),
             shared: Shared {
-                consume_pongs: settings.ping_interval.is_some_and(|d| !d.is_zero()),
-                ping_seq: 0,
-                ping_outstanding: None,
-                ping_written: false,
+                pings: Pings::new(settings.ping_interval.is_some_and(|d| !d.is_zero())),
                 last_activity: Instant::now(),
             },
-            turn: 0,
+            turn: Direction::ClientToUpstream,
+        }
+    }
+
+    /// Publishes what is still uncounted and reports how the session went.
+    pub(super) fn outcome(&mut self, end: RelayEnd, metrics: &RouteMetrics) -> RelayOutcome {
+        for dir in Direction::ALL {
+            self.halves[dir].tally.publish(&metrics.ws[dir.index()]);
+        }
+        RelayOutcome {
+            relayed: ByDirection::new(|dir| self.halves[dir].tally.total),
+            client_close: self.halves[Direction::ClientToUpstream].close_seen,
+            upstream_close: self.halves[Direction::UpstreamToClient].close_seen,
+            end,
         }
     }
 
@@ -155,37 +182,37 @@ impl Session {
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        self.turn ^= 1;
-        let [c2u, u2c] = &mut self.halves;
-        for i in 0..2 {
-            let h = (self.turn + i) & 1;
-            let polled = if h == 0 {
-                c2u.poll(cx, client, upstream, &mut self.shared, &metrics.ws[0])
-            } else {
-                u2c.poll(cx, upstream, client, &mut self.shared, &metrics.ws[1])
+        self.turn = self.turn.reverse();
+        for dir in [self.turn, self.turn.reverse()] {
+            let half = &mut self.halves[dir];
+            let m = &metrics.ws[dir.index()];
+            let polled = match dir {
+                Direction::ClientToUpstream => half.poll(cx, client, upstream, &mut self.shared, m),
+                Direction::UpstreamToClient => half.poll(cx, upstream, client, &mut self.shared, m),
             };
             if let Poll::Ready(event) = polled {
-                return Poll::Ready(PumpEvent::Half(h, event));
+                return Poll::Ready(PumpEvent::Half(dir, event));
             }
         }
-        let settled = match goal {
-            Goal::Run => false,
-            Goal::Replies => self
-                .halves
-                .iter()
-                .all(|h| h.mode != Mode::Discard && h.flushed()),
-            Goal::Shutdown => self.halves.iter().all(|h| h.dst_broken || h.shut_done),
-            Goal::UpstreamDone => {
-                let u2c = &self.halves[1];
-                (u2c.close_seen.is_some() || u2c.src_done || u2c.walker.error().is_some())
-                    && u2c.flushed()
-                    && self.halves[0].flushed()
-            }
-        };
-        if settled {
+        if self.settled(goal) {
             Poll::Ready(PumpEvent::Settled)
         } else {
             Poll::Pending
+        }
+    }
+
+    /// Whether `goal` has been reached.
+    fn settled(&self, goal: Goal) -> bool {
+        match goal {
+            Goal::Run => false,
+            Goal::Replies => self.halves.iter().all(Half::replied),
+            Goal::Shutdown => self.halves.iter().all(Half::shut),
+            Goal::UpstreamDone => {
+                let u2c = &self.halves[Direction::UpstreamToClient];
+                u2c.source_finished()
+                    && u2c.flushed()
+                    && self.halves[Direction::ClientToUpstream].flushed()
+            }
         }
     }
 
@@ -202,17 +229,9 @@ impl Session {
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let idle = settings.idle_timeout.filter(|d| !d.is_zero());
-        let ping_every = settings.ping_interval.filter(|d| !d.is_zero());
-        let start = Instant::now();
-        let far = start + Duration::from_secs(365 * 24 * 3600);
+        let mut at = Deadlines::new(settings);
         let mut cancelled = pin!(shutdown.cancelled());
-        let mut at = Deadlines {
-            close: None,
-            idle: idle.map(|d| start + d),
-            ping: ping_every.map(|d| start + d),
-        };
-        let mut timer = pin!(sleep_until(at.next(far)));
+        let mut timer = pin!(sleep_until(at.next()));
         loop {
             let tick = tokio::select! {
                 biased;
@@ -220,85 +239,89 @@ impl Session {
                 event = poll_fn(|cx| self.pump(cx, client, upstream, metrics, Goal::Run)) => Tick::Pump(event),
                 () = &mut timer => at.due(Instant::now()),
             };
-            let closing = at.close.is_some();
-            match tick {
-                Tick::Pump(PumpEvent::Half(h, event)) => match event {
-                    HalfEvent::Close => {
-                        if self.halves.iter().all(|x| x.close_seen.is_some()) {
-                            return Plan::graceful();
-                        }
-                        if !closing {
-                            at.close = Some(Instant::now() + CLOSE_WAIT);
-                        }
-                    }
-                    HalfEvent::Violation(error) => {
-                        tracing::debug!(direction = ?self.halves[h].dir, %error, "WebSocket protocol violation");
-                        return Plan::violation(error, h == 0);
-                    }
-                    HalfEvent::Eof | HalfEvent::ReadError | HalfEvent::WriteError => {
-                        // Which side is gone: the source on a read, the
-                        // destination on a write.
-                        let client_gone = (h == 0) == (event != HalfEvent::WriteError);
-                        return match (client_gone, closing) {
-                            (true, false) => Plan::client_gone(RelayEnd::ClientGone),
-                            (true, true) => Plan::client_gone(RelayEnd::CloseHandshake),
-                            (false, false) => {
-                                Plan::upstream_gone(RelayEnd::UpstreamGone, shutdown.is_cancelled())
-                            }
-                            (false, true) => Plan::upstream_gone_closing(RelayEnd::CloseHandshake),
-                        };
-                    }
-                },
-                Tick::Pump(PumpEvent::Settled) | Tick::Early => {}
-                Tick::Shutdown => return Plan::going_away(RelayEnd::Shutdown),
-                Tick::CloseWait => return Plan::graceful(),
-                Tick::Idle => {
-                    if let Some(idle) = idle {
-                        let due = self.shared.last_activity + idle;
-                        if Instant::now() >= due {
-                            return Plan::going_away(RelayEnd::Idle);
-                        }
-                        at.idle = Some(due);
-                    }
-                }
-                Tick::Ping => {
-                    if let Some(every) = ping_every {
-                        let sh = &mut self.shared;
-                        if sh.ping_outstanding.is_some() {
-                            if sh.ping_written {
-                                return Plan {
-                                    to_client: None,
-                                    to_upstream: Some(CLOSE_GOING_AWAY),
-                                    await_replies: false,
-                                    upstream_first: false,
-                                    end: RelayEnd::PingTimeout,
-                                };
-                            }
-                        } else {
-                            let u2c = &mut self.halves[1];
-                            if u2c.mode == Mode::Forward
-                                && u2c.inject.is_none()
-                                && !u2c.dst_closed
-                                && !u2c.dst_broken
-                            {
-                                sh.ping_seq = sh.ping_seq.wrapping_add(1);
-                                sh.ping_outstanding = Some(sh.ping_seq);
-                                sh.ping_written = false;
-                                let ping = ControlFrame::ping(&ping_payload(sh.ping_seq), None);
-                                u2c.inject = Some(Injection::boxed(ping, InjectKind::Ping));
-                            }
-                        }
-                        at.ping = Some(Instant::now() + every);
-                    }
-                }
+            if let Some(plan) = self.on_tick(tick, &mut at, shutdown) {
+                return plan;
             }
             // Re-arm only when needed: most wake-ups are relayed bytes,
             // which leave the deadlines alone.
-            let next = at.next(far);
+            let next = at.next();
             if timer.is_elapsed() || timer.deadline() != next {
                 timer.as_mut().reset(next);
             }
         }
+    }
+
+    /// Handles what woke the relay; a plan if the session is to end.
+    fn on_tick(
+        &mut self,
+        tick: Tick,
+        at: &mut Deadlines,
+        shutdown: &CancellationToken,
+    ) -> Option<Plan> {
+        match tick {
+            Tick::Pump(PumpEvent::Half(dir, event)) => {
+                self.on_event(dir, event, at, shutdown.is_cancelled())
+            }
+            Tick::Pump(PumpEvent::Settled) | Tick::Early => None,
+            Tick::Shutdown => Some(Plan::going_away(RelayEnd::Shutdown)),
+            Tick::CloseWait => Some(Plan::graceful()),
+            Tick::Idle => self.on_idle(at),
+            Tick::Ping => self.on_ping(at),
+        }
+    }
+
+    /// `dir` reported `event`; `draining`: the proxy is shutting down.
+    fn on_event(
+        &mut self,
+        dir: Direction,
+        event: HalfEvent,
+        at: &mut Deadlines,
+        draining: bool,
+    ) -> Option<Plan> {
+        match event {
+            HalfEvent::Close => {
+                if self.halves.iter().all(|h| h.close_seen.is_some()) {
+                    return Some(Plan::graceful());
+                }
+                // The other side has CLOSE_WAIT to answer.
+                at.close.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
+                None
+            }
+            HalfEvent::Violation(error) => {
+                tracing::debug!(direction = ?dir, %error, "WebSocket protocol violation");
+                Some(Plan::violation(error, dir))
+            }
+            HalfEvent::Eof | HalfEvent::ReadError | HalfEvent::WriteError => {
+                Some(Plan::side_gone(dir, event, at.close.is_some(), draining))
+            }
+        }
+    }
+
+    /// The idle deadline passed: the session ends if nothing was relayed
+    /// since; otherwise the deadline moves to `idle_timeout` after the last
+    /// relayed bytes.
+    fn on_idle(&self, at: &mut Deadlines) -> Option<Plan> {
+        let idle = at.idle_timeout?;
+        let due = self.shared.last_activity + idle;
+        if Instant::now() >= due {
+            return Some(Plan::going_away(RelayEnd::Idle));
+        }
+        at.idle = Some(due);
+        None
+    }
+
+    /// The ping interval came round: ping the client, or end the session if
+    /// the last ping went unanswered.
+    fn on_ping(&mut self, at: &mut Deadlines) -> Option<Plan> {
+        let every = at.ping_every?;
+        let u2c = &mut self.halves[Direction::UpstreamToClient];
+        match self.shared.pings.due(u2c.can_take_ping()) {
+            PingDue::Unanswered => return Some(Plan::client_gone(RelayEnd::PingTimeout)),
+            PingDue::Send(ping) => u2c.inject_ping(ping),
+            PingDue::Wait => {}
+        }
+        at.ping = Some(Instant::now() + every);
+        None
     }
 
     /// Ends the session as `plan` says: close frames where they can go,
@@ -319,58 +342,37 @@ impl Session {
             self.close_upstream_first(&mut plan, client, upstream, metrics)
                 .await;
         }
-        for (h, code) in [(0, plan.to_upstream), (1, plan.to_client)] {
-            let half = &mut self.halves[h];
-            if half
-                .inject
-                .as_ref()
-                .is_some_and(|i| i.kind == InjectKind::Ping && i.written == 0)
-            {
-                half.inject = None;
-            }
-            if let Some(code) = code {
+        self.queue_closes(&plan);
+        if plan.await_replies {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            self.run_phase(Goal::Replies, deadline, client, upstream, metrics)
+                .await;
+        }
+        for half in self.halves.iter_mut() {
+            half.begin_shutdown();
+        }
+        let deadline = Instant::now() + FLUSH_WAIT;
+        self.run_phase(Goal::Shutdown, deadline, client, upstream, metrics)
+            .await;
+        self.linger(client, upstream).await;
+    }
+
+    /// Queues `plan`'s close frames (in place of a ping not yet written),
+    /// then sets what each direction still reads: the close reply its
+    /// source owes when replies are awaited, else nothing.
+    fn queue_closes(&mut self, plan: &Plan) {
+        for dir in Direction::ALL {
+            let half = &mut self.halves[dir];
+            half.drop_unsent_ping();
+            if let Some(code) = plan.close_into(dir) {
                 half.queue_close(code);
             }
         }
-        for h in 0..2 {
-            let src_was_closed = self.halves[1 - h].dst_closed;
-            let half = &mut self.halves[h];
-            half.skipping = false;
-            let wait = plan.await_replies
-                && src_was_closed
-                && half.close_seen.is_none()
-                && !half.src_done
-                && half.walker.error().is_none();
-            if wait {
-                half.fwd = half.parsed;
-                half.mode = Mode::Discard;
-            } else {
-                half.mode = Mode::Off;
-            }
+        for dir in Direction::ALL {
+            // The source was sent a close by the other direction.
+            let src_was_closed = self.halves[dir.reverse()].dst_closed;
+            self.halves[dir].stop_reading(plan.await_replies && src_was_closed);
         }
-        if plan.await_replies {
-            self.run_phase(
-                Goal::Replies,
-                Instant::now() + CLOSE_WAIT,
-                client,
-                upstream,
-                metrics,
-            )
-            .await;
-        }
-        for half in &mut self.halves {
-            half.mode = Mode::Off;
-            half.want_shutdown = true;
-        }
-        self.run_phase(
-            Goal::Shutdown,
-            Instant::now() + FLUSH_WAIT,
-            client,
-            upstream,
-            metrics,
-        )
-        .await;
-        self.linger(client, upstream).await;
     }
 
     /// After a client's protocol error: closes the backend, keeps passing on
@@ -386,29 +388,24 @@ impl Session {
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let c2u = &mut self.halves[0];
-        c2u.mode = Mode::Off;
+        let c2u = &mut self.halves[Direction::ClientToUpstream];
+        c2u.stop();
         let Some(code) = plan.to_upstream.take() else {
             return;
         };
         if !c2u.queue_close(code) {
             return;
         }
-        let u2c = &mut self.halves[1];
-        if u2c.mode != Mode::Forward || u2c.dst_closed || u2c.dst_broken {
+        let u2c = &mut self.halves[Direction::UpstreamToClient];
+        if !u2c.relaying() {
             return;
         }
         // The client must see the protocol error's code, not the backend's
         // reply to it.
         u2c.swallow_close = true;
-        self.run_phase(
-            Goal::UpstreamDone,
-            Instant::now() + CLOSE_WAIT,
-            client,
-            upstream,
-            metrics,
-        )
-        .await;
+        let deadline = Instant::now() + CLOSE_WAIT;
+        self.run_phase(Goal::UpstreamDone, deadline, client, upstream, metrics)
+            .await;
     }
 
     /// Pumps until `goal` is reached or `deadline` passes.
@@ -442,16 +439,14 @@ impl Session {
         C: AsyncRead + Unpin + ?Sized,
         U: AsyncRead + Unpin + ?Sized,
     {
-        let quiet = |h: &Half| h.src_done || h.close_seen.is_some();
-        let mut done = [quiet(&self.halves[0]), quiet(&self.halves[1])];
+        // The client is the source of client→upstream, the backend of the
+        // other direction.
+        let mut client_done = self.halves[Direction::ClientToUpstream].source_quiet();
+        let mut upstream_done = self.halves[Direction::UpstreamToClient].source_quiet();
         let drained = poll_fn(|cx| {
-            if !done[0] {
-                done[0] = drain_input(cx, client);
-            }
-            if !done[1] {
-                done[1] = drain_input(cx, upstream);
-            }
-            if done[0] && done[1] {
+            client_done = client_done || drain_input(cx, client);
+            upstream_done = upstream_done || drain_input(cx, upstream);
+            if client_done && upstream_done {
                 Poll::Ready(())
             } else {
                 Poll::Pending

@@ -312,24 +312,60 @@ fn metric(text: &str, needles: &[&str]) -> Option<u64> {
         .ok()
 }
 
+const C2U: Direction = Direction::ClientToUpstream;
+const U2C: Direction = Direction::UpstreamToClient;
+
+/// Frames relayed each way (client→upstream first), by opcode class:
+/// continuation, text, binary, close, ping, pong.
+fn both_frames(out: &RelayOutcome) -> [[u64; 6]; 2] {
+    Direction::ALL.map(|dir| out.frames(dir))
+}
+
+/// Bytes relayed each way (client→upstream first).
+fn both_bytes(out: &RelayOutcome) -> [u64; 2] {
+    Direction::ALL.map(|dir| out.bytes(dir))
+}
+
+/// Sends a text and a binary message of each size and checks each comes
+/// back unchanged, with nothing before it.
+async fn echo_each_size(ws: &mut Ws, sizes: &[usize]) {
+    for &n in sizes {
+        let text = "t".repeat(n);
+        ws.send(Message::text(text.clone()))
+            .await
+            .expect("send text");
+        assert_eq!(next_data(ws).await, (vec![], Message::text(text)));
+        let bin = vec![(n % 251) as u8; n];
+        ws.send(Message::binary(bin.clone()))
+            .await
+            .expect("send binary");
+        assert_eq!(next_data(ws).await, (vec![], Message::binary(bin)));
+    }
+}
+
+/// Checks the frame and byte counters published for every direction and
+/// opcode are what `out` reports.
+fn assert_metrics_match(metrics: &Metrics, out: &RelayOutcome) {
+    let text = metrics.render();
+    for dir in Direction::ALL {
+        let label = format!("direction=\"{}\"", crate::metrics::DIRECTIONS[dir.index()]);
+        for (c, op) in crate::metrics::OPCODES.iter().enumerate() {
+            let op = format!("opcode=\"{op}\"");
+            let got = metric(&text, &["switchyard_websocket_frames_total{", &label, &op]);
+            assert_eq!(got.unwrap_or(0), out.frames(dir)[c], "{label} {op}");
+        }
+        let got = metric(&text, &["switchyard_websocket_bytes_total{", &label]);
+        assert_eq!(got, Some(out.bytes(dir)), "{label} bytes");
+    }
+}
+
 #[tokio::test]
 async fn echoes_every_length_class_and_counts_it() {
     let (mut ws, proxy_side) = ws_client().await;
     let (upstream, backend) = backend(echo).await;
     let run = start(proxy_side, upstream, RelaySettings::default());
     let sizes = [0usize, 125, 126, 65535, 65536, 1 << 20];
-    for &n in &sizes {
-        let text = "t".repeat(n);
-        ws.send(Message::text(text.clone()))
-            .await
-            .expect("send text");
-        assert_eq!(next_data(&mut ws).await, (vec![], Message::text(text)));
-        let bin = vec![(n % 251) as u8; n];
-        ws.send(Message::binary(bin.clone()))
-            .await
-            .expect("send binary");
-        assert_eq!(next_data(&mut ws).await, (vec![], Message::binary(bin)));
-    }
+    echo_each_size(&mut ws, &sizes).await;
     let bye = CloseFrame {
         code: CloseCode::Normal,
         reason: "done".into(),
@@ -348,28 +384,17 @@ async fn echoes_every_length_class_and_counts_it() {
         (Some(1000), Some(1000))
     );
     // continuation, text, binary, close, ping, pong
-    assert_eq!(out.frames, [[0, 6, 6, 1, 0, 0], [0, 6, 6, 1, 0, 0]]);
+    assert_eq!(both_frames(&out), [[0, 6, 6, 1, 0, 0], [0, 6, 6, 1, 0, 0]]);
     let data = |masked| sizes.iter().map(|&n| 2 * wire(n, masked)).sum::<u64>();
     let close = 2 + "done".len();
     assert_eq!(
-        out.bytes,
+        both_bytes(&out),
         [
             data(true) + wire(close, true),
             data(false) + wire(close, false)
         ]
     );
-
-    let text = run.metrics.render();
-    for (d, dir) in crate::metrics::DIRECTIONS.iter().enumerate() {
-        let dir = format!("direction=\"{dir}\"");
-        for (c, op) in crate::metrics::OPCODES.iter().enumerate() {
-            let op = format!("opcode=\"{op}\"");
-            let got = metric(&text, &["switchyard_websocket_frames_total{", &dir, &op]);
-            assert_eq!(got.unwrap_or(0), out.frames[d][c], "{dir} {op}");
-        }
-        let got = metric(&text, &["switchyard_websocket_bytes_total{", &dir]);
-        assert_eq!(got, Some(out.bytes[d]), "{dir} bytes");
-    }
+    assert_metrics_match(&run.metrics, &out);
 
     let seen = received(backend).await;
     assert_eq!(seen.len(), 13);
@@ -416,8 +441,8 @@ async fn relays_fragmented_messages_with_pings_in_between() {
         (Some(1005), Some(1005))
     );
     // continuation, text, binary, close, ping, pong
-    assert_eq!(out.frames[0], [2, 2, 0, 1, 2, 1]);
-    assert_eq!(out.frames[1], [2, 2, 0, 1, 1, 2]);
+    assert_eq!(out.frames(C2U), [2, 2, 0, 1, 2, 1]);
+    assert_eq!(out.frames(U2C), [2, 2, 0, 1, 1, 2]);
 
     let seen = received(backend).await;
     assert_eq!(
@@ -461,7 +486,7 @@ async fn backend_close_code_reaches_the_client() {
         (out.upstream_close, out.client_close),
         (Some(4001), Some(4001))
     );
-    assert_eq!(out.frames, [[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0]]);
+    assert_eq!(both_frames(&out), [[0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0]]);
     let seen = received(backend).await;
     assert_eq!(
         seen.iter().map(close_code).collect::<Vec<_>>(),
@@ -488,10 +513,10 @@ async fn unmasked_client_frame_closes_both_sides_with_1002() {
     assert_eq!(close_code(&seen[1]), Some(1002));
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::ProtocolError(1002));
-    assert_eq!(out.frames[0], [0, 1, 0, 0, 0, 0]);
+    assert_eq!(out.frames(C2U), [0, 1, 0, 0, 0, 0]);
     // The backend's close reply is held back: the client gets the
     // proxy's 1002.
-    assert_eq!(out.bytes, [wire(2, true), 0]);
+    assert_eq!(both_bytes(&out), [wire(2, true), 0]);
     assert_eq!(out.upstream_close, Some(1002));
     assert_eq!(out.client_close, None);
 }
@@ -515,7 +540,7 @@ async fn oversized_message_closes_both_sides_with_1009() {
 
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::MessageTooBig);
-    assert_eq!(out.frames[0], [0, 0, 1, 0, 0, 0]);
+    assert_eq!(out.frames(C2U), [0, 0, 1, 0, 0, 0]);
     let seen = received(backend).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(close_code(&seen[1]), Some(1009));
@@ -546,7 +571,7 @@ async fn idle_session_is_closed_with_1001() {
         (out.client_close, out.upstream_close),
         (Some(1001), Some(1001))
     );
-    assert_eq!(out.frames, [[0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]]);
+    assert_eq!(both_frames(&out), [[0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]]);
     let seen = received(backend).await;
     assert_eq!(
         seen.iter().map(close_code).collect::<Vec<_>>(),
@@ -583,8 +608,8 @@ async fn silent_client_times_out_on_ping() {
     drop(raw);
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::PingTimeout);
-    assert_eq!(out.frames, [[0; 6]; 2]);
-    assert_eq!(out.bytes, [0, 0]);
+    assert_eq!(both_frames(&out), [[0; 6]; 2]);
+    assert_eq!(both_bytes(&out), [0, 0]);
 }
 
 #[tokio::test]
@@ -615,8 +640,8 @@ async fn answered_pings_keep_the_session_and_pongs_stay_at_the_proxy() {
 
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::CloseHandshake);
-    assert_eq!(out.frames[0], [0, 1, 0, 1, 0, 0]);
-    assert_eq!(out.frames[1], [0, 1, 0, 1, 0, 0]);
+    assert_eq!(out.frames(C2U), [0, 1, 0, 1, 0, 0]);
+    assert_eq!(out.frames(U2C), [0, 1, 0, 1, 0, 0]);
     let seen = received(backend).await;
     assert_eq!(seen, [Message::text("still here"), Message::Close(None)]);
 }
@@ -763,10 +788,10 @@ async fn pongs_split_across_reads_and_rsv_bits_with_extensions() {
 
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::CloseHandshake);
-    assert_eq!(out.frames[0], [0, 1, 1, 1, 0, 1]);
-    assert_eq!(out.frames[1], [0, 0, 0, 1, 0, 0]);
+    assert_eq!(out.frames(C2U), [0, 1, 1, 1, 0, 1]);
+    assert_eq!(out.frames(U2C), [0, 0, 0, 1, 0, 0]);
     let sent = first.len() + foreign.len() + second.len() + close.len();
-    assert_eq!(out.bytes, [sent as u64, 4]);
+    assert_eq!(both_bytes(&out), [sent as u64, 4]);
 }
 
 /// Reads from `io` until it ends.
@@ -821,8 +846,8 @@ async fn tiny_reads_forward_byte_exact_up_to_the_violation() {
 
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::ProtocolError(1002));
-    assert_eq!(out.frames[0], [1, 2, 2, 0, 1, 1]);
-    assert_eq!(out.bytes[0], valid.len() as u64);
+    assert_eq!(out.frames(C2U), [1, 2, 2, 0, 1, 1]);
+    assert_eq!(out.bytes(C2U), valid.len() as u64);
 }
 
 #[tokio::test]
@@ -875,6 +900,6 @@ async fn tiny_reads_consume_our_pong_and_pass_others() {
 
     let out = outcome(run.task).await;
     assert_eq!(out.end, RelayEnd::CloseHandshake);
-    assert_eq!(out.frames[0], [0, 1, 1, 1, 0, 1]);
-    assert_eq!(out.bytes[0], expected.len() as u64);
+    assert_eq!(out.frames(C2U), [0, 1, 1, 1, 0, 1]);
+    assert_eq!(out.bytes(C2U), expected.len() as u64);
 }
