@@ -14,38 +14,36 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Opcode of a continuation frame.
-pub const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
 /// Opcode of a text frame.
-pub const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 /// Opcode of a binary frame.
-pub const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_BINARY: u8 = 0x2;
 /// Opcode of a close frame.
-pub const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 /// Opcode of a ping frame.
-pub const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 /// Opcode of a pong frame.
-pub const OP_PONG: u8 = 0xA;
+pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Longest possible frame header: 2 bytes, a 64-bit length and a mask key.
-pub const MAX_HEADER_LEN: usize = 14;
+pub(crate) const MAX_HEADER_LEN: usize = 14;
 /// Largest payload a control frame may carry.
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Largest control frame on the wire (2-byte header, mask key, payload).
-pub const MAX_CONTROL_FRAME: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
+pub(crate) const MAX_CONTROL_FRAME: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
 
-/// Close code 1000: normal closure.
-pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code 1001: going away (server shutdown, idle, client gone).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code 1002: protocol error.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub(crate) const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code 1005: a close frame without a status code (never sent on the
 /// wire; reported when a peer's close frame has an empty payload).
-pub const CLOSE_NO_STATUS: u16 = 1005;
+pub(crate) const CLOSE_NO_STATUS: u16 = 1005;
 /// Close code 1009: message too big.
-pub const CLOSE_TOO_BIG: u16 = 1009;
+pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code 1011: internal error (the backend went away).
-pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
+pub(crate) const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 /// Which way a stream flows; indexes [`crate::metrics::DIRECTIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +60,12 @@ impl Direction {
         [Direction::ClientToUpstream, Direction::UpstreamToClient];
 
     /// Index into [`crate::metrics::DIRECTIONS`] and per-direction arrays.
-    pub const fn index(self) -> usize {
+    pub(crate) const fn index(self) -> usize {
         self as usize
     }
 
     /// Whether frames in this direction must be masked.
-    pub const fn masked(self) -> bool {
+    pub(crate) const fn masked(self) -> bool {
         matches!(self, Direction::ClientToUpstream)
     }
 
@@ -124,7 +122,7 @@ pub enum FrameError {
 impl FrameError {
     /// The close code this violation calls for: 1009 for an oversized
     /// message, 1002 for everything else.
-    pub const fn close_code(self) -> u16 {
+    pub(crate) const fn close_code(self) -> u16 {
         match self {
             FrameError::MessageTooBig { .. } => CLOSE_TOO_BIG,
             _ => CLOSE_PROTOCOL_ERROR,
@@ -136,34 +134,29 @@ impl FrameError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FrameHeader {
     /// FIN: the last frame of its message.
-    pub fin: bool,
+    pub(crate) fin: bool,
     /// RSV1–RSV3 as the low three bits (RSV1 = `0b100`).
-    pub rsv: u8,
+    pub(crate) rsv: u8,
     /// The opcode (low four bits of the first byte).
-    pub opcode: u8,
+    pub(crate) opcode: u8,
     /// Whether the payload is masked.
-    pub masked: bool,
+    pub(crate) masked: bool,
     /// The masking key (zero when unmasked).
-    pub mask: [u8; 4],
+    pub(crate) mask: [u8; 4],
     /// Payload length in bytes.
-    pub payload_len: u64,
+    pub(crate) payload_len: u64,
     /// Header length in bytes (2..=14).
-    pub header_len: u8,
+    pub(crate) header_len: u8,
 }
 
 impl FrameHeader {
     /// Close, ping or pong.
-    pub const fn is_control(&self) -> bool {
+    pub(crate) const fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }
 
-    /// Header plus payload length.
-    pub const fn frame_len(&self) -> u64 {
-        self.payload_len.saturating_add(self.header_len as u64)
-    }
-
     /// Index of this frame's opcode in [`crate::metrics::OPCODES`].
-    pub const fn opcode_class(&self) -> usize {
+    pub(crate) const fn opcode_class(&self) -> usize {
         match opcode_class(self.opcode) {
             Some(c) => c,
             None => 0,
@@ -172,7 +165,7 @@ impl FrameHeader {
 }
 
 /// Index of an opcode in [`crate::metrics::OPCODES`] (`None` if reserved).
-pub const fn opcode_class(opcode: u8) -> Option<usize> {
+pub(crate) const fn opcode_class(opcode: u8) -> Option<usize> {
     match opcode {
         OP_CONTINUATION => Some(0),
         OP_TEXT => Some(1),
@@ -291,11 +284,6 @@ impl FrameWalker {
             ctrl: None,
             ctrl_len: 0,
         }
-    }
-
-    /// The direction this walker validates for.
-    pub fn direction(&self) -> Direction {
-        self.direction
     }
 
     /// Walks `chunk` from `*pos`, advancing `*pos` past what it consumed, and
@@ -502,7 +490,7 @@ impl FrameWalker {
     }
 
     /// A header is complete and its payload is not yet all consumed.
-    pub fn in_payload(&self) -> bool {
+    pub(crate) fn in_payload(&self) -> bool {
         matches!(self.state, State::Payload(_))
     }
 
@@ -537,15 +525,9 @@ impl FrameWalker {
         }
     }
 
-    /// The most recent complete header (the current frame's while inside
-    /// one, the last frame's at a boundary).
-    pub fn header(&self) -> FrameHeader {
-        self.header
-    }
-
     /// The most recent control frame's payload, unmasked, as far as it has
     /// arrived (complete once its [`Step::End`] was returned).
-    pub fn control_payload(&self) -> &[u8] {
+    pub(crate) fn control_payload(&self) -> &[u8] {
         match &self.ctrl {
             Some(ctrl) => &ctrl[..usize::from(self.ctrl_len)],
             None => &[],
@@ -554,7 +536,7 @@ impl FrameWalker {
 
     /// The close code of the close frame that just ended: `None` if its
     /// payload is empty (or the last frame was not a close).
-    pub fn close_code(&self) -> Option<u16> {
+    pub(crate) fn close_code(&self) -> Option<u16> {
         if self.header.opcode != OP_CLOSE {
             return None;
         }
@@ -590,7 +572,7 @@ impl FrameWalker {
 }
 
 /// The status code at the start of a close frame's (unmasked) payload.
-pub fn close_code(payload: &[u8]) -> Option<u16> {
+pub(crate) fn close_code(payload: &[u8]) -> Option<u16> {
     match payload {
         [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
         _ => None,
@@ -599,7 +581,7 @@ pub fn close_code(payload: &[u8]) -> Option<u16> {
 
 /// XORs `data` with `mask`, where `data` starts `offset` bytes into the
 /// payload (masking and unmasking are the same operation).
-pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+pub(crate) fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
     for (i, b) in data.iter_mut().enumerate() {
         *b ^= mask[(offset + i) & 3];
     }
@@ -608,7 +590,7 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
 /// A masking key from a cheap non-cryptographic source (a counter mixed with
 /// the clock through splitmix64). Masking exists to stop cache poisoning by
 /// scripts in browsers; frames the proxy makes up need no more than this.
-pub fn random_mask() -> [u8; 4] {
+pub(crate) fn random_mask() -> [u8; 4] {
     static STATE: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -640,7 +622,7 @@ impl std::fmt::Debug for ControlFrame {
 impl ControlFrame {
     /// A control frame (FIN set) with `opcode` and up to 125 bytes of
     /// `payload` (longer payloads are cut), masked with `mask` if given.
-    pub fn new(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+    pub(crate) fn new(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Self {
         let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
         let mut bytes = [0; MAX_CONTROL_FRAME];
         bytes[0] = 0x80 | (opcode & 0x0F);
@@ -664,7 +646,7 @@ impl ControlFrame {
 
     /// A close frame with `code` and `reason` (cut at a character boundary
     /// to fit the 123 bytes left after the code).
-    pub fn close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Self {
+    pub(crate) fn close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Self {
         let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
         while !reason.is_char_boundary(end) {
             end -= 1;
@@ -676,13 +658,8 @@ impl ControlFrame {
     }
 
     /// A ping frame.
-    pub fn ping(payload: &[u8], mask: Option<[u8; 4]>) -> Self {
+    pub(crate) fn ping(payload: &[u8], mask: Option<[u8; 4]>) -> Self {
         Self::new(OP_PING, payload, mask)
-    }
-
-    /// A pong frame.
-    pub fn pong(payload: &[u8], mask: Option<[u8; 4]>) -> Self {
-        Self::new(OP_PONG, payload, mask)
     }
 
     /// The frame's wire bytes.
@@ -691,13 +668,8 @@ impl ControlFrame {
     }
 
     /// Length on the wire.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         usize::from(self.len)
-    }
-
-    /// Never true: a frame has at least a two-byte header.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
