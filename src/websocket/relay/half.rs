@@ -129,7 +129,8 @@ pub(super) struct Half {
     /// Once `buf[out_start..out_end]` is written the destination stream is
     /// between frames.
     out_boundary: bool,
-    /// Dropping the current frame's bytes (a pong that may be ours).
+    /// Holding the current frame back, dropping its bytes (a pong that may
+    /// be ours, or a close to swallow).
     skipping: bool,
     /// Hold back a close frame from the source instead of passing it on.
     pub(super) swallow_close: bool,
@@ -261,7 +262,7 @@ impl Half {
 
     /// Stops reading and shuts the destination down once all is written.
     pub(super) fn begin_shutdown(&mut self) {
-        self.mode = Mode::Off;
+        self.stop();
         self.want_shutdown = true;
     }
 
