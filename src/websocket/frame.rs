@@ -45,7 +45,7 @@ pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code 1011: internal error (the backend went away).
 pub(crate) const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
-/// Which way a stream flows; indexes [`crate::metrics::DIRECTIONS`].
+/// Which way a stream flows; indexes `metrics::DIRECTIONS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// From the downstream client to the backend: every frame is masked.
