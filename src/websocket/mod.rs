@@ -13,7 +13,7 @@
 
 pub mod frame;
 mod io;
-pub mod relay;
+pub(crate) mod relay;
 mod tls_records;
 
 use http::header::{self, HeaderName, HeaderValue};
