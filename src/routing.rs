@@ -132,7 +132,8 @@ impl Router {
                 hosts.insert(h.clone(), i);
             }
             let prev = previous.and_then(|p| p.site_named(&site.name));
-            sites.push(Arc::new(build_site(site, prev, metrics)?));
+            let connect_timeout = config.timeouts.upstream_connect;
+            sites.push(Arc::new(build_site(site, prev, metrics, connect_timeout)?));
         }
         Ok(Router {
             hosts,
@@ -195,6 +196,7 @@ fn build_site(
     site: &SiteConfig,
     previous: Option<&Arc<Site>>,
     metrics: &Arc<Metrics>,
+    connect_timeout: Duration,
 ) -> Result<Site, BuildError> {
     let mut pools = Vec::with_capacity(site.pools.len());
     for p in &site.pools {
@@ -218,7 +220,7 @@ fn build_site(
                     }
                 })?,
             };
-            server.set_health(p.health.clone());
+            server.set_health(p.health.clone(), connect_timeout);
             servers.push(server);
         }
         // A pool that survives keeps its queue: requests waiting across the

@@ -23,9 +23,12 @@ use crate::config::Health;
 
 impl Server {
     /// Sets (or clears) active health checking, starting the checker if needed.
-    pub(crate) fn set_health(self: &Arc<Self>, health: Option<Health>) {
+    /// Checks connect within `connect_timeout`, as every upstream
+    /// connection does.
+    pub(crate) fn set_health(self: &Arc<Self>, health: Option<Health>, connect_timeout: Duration) {
         let enabled = health.is_some();
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) =
+            health.map(|h| (h, connect_timeout));
         if enabled && !self.checker_running.swap(true, Ordering::AcqRel) {
             spawn(self);
         }
@@ -35,8 +38,8 @@ impl Server {
         }
     }
 
-    /// The current active health settings.
-    fn health_settings(&self) -> Option<Health> {
+    /// The current active health settings and connect timeout.
+    fn health_settings(&self) -> Option<(Health, Duration)> {
         self.health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -66,9 +69,13 @@ enum CheckError {
 }
 
 /// One check: connect, `GET path`, and expect a 2xx or 3xx within `timeout`.
-async fn check_once(server: &Server, health: &Health) -> Result<(), CheckError> {
+async fn check_once(
+    server: &Server,
+    health: &Health,
+    connect_timeout: Duration,
+) -> Result<(), CheckError> {
     let work = async {
-        let tcp = connect(&server.address, health.timeout).await?;
+        let tcp = connect(&server.address, connect_timeout).await?;
         let (mut send, conn) = handshake(tcp).await?;
         tokio::spawn(conn);
         let req = Request::get(health.path.as_str())
@@ -103,11 +110,11 @@ fn spawn(server: &Arc<Server>) {
         let mut fail_streak = 0u32;
         loop {
             let Some(server) = weak.upgrade() else { return };
-            let Some(health) = server.health_settings() else {
+            let Some((health, connect_timeout)) = server.health_settings() else {
                 server.stop_checker();
                 return;
             };
-            let result = check_once(&server, &health).await;
+            let result = check_once(&server, &health, connect_timeout).await;
             match result {
                 Ok(()) => {
                     fail_streak = 0;

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::connect::Address;
 use super::keepalive::Connections;
@@ -31,7 +31,9 @@ pub struct Server {
     epoch: Instant,
     metrics: ServerMetrics,
     /// Active health settings, replaced on reload (see `health.rs`).
-    pub(super) health: Mutex<Option<config::Health>>,
+    /// Active health checks: the pool's settings, and the connect timeout
+    /// (`timeouts.upstream_connect`) every upstream connection uses.
+    pub(super) health: Mutex<Option<(config::Health, Duration)>>,
     /// Whether the active checker task runs.
     pub(super) checker_running: AtomicBool,
     /// Keep-alive connections to this server. Shared with its sweeper task
