@@ -18,9 +18,8 @@ use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
 use crate::buffer;
 use crate::forwarded;
 use crate::headers;
-use crate::pool::{Lease, PoolError};
+use crate::pool::{Pool, PoolError};
 use crate::routing::Route;
-use crate::state::Generation;
 use crate::upstream::{Body, Failure, Server, UpstreamError, retry};
 
 /// Rewrites a client request into the request sent to a backend: hop-by-hop
@@ -54,6 +53,10 @@ pub(super) fn upstream_request(
 }
 
 /// Sends a plain request to `route`'s pool and returns the response.
+///
+/// One function, not one per step: each `.await` on a helper would move
+/// the request and response (several hundred bytes) in and out of its
+/// future, on every request (measured with callgrind).
 pub(super) async fn forward(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
@@ -65,11 +68,8 @@ pub(super) async fn forward(
     };
     let (buffering, max_body, several_servers) = {
         let m = pool.members();
-        (
-            m.settings.buffering,
-            m.settings.max_body,
-            m.servers.len() > 1,
-        )
+        let s = &m.settings;
+        (s.buffering, s.max_body, m.servers.len() > 1)
     };
     let method = req.method().clone();
     let (mut parts, body) = req.into_parts();
@@ -79,82 +79,134 @@ pub(super) async fn forward(
     let idempotent = is_idempotent(&method);
     let replayable = hyper::body::Body::is_end_stream(&body);
     let retryable = idempotent && replayable && several_servers;
-    let (body, received) = request_body(&mut parts, body, buffering, max_body).await?;
+    let (body, received) = if buffering && !replayable {
+        buffered_body(&mut parts, body, max_body).await?
+    } else {
+        streamed_body(body, max_body)?
+    };
     let mut body = Some(body);
     let mut failed_on = None;
+    let timeout = cx.generation.config.timeouts.upstream_response;
     loop {
         let queued = Instant::now();
-        let lease = pool
-            .acquire(failed_on.as_ref())
-            .await
-            .map_err(ProxyError::Pool)?;
+        let lease = pool.acquire(failed_on.as_ref()).await;
+        let lease = lease.map_err(ProxyError::Pool)?;
         let queue_wait = queued.elapsed();
         let Some(server) = lease.server().cloned() else {
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
         };
-        let mut p = if retryable {
-            clone_parts(&parts)
-        } else {
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        let req = attempt(cx, &mut parts, retryable, host, body.take());
+        let sent = cx.generation.upstream.send(&server, req).await;
+        let (e, lease) = match sent {
+            Err(e) => (e, Some(lease)),
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                headers::remove_hop_by_hop(&mut rparts.headers);
+                let body = if buffering {
+                    // The whole (small) body is in before the client sees
+                    // anything, so a server that dies mid-body can still be
+                    // answered cleanly or retried.
+                    buffer::drain_response(rbody, lease, timeout)
+                        .await
+                        .map(|b| (b, None))
+                } else {
+                    Ok((Body::timed(rbody, timeout), Some(lease)))
+                };
+                match body {
+                    Err(e) => (e, None),
+                    Ok((body, lease)) => {
+                        let resp = Response::from_parts(rparts, body);
+                        let accounting = (queue_wait, received);
+                        return Ok(answered(
+                            cx, route, method, &server, resp, lease, accounting,
+                        ));
+                    }
+                }
+            }
         };
-        upstream_request(&mut p, cx.conn.client(), host, cx.real());
-        let b = body.take().unwrap_or_else(Body::empty);
-        let req = Request::from_parts(p, b);
-        match exchange(cx.generation, &server, lease, req, buffering).await {
-            Ok((rparts, body, lease)) => {
-                server.report_success();
-                let status = rparts.status;
-                let upstream = Some(server.addr.clone());
-                let mut finish =
-                    Finish::new(route.clone(), cx.started, method, status, lease, upstream);
-                finish.queue_wait = Some(queue_wait);
-                finish.received = received;
-                return Ok(finish_plain(Response::from_parts(rparts, body), finish));
-            }
-            Err((e, lease)) => {
-                if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
-                    server.report_failure();
-                }
-                tracing::warn!(
-                    site = %pool.site, pool = %pool.name, server = %server.addr,
-                    error = %e, fault = %e.fault(), "upstream request failed"
-                );
-                // The slot is freed once the failure is counted, before any
-                // retry queues again.
-                drop(lease);
-                let attempt = u32::from(failed_on.is_some());
-                if several_servers && retry::should_retry(&e, attempt, idempotent, replayable) {
-                    failed_on = Some(server);
-                    body = Some(Body::empty());
-                    continue;
-                }
-                return Err(ProxyError::Upstream(e));
-            }
+        failed(pool, &server, &e);
+        // The slot is freed once the failure is counted, before any retry
+        // queues again.
+        drop(lease);
+        let attempt = u32::from(failed_on.is_some());
+        if !(several_servers && retry::should_retry(&e, attempt, idempotent, replayable)) {
+            return Err(ProxyError::Upstream(e));
         }
+        failed_on = Some(server);
+        body = Some(Body::empty());
     }
 }
 
-/// The body to send upstream: read whole first on a buffered pool (with
-/// the framing headers set to match), streamed otherwise. Also how many
-/// bytes the client sent, for the access log.
-async fn request_body(
+/// The request for one attempt: the head rewritten for the backend (a copy
+/// when it may be sent again), and the body, if it has not been sent.
+fn attempt(
+    cx: &Ctx<'_>,
+    parts: &mut http::request::Parts,
+    retryable: bool,
+    host: &HeaderValue,
+    body: Option<Body>,
+) -> Request<Body> {
+    let mut p = if retryable {
+        clone_parts(parts)
+    } else {
+        std::mem::replace(parts, Request::new(()).into_parts().0)
+    };
+    upstream_request(&mut p, cx.conn.client(), host, cx.real());
+    Request::from_parts(p, body.unwrap_or_else(Body::empty))
+}
+
+/// The response for the client, recorded when it ends (with the time the
+/// request queued and the bytes it sent).
+fn answered(
+    cx: &Ctx<'_>,
+    route: &Arc<Route>,
+    method: Method,
+    server: &Server,
+    resp: Response<Body>,
+    lease: Option<crate::pool::Lease>,
+    (queue_wait, received): (std::time::Duration, Received),
+) -> Response<ResponseBody> {
+    server.report_success();
+    let upstream = Some(server.addr.clone());
+    let status = resp.status();
+    let mut finish = Finish::new(route.clone(), cx.started, method, status, lease, upstream);
+    finish.queue_wait = Some(queue_wait);
+    finish.received = received;
+    finish_plain(resp, finish)
+}
+
+/// Counts and logs a failed exchange with `server`.
+fn failed(pool: &Pool, server: &Server, e: &UpstreamError) {
+    if !matches!(e, UpstreamError::Timeout | UpstreamError::RequestBody(_)) {
+        server.report_failure();
+    }
+    tracing::warn!(
+        site = %pool.site, pool = %pool.name, server = %server.addr,
+        error = %e, fault = %e.fault(), "upstream request failed"
+    );
+}
+
+/// A body streamed upstream as it arrives (an unbuffered pool, or none at
+/// all), with its bytes counted for the access log.
+fn streamed_body(body: Incoming, max_body: u64) -> Result<(Body, Received), ProxyError> {
+    if hyper::body::Body::size_hint(&body).lower() > max_body {
+        return Err(ProxyError::Body(buffer::BufferError::TooLarge(max_body)));
+    }
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok((Body::from(body), Received::Nothing));
+    }
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let received = Received::Counted(count.clone());
+    Ok((Body::Counted { inner: body, count }, received))
+}
+
+/// A body read whole before a worker's slot is taken (a buffered pool), so
+/// a slow upload never holds one; the framing headers are set to match.
+async fn buffered_body(
     parts: &mut http::request::Parts,
     body: Incoming,
-    buffering: bool,
     max_body: u64,
 ) -> Result<(Body, Received), ProxyError> {
-    let empty = hyper::body::Body::is_end_stream(&body);
-    if !buffering || empty {
-        if hyper::body::Body::size_hint(&body).lower() > max_body {
-            return Err(ProxyError::Body(buffer::BufferError::TooLarge(max_body)));
-        }
-        if empty {
-            return Ok((Body::from(body), Received::Nothing));
-        }
-        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let received = Received::Counted(count.clone());
-        return Ok((Body::Counted { inner: body, count }, received));
-    }
     // Read the whole body before taking a worker's slot, so a slow
     // upload never holds one.
     let spilled = Box::pin(buffer::read_request(body, max_body))
@@ -179,37 +231,6 @@ async fn request_body(
     }
     let body = Body::Replay { inner: spilled };
     Ok((body, received))
-}
-
-/// One attempt: sends `req` to `server` and reads the response head (and,
-/// on a buffered pool, the whole body, which frees the lease at once).
-/// Returns the response and the lease still held while its body streams;
-/// on failure, the error and the lease if it is still held.
-async fn exchange(
-    generation: &Generation,
-    server: &Arc<Server>,
-    lease: Lease,
-    req: Request<Body>,
-    buffering: bool,
-) -> Result<(http::response::Parts, Body, Option<Lease>), (UpstreamError, Option<Lease>)> {
-    let timeout = generation.config.timeouts.upstream_response;
-    let resp = match generation.upstream.send(server, req).await {
-        Ok(resp) => resp,
-        Err(e) => return Err((e, Some(lease))),
-    };
-    let (mut rparts, rbody) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut rparts.headers);
-    if buffering {
-        // The whole (small) body is in before the client sees anything, so
-        // a server that dies mid-body can still be answered cleanly or
-        // retried.
-        match buffer::drain_response(rbody, lease, timeout).await {
-            Ok(body) => Ok((rparts, body, None)),
-            Err(e) => Err((e, None)),
-        }
-    } else {
-        Ok((rparts, Body::timed(rbody, timeout), Some(lease)))
-    }
 }
 
 fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
