@@ -98,14 +98,18 @@ impl Tally {
 
     /// Adds what was counted since the last call to the metrics.
     pub(super) fn publish(&mut self, m: &WsDirectionMetrics) {
-        let pending = std::mem::take(&mut self.unpublished);
-        for (counter, n) in m.frames.iter().zip(pending.frames) {
-            if n > 0 {
-                counter.increment(n);
+        // In place: most calls find one class counted (or none), and
+        // taking the whole tally would copy and clear all of it each time.
+        let pending = &mut self.unpublished;
+        for (counter, n) in m.frames.iter().zip(pending.frames.iter_mut()) {
+            if *n > 0 {
+                counter.increment(*n);
+                *n = 0;
             }
         }
         if pending.bytes > 0 {
             m.bytes.increment(pending.bytes);
+            pending.bytes = 0;
         }
     }
 }
@@ -408,6 +412,7 @@ impl Half {
 
     /// Flushes what was written while the direction waits; pending unless
     /// the flush fails.
+    #[inline]
     fn poll_flush<D>(&mut self, cx: &mut Context<'_>, dst: &mut D) -> Poll<HalfEvent>
     where
         D: AsyncWrite + Unpin + ?Sized,
