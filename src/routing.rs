@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Route as RouteConfig, Site as SiteConfig};
+use crate::config::{Config, ErrorPages, Route as RouteConfig, Site as SiteConfig, Timeouts};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::Pool;
 use crate::tls;
@@ -32,6 +32,10 @@ pub(crate) struct Route {
     pub ping_interval: Option<Duration>,
     /// Largest WebSocket message allowed.
     pub max_message_bytes: Option<u64>,
+    /// The route's `upstream_response`, else `timeouts.upstream_response`.
+    pub upstream_response: Duration,
+    /// The site's error pages, for the statuses the proxy answers itself.
+    pub error_pages: Arc<ErrorPages>,
     /// Pre-resolved metric handles.
     pub metrics: RouteMetrics,
 }
@@ -72,7 +76,14 @@ pub(crate) struct Router {
 /// Label used for `site` and `route` when a request matched none.
 pub(crate) const UNMATCHED: &str = "_unmatched";
 
-fn unrouted(metrics: &Arc<Metrics>, site: &str) -> Arc<Route> {
+/// The route that counts a site's (or no site's) requests that match no
+/// route; its errors are answered with the site's `error_pages`.
+fn unrouted(
+    metrics: &Arc<Metrics>,
+    site: &str,
+    error_pages: Arc<ErrorPages>,
+    upstream_response: Duration,
+) -> Arc<Route> {
     Arc::new(Route {
         site: site.into(),
         name: UNMATCHED.into(),
@@ -82,6 +93,8 @@ fn unrouted(metrics: &Arc<Metrics>, site: &str) -> Arc<Route> {
         idle_timeout: None,
         ping_interval: None,
         max_message_bytes: None,
+        upstream_response,
+        error_pages,
         metrics: RouteMetrics::new(metrics, site, UNMATCHED),
     })
 }
@@ -132,13 +145,17 @@ impl Router {
                 hosts.insert(h.clone(), i);
             }
             let prev = previous.and_then(|p| p.site_named(&site.name));
-            let connect_timeout = config.timeouts.upstream_connect;
-            sites.push(Arc::new(build_site(site, prev, metrics, connect_timeout)?));
+            sites.push(Arc::new(build_site(site, prev, metrics, &config.timeouts)?));
         }
         Ok(Router {
             hosts,
             sites,
-            unknown: unrouted(metrics, UNMATCHED),
+            unknown: unrouted(
+                metrics,
+                UNMATCHED,
+                Arc::default(),
+                config.timeouts.upstream_response,
+            ),
         })
     }
 
@@ -196,7 +213,7 @@ fn build_site(
     site: &SiteConfig,
     previous: Option<&Arc<Site>>,
     metrics: &Arc<Metrics>,
-    connect_timeout: Duration,
+    timeouts: &Timeouts,
 ) -> Result<Site, BuildError> {
     let mut pools = Vec::with_capacity(site.pools.len());
     for p in &site.pools {
@@ -220,7 +237,7 @@ fn build_site(
                     }
                 })?,
             };
-            server.set_health(p.health.clone(), connect_timeout);
+            server.set_health(p.health.clone(), timeouts.upstream_connect);
             servers.push(server);
         }
         // A pool that survives keeps its queue: requests waiting across the
@@ -234,22 +251,11 @@ fn build_site(
         };
         pools.push(pool);
     }
+    let error_pages = Arc::new(site.error_pages.clone());
     let mut routes: Vec<Arc<Route>> = site
         .routes
         .iter()
-        .map(|r: &RouteConfig| {
-            Arc::new(Route {
-                site: site.name.as_str().into(),
-                name: r.name.as_str().into(),
-                path: r.path.clone(),
-                pool: r.pool.and_then(|i| pools.get(i).cloned()),
-                websocket: r.websocket.and_then(|i| pools.get(i).cloned()),
-                idle_timeout: r.idle_timeout,
-                ping_interval: r.ping_interval,
-                max_message_bytes: r.max_message_bytes,
-                metrics: RouteMetrics::new(metrics, &site.name, &r.name),
-            })
-        })
+        .map(|r| build_route(r, site, &pools, metrics, &error_pages, timeouts))
         .collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
     let tls = match &site.tls {
@@ -267,7 +273,31 @@ fn build_site(
         tls,
         routes,
         pools,
-        unrouted: unrouted(metrics, &site.name),
+        unrouted: unrouted(metrics, &site.name, error_pages, timeouts.upstream_response),
+    })
+}
+
+/// One route of `site`, its pools resolved among `pools`.
+fn build_route(
+    r: &RouteConfig,
+    site: &SiteConfig,
+    pools: &[Arc<Pool>],
+    metrics: &Arc<Metrics>,
+    error_pages: &Arc<ErrorPages>,
+    timeouts: &Timeouts,
+) -> Arc<Route> {
+    Arc::new(Route {
+        site: site.name.as_str().into(),
+        name: r.name.as_str().into(),
+        path: r.path.clone(),
+        pool: r.pool.and_then(|i| pools.get(i).cloned()),
+        websocket: r.websocket.and_then(|i| pools.get(i).cloned()),
+        idle_timeout: r.idle_timeout,
+        ping_interval: r.ping_interval,
+        max_message_bytes: r.max_message_bytes,
+        upstream_response: r.upstream_response.unwrap_or(timeouts.upstream_response),
+        error_pages: error_pages.clone(),
+        metrics: RouteMetrics::new(metrics, &site.name, &r.name),
     })
 }
 

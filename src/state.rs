@@ -37,13 +37,8 @@ impl Generation {
         let router = Router::build(&config, previous.map(|p| &p.router), metrics)?;
         let t = config.timeouts;
         let upstream = match previous {
-            Some(p)
-                if p.upstream
-                    .has_timeouts(t.upstream_connect, t.upstream_response) =>
-            {
-                p.upstream.clone()
-            }
-            _ => Upstream::new(t.upstream_connect, t.upstream_response),
+            Some(p) if p.upstream.has_connect_timeout(t.upstream_connect) => p.upstream.clone(),
+            _ => Upstream::new(t.upstream_connect),
         };
         Ok(Generation {
             config,

@@ -146,10 +146,31 @@ pub struct Site {
     /// With [`RemovedSessions::Close`]: each session is closed at a random
     /// moment within this window after the reload. Default 30s.
     pub close_window: Duration,
+    /// The bodies of statuses the proxy answers itself (`error_pages`).
+    pub error_pages: ErrorPages,
     /// Upstream pools by name, in file order.
     pub pools: Vec<Pool>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+}
+
+/// `error_pages`: status code to page, each file read whole at load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorPages(Vec<(u16, bytes::Bytes)>);
+
+impl ErrorPages {
+    /// These pages, each a status code (400 to 599) and its body.
+    pub fn new(pages: Vec<(u16, bytes::Bytes)>) -> Self {
+        ErrorPages(pages)
+    }
+
+    /// The page for `status`, if the site has one.
+    pub fn get(&self, status: u16) -> Option<&bytes::Bytes> {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, page)| page)
+    }
 }
 
 /// `removed_sessions`: the fate of open WebSocket sessions whose route or
@@ -227,6 +248,9 @@ pub struct Route {
     pub ping_interval: Option<Duration>,
     /// A larger WebSocket message closes with 1009.
     pub max_message_bytes: Option<u64>,
+    /// Overrides `timeouts.upstream_response` for this route's requests
+    /// and WebSocket handshakes.
+    pub upstream_response: Option<Duration>,
 }
 
 /// One configuration problem, located in its file.

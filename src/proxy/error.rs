@@ -6,6 +6,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::buffer;
+use crate::config::ErrorPages;
 use crate::pool::PoolError;
 use crate::upstream::{Body, Failure, Fault, UpstreamError};
 
@@ -91,26 +92,21 @@ impl ProxyError {
         }
     }
 
-    /// The response sent to the client.
-    pub fn into_response(self) -> Response<Body> {
+    /// The response sent to the client: the site's page for the status
+    /// (as HTML) when it has one, else a line of text saying what happened.
+    pub fn into_response(self, pages: &ErrorPages) -> Response<Body> {
         let status = self.status();
-        let text = match &self {
-            ProxyError::Upstream(_) => match status {
-                StatusCode::GATEWAY_TIMEOUT => "upstream server did not answer in time".to_string(),
-                StatusCode::BAD_REQUEST => {
-                    "the request body was malformed or incomplete".to_string()
-                }
-                _ => "no upstream server could be reached".to_string(),
-            },
-            other => other.to_string(),
+        let (body, content_type) = match pages.get(status.as_u16()) {
+            Some(page) => (Body::full(page.clone()), "text/html; charset=utf-8"),
+            None => (
+                Body::full(format!("{}\n", self.text(status))),
+                "text/plain; charset=utf-8",
+            ),
         };
-        let mut resp = Response::new(Body::full(format!("{text}\n")));
+        let mut resp = Response::new(body);
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         match self {
             ProxyError::Redirect(location) => {
                 if let Ok(v) = HeaderValue::try_from(location) {
@@ -126,5 +122,19 @@ impl ProxyError {
             _ => {}
         }
         resp
+    }
+
+    /// The plain-text body for this error, answered with `status`.
+    fn text(&self, status: StatusCode) -> String {
+        match self {
+            ProxyError::Upstream(_) => match status {
+                StatusCode::GATEWAY_TIMEOUT => "upstream server did not answer in time".to_string(),
+                StatusCode::BAD_REQUEST => {
+                    "the request body was malformed or incomplete".to_string()
+                }
+                _ => "no upstream server could be reached".to_string(),
+            },
+            other => other.to_string(),
+        }
     }
 }

@@ -86,7 +86,7 @@ pub(super) async fn forward(
     };
     let mut body = Some(body);
     let mut failed_on = None;
-    let timeout = cx.generation.config.timeouts.upstream_response;
+    let timeout = route.upstream_response;
     loop {
         let queued = Instant::now();
         let lease = pool.acquire(failed_on.as_ref()).await;
@@ -96,7 +96,7 @@ pub(super) async fn forward(
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
         };
         let req = attempt(cx, &mut parts, retryable, host, body.take());
-        let sent = cx.generation.upstream.send(&server, req).await;
+        let sent = cx.generation.upstream.send(&server, req, timeout).await;
         let (e, lease) = match sent {
             Err(e) => (e, Some(lease)),
             Ok(resp) => {

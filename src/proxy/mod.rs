@@ -87,7 +87,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let fault = e.fault();
-            let mut resp = e.into_response();
+            let mut resp = e.into_response(&route.error_pages);
             let status = resp.status();
             if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
                 // After a malformed request, what follows on the connection

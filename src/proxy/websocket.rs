@@ -39,15 +39,15 @@ pub(super) async fn hand_over(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let h2 = req.version() == Version::HTTP_2;
     let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let timeouts = cx.generation.config.timeouts;
-    let (lease, server, tcp) = connect_backend(pool, timeouts.upstream_connect).await?;
+    let connect_timeout = cx.generation.config.timeouts.upstream_connect;
+    let (lease, server, tcp) = connect_backend(pool, connect_timeout).await?;
     let (mut parts, _body) = req.into_parts();
     upstream_request(&mut parts, cx.conn.client(), host, cx.real());
     // Metrics and logs show what the client sent (CONNECT for HTTP/2).
     let client_method = std::mem::replace(&mut parts.method, Method::GET);
     let upstream_req = handshake_request(parts, h2);
     let exchange = send_handshake(tcp, upstream_req);
-    let resp = match tokio::time::timeout(timeouts.upstream_response, exchange).await {
+    let resp = match tokio::time::timeout(route.upstream_response, exchange).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             server.report_failure();
@@ -78,7 +78,7 @@ pub(super) async fn hand_over(
     }
     let (rparts, session, on_upstream) =
         accepted(cx, route, lease, resp, h2, client_method.clone());
-    let task = session.run(on_client_upgrade, on_upstream, timeouts.upstream_response);
+    let task = session.run(on_client_upgrade, on_upstream, route.upstream_response);
     cx.shared.sessions.spawn(task);
     let finish = finish(rparts.status, None);
     Ok(finish_plain(

@@ -1,6 +1,6 @@
 //! Client: the HTTP/1.1 client that carries requests to pool servers, with
 //! keep-alive connection reuse ([`super::keepalive`]) and the response
-//! timeout.
+//! timeout (the route's, given with each request).
 //!
 //! The request using a connection drives it, first while waiting for the
 //! response head and then from the response body ([`Pulled`]), so a
@@ -99,35 +99,35 @@ impl http_body::Body for Pulled {
     }
 }
 
-/// The timeouts every upstream exchange of a configuration runs under.
+/// The connect timeout every upstream connection of a configuration opens
+/// under.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    response_timeout: Duration,
     connect_timeout: Duration,
 }
 
 impl Upstream {
-    /// A client with these timeouts.
-    pub(crate) fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
-        Upstream {
-            response_timeout,
-            connect_timeout,
-        }
+    /// A client with this connect timeout.
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        Upstream { connect_timeout }
     }
 
-    /// Whether this client was built with these timeouts (so a reload can keep it).
-    pub(crate) fn has_timeouts(&self, connect: Duration, response: Duration) -> bool {
-        self.connect_timeout == connect && self.response_timeout == response
+    /// Whether this client was built with this connect timeout (so a
+    /// reload can keep it).
+    pub(crate) fn has_connect_timeout(&self, connect: Duration) -> bool {
+        self.connect_timeout == connect
     }
 
     /// Sends a request (origin-form URI) to `server` over a kept-alive
-    /// connection or a new one, and waits for the response head.
+    /// connection or a new one, and waits for the response head at most
+    /// `response_timeout` (the route's `upstream_response`).
     pub(crate) async fn send(
         &self,
         server: &Arc<Server>,
         req: Request<Body>,
+        response_timeout: Duration,
     ) -> Result<Response<Pulled>, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(server, req)).await {
+        match tokio::time::timeout(response_timeout, self.exchange(server, req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }

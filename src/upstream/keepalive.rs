@@ -219,7 +219,7 @@ mod tests {
 
     async fn get(up: &Upstream, server: &Arc<Server>) {
         let req = Request::get("/").body(Body::empty()).unwrap();
-        let resp = tokio::time::timeout(WAIT, up.send(server, req))
+        let resp = tokio::time::timeout(WAIT, up.send(server, req, WAIT))
             .await
             .unwrap()
             .unwrap();
@@ -232,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_dropped_when_stale_and_replaced_when_closed() {
         let metrics = Metrics::new();
-        let up = Upstream::new(WAIT, WAIT);
+        let up = Upstream::new(WAIT);
 
         let (addr, accepted) = backend(0).await;
         let server = Server::new(&addr, &metrics, "s", "p").unwrap();
@@ -331,7 +331,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_the_server_closed_is_not_used_and_is_swept() {
         let metrics = Metrics::new();
-        let up = Upstream::new(WAIT, WAIT);
+        let up = Upstream::new(WAIT);
         let (addr, accepted, close, mut closed) = closing_backend().await;
         let server = Server::new(&addr, &metrics, "s", "p").unwrap();
         get(&up, &server).await;

@@ -66,4 +66,15 @@ mod tests {
         fs::write(dir.path().join("certs/a.key"), &two.key).unwrap();
         assert_ne!(base, hash("", &site), "certificate and key files count");
     }
+
+    #[test]
+    fn hash_covers_error_pages() {
+        let dir = cert_dir(&[("502.html", "<p>down</p>")]);
+        let site = format!("error_pages = {{ 502 = \"../certs/502.html\" }}\n{SITE}");
+        let hash = || load_str(dir.path(), "", &[("shop", &site)]).unwrap().hash;
+        let base = hash();
+        assert_eq!(base, hash(), "the hash is deterministic");
+        fs::write(dir.path().join("certs/502.html"), "<p>gone</p>").unwrap();
+        assert_ne!(base, hash(), "a changed page counts");
+    }
 }

@@ -4,11 +4,12 @@
 //! so that every problem in every file is collected, each with its
 //! `FILE:LINE:COL`, instead of stopping at the first one: `diagnostics`
 //! locates and words the problems, `values` reads typed fields, `process`
-//! checks `switchyard.toml`, `site`, `route` and `tls` check the site files,
-//! and `hash` fingerprints everything read.
+//! checks `switchyard.toml`, `site`, `route`, `tls` and `pages` check the
+//! site files, and `hash` fingerprints everything read.
 
 mod diagnostics;
 mod hash;
+mod pages;
 mod process;
 mod route;
 mod site;
@@ -322,6 +323,7 @@ mod tests {
                 idle_timeout: None,
                 ping_interval: None,
                 max_message_bytes: None,
+                upstream_response: None,
             }]
         );
     }
@@ -583,6 +585,7 @@ pool = "web"
                 idle_timeout: Some(Duration::from_secs(300)),
                 ping_interval: Some(Duration::from_secs(30)),
                 max_message_bytes: Some(16 * 1024 * 1024),
+                upstream_response: None,
             },
             Route {
                 name: "app".into(),
@@ -592,6 +595,7 @@ pool = "web"
                 idle_timeout: None,
                 ping_interval: None,
                 max_message_bytes: None,
+                upstream_response: None,
             },
         ]
     }

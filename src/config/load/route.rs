@@ -35,6 +35,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "idle_timeout",
     "ping_interval",
     "max_message_bytes",
+    "upstream_response",
 ];
 
 /// `[pools.NAME]` tables, in file order: routes refer to a pool by its index.
@@ -297,6 +298,7 @@ fn parse_route(
         idle_timeout: None,
         ping_interval: None,
         max_message_bytes: None,
+        upstream_response: None,
     };
     let (path, path_span) = route_path(cx, t, by_path);
     route.path = path;
@@ -305,6 +307,9 @@ fn parse_route(
     }
     route_pools(cx, t, pools, &mut route);
     websocket_settings(cx, t, &mut route);
+    if let Some(v) = t.get("upstream_response") {
+        route.upstream_response = get_duration(cx, v, &t.child("upstream_response"), false);
+    }
     route
 }
 
@@ -469,6 +474,8 @@ fn websocket_settings(cx: &mut Cx<'_>, t: &Table<'_, '_>, route: &mut Route) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::test_support::*;
 
     #[test]
@@ -509,6 +516,29 @@ path = "/x"
             &e,
             &[
                 "cfg/sites/shop.toml:4:8: routes[0].pool: no pool named \"web\" in this site (this site has no pools)",
+            ],
+        );
+    }
+
+    #[test]
+    fn upstream_response_per_route() {
+        let site = format!("{SITE}upstream_response = \"10m\"\n");
+        let config = ok("", &[("shop", &site)]);
+        let route = &config.sites[0].routes[0];
+        assert_eq!(route.upstream_response, Some(Duration::from_secs(600)));
+        assert_eq!(
+            ok("", &[("shop", SITE)]).sites[0].routes[0].upstream_response,
+            None
+        );
+
+        let site = format!(
+            "{SITE}upstream_response = \"0s\"\n[[routes]]\npath = \"/api/\"\npool = \"web\"\nupstream_response = 10\n"
+        );
+        assert_errors(
+            &errors("", &[("shop", &site)]),
+            &[
+                "cfg/sites/shop.toml:7:21: routes[0].upstream_response: must be greater than zero",
+                "cfg/sites/shop.toml:11:21: expected a duration string like \"10s\" for routes[1].upstream_response, found integer 10",
             ],
         );
     }

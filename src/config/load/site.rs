@@ -1,8 +1,9 @@
 //! One `sites/NAME.toml`: its host names (normalized, and claimed by one
 //! site only), its TLS and redirect settings, what a reload does to open
-//! WebSocket sessions, and the pools and routes it declares. The checks that
-//! tie one field to another (a redirect needs TLS, a close window needs
-//! `removed_sessions = "close"`) live here because only the site sees both.
+//! WebSocket sessions, its error pages, and the pools and routes it
+//! declares. The checks that tie one field to another (a redirect needs
+//! TLS, a close window needs `removed_sessions = "close"`) live here because
+//! only the site sees both.
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
@@ -12,9 +13,10 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::DeTable;
 
-use super::super::{RemovedSessions, Site};
+use super::super::{ErrorPages, RemovedSessions, Site};
 use super::diagnostics::Cx;
 use super::hash::Fnv;
+use super::pages::parse_error_pages;
 use super::route::{parse_pools, parse_routes};
 use super::tls::{TLS_FIELDS, parse_tls};
 use super::values::{Table, Val, get_bool, get_duration, get_str, get_strings};
@@ -25,6 +27,7 @@ const SITE_FIELDS: &[&str] = &[
     "redirect_https",
     "removed_sessions",
     "close_window",
+    "error_pages",
     "pools",
     "routes",
 ];
@@ -51,6 +54,7 @@ pub(super) fn parse_site(
         redirect_https: false,
         removed_sessions: RemovedSessions::Keep,
         close_window: Duration::from_secs(30),
+        error_pages: ErrorPages::default(),
         pools: Vec::new(),
         routes: Vec::new(),
     };
@@ -77,6 +81,9 @@ pub(super) fn parse_site(
     }
 
     parse_removed_sessions(cx, &top, &mut site);
+    if let Some(v) = top.get("error_pages") {
+        site.error_pages = parse_error_pages(cx, v, base, hash);
+    }
 
     if let Some(v) = top.get("pools") {
         site.pools = parse_pools(cx, v);

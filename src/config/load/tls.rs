@@ -4,7 +4,6 @@
 //! rather than at the first handshake. Every file read feeds the
 //! configuration hash, so a renewed certificate counts as a change.
 
-use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use rustls::sign::SigningKey;
 use super::super::SiteTls;
 use super::diagnostics::Cx;
 use super::hash::Fnv;
-use super::values::{Table, get_str};
+use super::values::{Table, read_file};
 
 /// The fields of `tls = { ... }`.
 pub(super) const TLS_FIELDS: &[&str] = &["cert", "key"];
@@ -94,30 +93,12 @@ fn read_pem(
         );
         return None;
     };
-    let path_name = t.child(name);
-    let s = get_str(cx, v, &path_name)?;
-    if s.is_empty() {
-        cx.error(v.span(), format!("{path_name}: must not be empty"));
-        return None;
-    }
-    let resolved = base.join(s);
-    match fs::read(&resolved) {
-        Ok(bytes) => {
-            hash.file(s, &bytes);
-            Some(PemFile {
-                path: resolved,
-                span: v.span(),
-                bytes,
-            })
-        }
-        Err(e) => {
-            cx.error(
-                v.span(),
-                format!("{path_name}: cannot read {}: {e}", resolved.display()),
-            );
-            None
-        }
-    }
+    let (path, bytes) = read_file(cx, v, &t.child(name), base, hash)?;
+    Some(PemFile {
+        path,
+        span: v.span(),
+        bytes,
+    })
 }
 
 /// The certificate chain in `tls.cert`: at least one certificate.

@@ -5,8 +5,10 @@
 //! position and returns `None`, so callers keep their defaults and go on
 //! checking the rest of the file.
 
+use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -14,6 +16,7 @@ use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 use super::super::units::{parse_duration, parse_size};
 use super::diagnostics::{Cx, type_error, unknown_field};
+use super::hash::Fnv;
 
 /// A TOML value and its byte span in the file.
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
@@ -266,6 +269,37 @@ pub(super) fn get_strings<'v>(
         }
     }
     Some(out)
+}
+
+/// The file a string field names, relative to `base`, read whole: its
+/// resolved path and content. The name as written and the content feed
+/// `hash`; an empty name or an unreadable file is reported at the value.
+pub(super) fn read_file(
+    cx: &mut Cx<'_>,
+    v: &Val<'_>,
+    path: &str,
+    base: &Path,
+    hash: &mut Fnv,
+) -> Option<(PathBuf, Vec<u8>)> {
+    let s = get_str(cx, v, path)?;
+    if s.is_empty() {
+        cx.error(v.span(), format!("{path}: must not be empty"));
+        return None;
+    }
+    let resolved = base.join(s);
+    match fs::read(&resolved) {
+        Ok(bytes) => {
+            hash.file(s, &bytes);
+            Some((resolved, bytes))
+        }
+        Err(e) => {
+            cx.error(
+                v.span(),
+                format!("{path}: cannot read {}: {e}", resolved.display()),
+            );
+            None
+        }
+    }
 }
 
 /// One `trusted_proxies` entry: a CIDR range, or a single address (as
