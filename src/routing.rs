@@ -5,6 +5,7 @@
 //! longest path prefix among the site's routes.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,16 +221,17 @@ fn build_site(
         let prev_pool = previous.and_then(|s| s.pools.iter().find(|q| *q.name == *p.name));
         let mut servers = Vec::with_capacity(p.servers.len());
         for addr in &p.servers {
+            let socket = p.sockets.get(addr).map(PathBuf::as_path);
             let reused = prev_pool.and_then(|q| {
                 q.members()
                     .servers
                     .iter()
-                    .find(|s| *s.addr == **addr)
+                    .find(|s| s.is(addr, socket))
                     .cloned()
             });
             let server = match reused {
                 Some(s) => s,
-                None => Server::new(addr, metrics, &site.name, &p.name).map_err(|_| {
+                None => Server::new(addr, socket, metrics, &site.name, &p.name).map_err(|_| {
                     BuildError::BadServer {
                         site: site.name.clone(),
                         pool: p.name.clone(),

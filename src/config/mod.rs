@@ -8,6 +8,7 @@
 mod load;
 mod units;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -199,8 +200,12 @@ pub struct SiteTls {
 pub struct Pool {
     /// The pool name; the `pool` metric label.
     pub name: String,
-    /// Server addresses as `host:port`; the `server` metric label.
+    /// Server addresses as written, `host:port` or `unix:PATH`; the
+    /// `server` metric label.
     pub servers: Vec<String>,
+    /// The socket path of each `unix:` server, by its written address,
+    /// resolved against the site file's directory.
+    pub sockets: BTreeMap<String, PathBuf>,
     /// Requests at once per server; `None` is unlimited.
     pub max_in_flight: Option<usize>,
     /// Longest wait in the proxy's queue before 503. Default 5s.

@@ -10,7 +10,6 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio::net::TcpStream;
 
 use super::access::{self, AccessRecord, SessionOutcome};
 use super::forward::upstream_request;
@@ -21,7 +20,7 @@ use crate::headers;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::routing::Route;
 use crate::state::Shared;
-use crate::upstream::{Body, Server, UpstreamError, connect, handshake, retry};
+use crate::upstream::{Body, Server, Stream, UpstreamError, connect, handshake, retry};
 use crate::websocket::frame::Direction;
 use crate::websocket::{
     End, EndFromUpgrade, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
@@ -40,13 +39,13 @@ pub(super) async fn hand_over(
     let h2 = req.version() == Version::HTTP_2;
     let on_client_upgrade = hyper::upgrade::on(&mut req);
     let connect_timeout = cx.generation.config.timeouts.upstream_connect;
-    let (lease, server, tcp) = connect_backend(pool, connect_timeout).await?;
+    let (lease, server, stream) = connect_backend(pool, connect_timeout).await?;
     let (mut parts, _body) = req.into_parts();
     upstream_request(&mut parts, cx.conn.client(), host, cx.real());
     // Metrics and logs show what the client sent (CONNECT for HTTP/2).
     let client_method = std::mem::replace(&mut parts.method, Method::GET);
     let upstream_req = handshake_request(parts, h2);
-    let exchange = send_handshake(tcp, upstream_req);
+    let exchange = send_handshake(stream, upstream_req);
     let resp = match tokio::time::timeout(route.upstream_response, exchange).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -104,10 +103,10 @@ fn handshake_request(mut parts: http::request::Parts, h2: bool) -> Request<Body>
 
 /// Sends the handshake over a fresh connection to the backend.
 async fn send_handshake(
-    tcp: TcpStream,
+    stream: Stream,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let (mut sender, connection) = handshake(tcp).await?;
+    let (mut sender, connection) = handshake(stream).await?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
@@ -167,7 +166,7 @@ fn accepted(
 async fn connect_backend(
     pool: &Arc<Pool>,
     connect_timeout: std::time::Duration,
-) -> Result<(Lease, Arc<Server>, TcpStream), ProxyError> {
+) -> Result<(Lease, Arc<Server>, Stream), ProxyError> {
     let mut failed_on: Option<Arc<Server>> = None;
     loop {
         let lease = pool
@@ -178,7 +177,7 @@ async fn connect_backend(
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
         };
         let error = match connect(&server.address, connect_timeout).await {
-            Ok(tcp) => return Ok((lease, server, tcp)),
+            Ok(stream) => return Ok((lease, server, stream)),
             Err(e) => e,
         };
         server.report_failure();

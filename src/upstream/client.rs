@@ -198,8 +198,8 @@ impl Upstream {
 
     /// Opens a connection to `server`; the request that opened it drives it.
     async fn connect(&self, server: &Server) -> Result<Conn, UpstreamError> {
-        let tcp = connect(&server.address, self.connect_timeout).await?;
-        let (sender, driver) = handshake(tcp).await?;
+        let stream = connect(&server.address, self.connect_timeout).await?;
+        let (sender, driver) = handshake(stream).await?;
         Ok(Conn::new(sender, driver))
     }
 }

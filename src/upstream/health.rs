@@ -75,11 +75,11 @@ async fn check_once(
     connect_timeout: Duration,
 ) -> Result<(), CheckError> {
     let work = async {
-        let tcp = connect(&server.address, connect_timeout).await?;
-        let (mut send, conn) = handshake(tcp).await?;
+        let stream = connect(&server.address, connect_timeout).await?;
+        let (mut send, conn) = handshake(stream).await?;
         tokio::spawn(conn);
         let req = Request::get(health.path.as_str())
-            .header(header::HOST, &*server.addr)
+            .header(header::HOST, server.address.host(&server.addr))
             .header(header::USER_AGENT, "switchyard-health")
             .header(header::CONNECTION, "close")
             .body(Body::empty())

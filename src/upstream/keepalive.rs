@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::body::Body;
+use super::connect::Stream;
+use super::error::Chain;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use super::body::Body;
-use super::error::Chain;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_KEEP: Duration = Duration::from_secs(60);
@@ -30,7 +29,7 @@ const MAX_KEPT: usize = 512;
 /// closed or that sat idle past `IDLE_KEEP`.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-type Driver = http1::Connection<TokioIo<TcpStream>, Body>;
+type Driver = http1::Connection<TokioIo<Stream>, Body>;
 
 /// One HTTP/1.1 connection to a server: its request sender and its driver
 /// (hyper's connection state machine), polled by the request using it.
@@ -235,7 +234,7 @@ mod tests {
         let up = Upstream::new(WAIT);
 
         let (addr, accepted) = backend(0).await;
-        let server = Server::new(&addr, &metrics, "s", "p").unwrap();
+        let server = Server::new(&addr, None, &metrics, "s", "p").unwrap();
         for _ in 0..5 {
             get(&up, &server).await;
             // Back on the stack as soon as the body has been read.
@@ -262,7 +261,7 @@ mod tests {
         // A backend that closes after each response: every request gets a
         // fresh connection and nothing closed is kept.
         let (addr, accepted) = backend(1).await;
-        let server = Server::new(&addr, &metrics, "s", "q").unwrap();
+        let server = Server::new(&addr, None, &metrics, "s", "q").unwrap();
         for i in 1..=3 {
             get(&up, &server).await;
             assert_eq!(accepted.load(Ordering::Relaxed), i);
@@ -333,7 +332,7 @@ mod tests {
         let metrics = Metrics::new();
         let up = Upstream::new(WAIT);
         let (addr, accepted, close, mut closed) = closing_backend().await;
-        let server = Server::new(&addr, &metrics, "s", "p").unwrap();
+        let server = Server::new(&addr, None, &metrics, "s", "p").unwrap();
         get(&up, &server).await;
         assert_eq!(server.connections.kept(), 1);
 

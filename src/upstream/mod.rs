@@ -4,7 +4,7 @@
 //! - `server`: a pool member ([`Server`]): its address, passive and active
 //!   health, requests in flight, idle connections.
 //! - `connect`: the one way to open a connection to any kind of server
-//!   `Address` (today `host:port`).
+//!   `Address` (`host:port` or `unix:PATH`), as a `Stream`.
 //! - `client`: the HTTP/1.1 client ([`Upstream`]) and the one `handshake`
 //!   every upstream connection goes through; `keepalive` holds the idle
 //!   connections it reuses.
@@ -31,7 +31,7 @@ mod spill;
 pub use body::Body;
 pub(crate) use client::handshake;
 pub use client::{Pulled, Upstream};
-pub(crate) use connect::connect;
+pub(crate) use connect::{Stream, connect};
 pub use error::{BoxError, UpstreamError};
 pub(crate) use error::{Failure, Fault};
 pub use server::Server;

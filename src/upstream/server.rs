@@ -7,6 +7,7 @@
 //! server a request gets, and when, is admission, the pool's business: this
 //! is only what the pool chooses among.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,14 +49,16 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server with no requests in flight, considered up.
+    /// A server with no requests in flight, considered up. `socket` is a
+    /// `unix:` server's path as resolved at load.
     pub(crate) fn new(
         addr: &str,
+        socket: Option<&Path>,
         metrics: &Metrics,
         site: &str,
         pool: &str,
     ) -> Result<Arc<Self>, http::uri::InvalidUri> {
-        let address = Address::parse(addr)?;
+        let address = Address::parse(addr, socket)?;
         let m = ServerMetrics::new(metrics, site, pool, addr);
         m.up.set(1.0);
         Ok(Arc::new(Server {
@@ -71,6 +74,16 @@ impl Server {
             checker_running: AtomicBool::new(false),
             connections: Default::default(),
         }))
+    }
+
+    /// Whether this server is the one configured as `addr` (resolved to
+    /// `socket`), so a reload may keep it.
+    pub(crate) fn is(&self, addr: &str, socket: Option<&Path>) -> bool {
+        *self.addr == *addr
+            && match &self.address {
+                Address::Unix(path) => socket.is_none_or(|s| s == path),
+                Address::Tcp(_) => true,
+            }
     }
 
     /// Whether active checks consider the server up.

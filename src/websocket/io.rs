@@ -3,7 +3,7 @@
 //! hyper hands an upgraded connection back as a boxed trait object that
 //! still carries what the HTTP connection needed (its activity tracking, the
 //! protocol sniffer's rewind buffer). A session can last for days, so each
-//! end is taken back to the TLS or TCP stream underneath (the downstream
+//! end is taken back to the TLS, TCP or unix stream underneath (the downstream
 //! connection, which knows its own wrappers, does the unwrapping and builds
 //! an [`End`] here): the relay then polls it directly, and an idle session
 //! holds nothing it does not use. HTTP/2 streams (RFC 8441) cannot be
@@ -17,11 +17,12 @@ use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
 use super::tls_records::TlsRecords;
 use crate::prefixed::Prefixed;
+use crate::upstream::Stream;
 
 /// `read`, not tied to hyper's whole read buffer when it is empty (an empty
 /// slice of it would keep it allocated for the session's life).
@@ -37,6 +38,8 @@ enum Inner {
     Tls(Box<TlsStream<Prefixed<TcpStream>>>),
     /// A plain TCP connection (to the backend, or a plain-HTTP client).
     Tcp(TcpStream),
+    /// A unix socket connection to the backend.
+    Unix(UnixStream),
     /// Anything hyper would not hand back unwrapped (an HTTP/2 stream).
     Upgraded(Box<TokioIo<Upgraded>>),
 }
@@ -100,10 +103,13 @@ impl End {
 
     /// The backend's end, from hyper's client-side upgrade.
     pub fn upstream(upgraded: Upgraded) -> Self {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<Stream>>() {
             Ok(parts) => End {
                 pre: own(parts.read_buf),
-                inner: Inner::Tcp(parts.io.into_inner()),
+                inner: match parts.io.into_inner() {
+                    Stream::Tcp(tcp) => Inner::Tcp(tcp),
+                    Stream::Unix(unix) => Inner::Unix(unix),
+                },
             },
             Err(upgraded) => End {
                 pre: Bytes::new(),
@@ -120,6 +126,7 @@ macro_rules! on_inner {
             Inner::Records(s) => Pin::new(&mut **s).$method($($arg),*),
             Inner::Tls(s) => Pin::new(&mut **s).$method($($arg),*),
             Inner::Tcp(s) => Pin::new(s).$method($($arg),*),
+            Inner::Unix(s) => Pin::new(s).$method($($arg),*),
             Inner::Upgraded(s) => Pin::new(&mut **s).$method($($arg),*),
         }
     };
@@ -167,6 +174,7 @@ impl AsyncWrite for End {
             Inner::Records(s) => s.is_write_vectored(),
             Inner::Tls(s) => s.is_write_vectored(),
             Inner::Tcp(s) => s.is_write_vectored(),
+            Inner::Unix(s) => s.is_write_vectored(),
             Inner::Upgraded(s) => s.is_write_vectored(),
         }
     }

@@ -305,6 +305,7 @@ mod tests {
             [Pool {
                 name: "web".into(),
                 servers: vec!["127.0.0.1:8000".into()],
+                sockets: Default::default(),
                 max_in_flight: None,
                 queue_timeout: Duration::from_secs(5),
                 max_queue: None,
@@ -548,6 +549,7 @@ pool = "web"
             Pool {
                 name: "web".into(),
                 servers: vec!["127.0.0.1:8000".into(), "127.0.0.1:8001".into()],
+                sockets: Default::default(),
                 max_in_flight: Some(4),
                 queue_timeout: Duration::from_secs(5),
                 max_queue: Some(1000),
@@ -564,6 +566,7 @@ pool = "web"
             Pool {
                 name: "live".into(),
                 servers: vec!["127.0.0.1:9000".into()],
+                sockets: Default::default(),
                 max_in_flight: None,
                 queue_timeout: Duration::from_secs(5),
                 max_queue: None,

@@ -4,9 +4,10 @@
 //! of its own site: unique paths and names, existing pools, and
 //! WebSocket-only settings only where a route upgrades.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv6Addr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -39,7 +40,8 @@ const ROUTE_FIELDS: &[&str] = &[
 ];
 
 /// `[pools.NAME]` tables, in file order: routes refer to a pool by its index.
-pub(super) fn parse_pools(cx: &mut Cx<'_>, v: &Val<'_>) -> Vec<Pool> {
+/// `base` is the site file's directory, which `unix:` paths are relative to.
+pub(super) fn parse_pools(cx: &mut Cx<'_>, v: &Val<'_>, base: &Path) -> Vec<Pool> {
     let mut pools = Vec::new();
     match v.get_ref() {
         DeValue::Table(table) => {
@@ -55,7 +57,7 @@ pub(super) fn parse_pools(cx: &mut Cx<'_>, v: &Val<'_>) -> Vec<Pool> {
                 match value.get_ref() {
                     DeValue::Table(t) => {
                         let t = Table::open(cx, t, value.span(), path, POOL_FIELDS);
-                        pools.push(parse_pool(cx, pool_name, &t));
+                        pools.push(parse_pool(cx, pool_name, &t, base));
                     }
                     other => cx.error(
                         value.span(),
@@ -72,10 +74,11 @@ pub(super) fn parse_pools(cx: &mut Cx<'_>, v: &Val<'_>) -> Vec<Pool> {
     pools
 }
 
-fn parse_pool(cx: &mut Cx<'_>, name: &str, t: &Table<'_, '_>) -> Pool {
+fn parse_pool(cx: &mut Cx<'_>, name: &str, t: &Table<'_, '_>, base: &Path) -> Pool {
     let mut pool = Pool {
         name: name.to_owned(),
         servers: Vec::new(),
+        sockets: BTreeMap::new(),
         max_in_flight: None,
         queue_timeout: Duration::from_secs(5),
         max_queue: None,
@@ -86,35 +89,7 @@ fn parse_pool(cx: &mut Cx<'_>, name: &str, t: &Table<'_, '_>) -> Pool {
 
     match t.get("servers") {
         None => t.missing(cx, "servers", "servers = [\"127.0.0.1:8000\"]"),
-        Some(v) => {
-            let path = t.child("servers");
-            if let Some(items) = get_strings(cx, v, &path) {
-                if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
-                    cx.error(
-                        v.span(),
-                        format!(
-                            "{path}: must not be empty (list the upstream servers, as in servers = [\"127.0.0.1:8000\"])"
-                        ),
-                    );
-                }
-                let mut seen: HashMap<&str, String> = HashMap::new();
-                for (s, item_path, span) in items {
-                    if let Err(problem) = check_server(s) {
-                        cx.error(span, format!("{item_path}: {problem}"));
-                    } else if let Some(first) = seen.get(s) {
-                        cx.error(
-                            span,
-                            format!(
-                                "{item_path}: duplicate server {s:?} (already listed as {first})"
-                            ),
-                        );
-                    } else {
-                        seen.insert(s, item_path);
-                        pool.servers.push(s.to_owned());
-                    }
-                }
-            }
-        }
+        Some(v) => parse_servers(cx, v, &t.child("servers"), base, &mut pool),
     }
 
     if let Some(v) = t.get("max_in_flight") {
@@ -142,6 +117,86 @@ fn parse_pool(cx: &mut Cx<'_>, name: &str, t: &Table<'_, '_>) -> Pool {
         pool.health = parse_health(cx, &h);
     }
     pool
+}
+
+/// `servers = [...]`: each checked, unique, and a `unix:` path resolved
+/// against `base` (the site file's directory).
+fn parse_servers(cx: &mut Cx<'_>, v: &Val<'_>, path: &str, base: &Path, pool: &mut Pool) {
+    let Some(items) = get_strings(cx, v, path) else {
+        return;
+    };
+    if v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+        cx.error(
+            v.span(),
+            format!(
+                "{path}: must not be empty (list the upstream servers, as in servers = [\"127.0.0.1:8000\"])"
+            ),
+        );
+    }
+    let mut seen: HashMap<&str, String> = HashMap::new();
+    for (s, item_path, span) in items {
+        let checked = match s.strip_prefix(UNIX_PREFIX) {
+            Some(socket) => check_socket(socket, base).map(Some),
+            None => check_server(s).map(|()| None),
+        };
+        match checked {
+            Err(problem) => cx.error(span, format!("{item_path}: {problem}")),
+            Ok(_) if seen.contains_key(s) => {
+                let first = &seen[s];
+                cx.error(
+                    span,
+                    format!("{item_path}: duplicate server {s:?} (already listed as {first})"),
+                );
+            }
+            Ok(socket) => {
+                seen.insert(s, item_path);
+                if let Some(socket) = socket {
+                    pool.sockets.insert(s.to_owned(), socket);
+                }
+                pool.servers.push(s.to_owned());
+            }
+        }
+    }
+}
+
+/// The prefix of a unix socket server.
+const UNIX_PREFIX: &str = "unix:";
+/// Longest socket path the kernel takes (`sun_path` holds 108 bytes, the
+/// last a NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks the path of a `unix:PATH` server and resolves it against `base`;
+/// `Err` says what is wrong with it.
+fn check_socket(path: &str, base: &Path) -> Result<PathBuf, String> {
+    let example = "as in \"unix:/run/gunicorn.sock\"";
+    if path.is_empty() {
+        return Err(format!("unix: needs a socket path, {example}"));
+    }
+    if path.contains('\0') {
+        return Err(format!("{path:?} must not contain a NUL character"));
+    }
+    if path.trim() != path {
+        return Err(format!("{path:?} must not start or end with whitespace"));
+    }
+    if path.ends_with('/')
+        || path.ends_with("/.")
+        || path.ends_with("/..")
+        || path == "."
+        || path == ".."
+    {
+        return Err(format!(
+            "{path:?} names a directory; give the socket file's path, {example}"
+        ));
+    }
+    let resolved = base.join(path);
+    let len = resolved.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket path {} is {len} bytes long; unix socket paths are at most {MAX_SOCKET_PATH}",
+            resolved.display()
+        ));
+    }
+    Ok(resolved)
 }
 
 /// Checks a `host:port` upstream address; `Err` says what is wrong with it.
@@ -602,6 +657,59 @@ pool = "web"
                 "cfg/sites/shop.toml:12:8: routes[2].path: duplicate path \"/\" (already used by routes[0] on line 5)",
                 "cfg/sites/shop.toml:16:8: routes[3].name: duplicate route name \"other\" (already used by routes[2] on line 13)",
                 "cfg/sites/shop.toml:24:8: routes[5].path: the route name (which defaults to the path): duplicate route name \"/x\" (already used by routes[4] on line 20)",
+            ],
+        );
+    }
+
+    #[test]
+    fn unix_servers_resolve_against_the_site_directory() {
+        let site = r#"hosts = ["a.example"]
+[pools.web]
+servers = ["unix:/run/app.sock", "unix:app.sock", "unix:../run/b.sock", "127.0.0.1:8000"]
+[[routes]]
+path = "/"
+pool = "web"
+"#;
+        let config = ok("", &[("shop", site)]);
+        let pool = &config.sites[0].pools[0];
+        assert_eq!(
+            pool.servers,
+            [
+                "unix:/run/app.sock",
+                "unix:app.sock",
+                "unix:../run/b.sock",
+                "127.0.0.1:8000"
+            ]
+        );
+        let socket = |s: &str| pool.sockets[s].to_str().unwrap().to_owned();
+        assert_eq!(socket("unix:/run/app.sock"), "/run/app.sock");
+        assert_eq!(socket("unix:app.sock"), "cfg/sites/app.sock");
+        assert_eq!(socket("unix:../run/b.sock"), "cfg/sites/../run/b.sock");
+        assert_eq!(pool.sockets.len(), 3);
+    }
+
+    #[test]
+    fn bad_unix_servers() {
+        let long = "x".repeat(120);
+        let site = format!(
+            r#"hosts = ["a.example"]
+[pools.web]
+servers = ["unix:", "unix:/run/", "unix: a.sock", "unix:a\u0000b", "unix:/{long}", "unix:/a", "unix:/a"]
+[[routes]]
+path = "/"
+pool = "web"
+"#
+        );
+        let e = errors("", &[("shop", &site)]);
+        assert_errors(
+            &e,
+            &[
+                "cfg/sites/shop.toml:3:12: pools.web.servers[0]: unix: needs a socket path, as in \"unix:/run/gunicorn.sock\"",
+                "cfg/sites/shop.toml:3:21: pools.web.servers[1]: \"/run/\" names a directory",
+                "cfg/sites/shop.toml:3:35: pools.web.servers[2]: \" a.sock\" must not start or end with whitespace",
+                "cfg/sites/shop.toml:3:51: pools.web.servers[3]: \"a\\0b\" must not contain a NUL character",
+                "cfg/sites/shop.toml:3:68: pools.web.servers[4]: socket path /xxx",
+                "cfg/sites/shop.toml:3:209: pools.web.servers[6]: duplicate server \"unix:/a\" (already listed as pools.web.servers[5])",
             ],
         );
     }

@@ -86,7 +86,7 @@ pub(super) fn parse_site(
     }
 
     if let Some(v) = top.get("pools") {
-        site.pools = parse_pools(cx, v);
+        site.pools = parse_pools(cx, v, base);
     }
     if let Some(v) = top.get("routes") {
         site.routes = parse_routes(cx, v, &site.pools);
