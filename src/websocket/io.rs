@@ -187,3 +187,67 @@ impl AsyncWrite for End {
         on_inner!(self, poll_shutdown(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode, header};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::upstream::{Body, handshake};
+
+    /// Bound on every wait here.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The backend's end of an upgrade over a unix socket is the socket
+    /// itself, with the bytes the backend sent right after its 101 first.
+    #[tokio::test]
+    async fn an_upstream_unix_socket_is_unwrapped() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| {
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let mut io = TokioIo::new(on.await.unwrap());
+                    let mut buf = [0u8; 4];
+                    io.read_exact(&mut buf).await.unwrap();
+                    io.write_all(&buf).await.unwrap();
+                });
+                let mut resp = Response::new(http_body_util::Empty::<Bytes>::new());
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                resp.headers_mut()
+                    .insert(header::UPGRADE, "test".parse().unwrap());
+                resp.headers_mut()
+                    .insert(header::CONNECTION, "upgrade".parse().unwrap());
+                async { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(theirs), svc)
+                .with_upgrades()
+                .await
+        });
+        let (mut send, conn) = handshake(Stream::Unix(ours)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::get("/")
+            .header(header::UPGRADE, "test")
+            .header(header::CONNECTION, "upgrade")
+            .body(Body::empty())
+            .unwrap();
+        let work = async {
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let mut end = End::upstream(hyper::upgrade::on(resp).await.unwrap());
+            assert!(
+                matches!(end.inner, Inner::Unix(_)),
+                "unwrapped to the socket"
+            );
+            end.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            end.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+        };
+        tokio::time::timeout(WAIT, work).await.unwrap();
+    }
+}
