@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,41 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-// --- log capture -------------------------------------------------------------
-
-static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    let buf = LOG.get_or_init(|| Arc::new(Mutex::new(Vec::new()))).clone();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || LogWriter(buf.clone()))
-        .try_init();
-}
-
 fn access_lines_with(needle: &str) -> Vec<String> {
-    let Some(buf) = LOG.get() else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
     // The text format quotes string values; compare without the quotes.
-    text.lines()
+    log_lines()
+        .into_iter()
         .map(|l| l.replace('"', ""))
         .filter(|l| l.contains("switchyard::access") && l.contains(needle))
         .collect()

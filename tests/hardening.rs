@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,44 +19,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-// --- log capture -------------------------------------------------------------
-
-static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs (once) a subscriber that keeps every log line in memory.
-fn capture_logs() {
-    let buf = LOG.get_or_init(|| Arc::new(Mutex::new(Vec::new()))).clone();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || LogWriter(buf.clone()))
-        .try_init();
-}
-
 /// Log lines mentioning `needle`.
 fn log_lines_with(needle: &str) -> Vec<String> {
-    let Some(buf) = LOG.get() else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
-    text.lines()
+    log_lines()
+        .into_iter()
         .filter(|l| l.contains(needle))
-        .map(str::to_owned)
         .collect()
 }
 

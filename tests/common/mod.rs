@@ -409,3 +409,42 @@ pub fn header_map(h: &http::HeaderMap) -> HashMap<String, String> {
     }
     m
 }
+
+// --- log capture -------------------------------------------------------------
+
+static LOG: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+#[derive(Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once per test binary) a subscriber that keeps every log line
+/// in memory, for tests that check what the proxy logged.
+pub fn capture_logs() {
+    let buf = LOG.get_or_init(|| Arc::new(Mutex::new(Vec::new()))).clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || LogWriter(buf.clone()))
+        .try_init();
+}
+
+/// Every log line captured so far (see [`capture_logs`]).
+pub fn log_lines() -> Vec<String> {
+    let Some(buf) = LOG.get() else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    text.lines().map(str::to_owned).collect()
+}
