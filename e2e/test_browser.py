@@ -38,8 +38,20 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 BASE = "https://localhost:18443"
 ADMIN = "127.0.0.1:19901"
 SITE = "django"
-DAPHNES = {"daphne-1": "127.0.0.1:19001", "daphne-2": "127.0.0.1:19002"}
-GUNICORNS = {"gunicorn-1": "127.0.0.1:18001", "gunicorn-2": "127.0.0.1:18002"}
+
+
+def backend(name: str) -> str:
+    """The pool server string for a backend, exactly as the site file (or, for
+    another RUN_DIR, run.sh's rendered copy of it) writes it: a unix socket."""
+    if RUN_DIR.resolve() == (EXAMPLE / ".run").resolve():
+        return f"unix:../../.run/{name}.sock"   # relative to sites/django.toml
+    return f"unix:{RUN_DIR.resolve()}/{name}.sock"
+
+
+# Backend name -> its server string in the site file (the `server` metric label,
+# the access log's `upstream`): the backends listen on unix sockets in RUN_DIR.
+DAPHNES = {n: backend(n) for n in ("daphne-1", "daphne-2")}
+GUNICORNS = {n: backend(n) for n in ("gunicorn-1", "gunicorn-2")}
 
 
 def require_tools():

@@ -38,8 +38,20 @@ WS_BASE = "wss://localhost:18443"
 ORIGIN = BASE
 ADMIN = "127.0.0.1:19901"
 SITE = "django"
-GUNICORNS = {"gunicorn-1": "127.0.0.1:18001", "gunicorn-2": "127.0.0.1:18002"}
-DAPHNES = {"daphne-1": "127.0.0.1:19001", "daphne-2": "127.0.0.1:19002"}
+
+
+def backend(name: str) -> str:
+    """The pool server string for a backend, exactly as the site file (or, for
+    another RUN_DIR, run.sh's rendered copy of it) writes it: a unix socket."""
+    if RUN_DIR.resolve() == (EXAMPLE / ".run").resolve():
+        return f"unix:../../.run/{name}.sock"   # relative to sites/django.toml
+    return f"unix:{RUN_DIR.resolve()}/{name}.sock"
+
+
+# Backend name -> its server string in the site file (the `server` metric label,
+# the access log's `upstream`): the backends listen on unix sockets in RUN_DIR.
+GUNICORNS = {n: backend(n) for n in ("gunicorn-1", "gunicorn-2")}
+DAPHNES = {n: backend(n) for n in ("daphne-1", "daphne-2")}
 # A second loopback address for the client, so that its address in
 # X-Forwarded-For (127.0.0.2) differs from the proxy's (127.0.0.1).
 CLIENT_ADDR = "127.0.0.2"
@@ -140,8 +152,8 @@ def test_django_sees_tls_and_client_address(http2):
         assert info["x_forwarded_proto"] == "https"
         assert info["x_forwarded_for"] == CLIENT_ADDR      # the client
         assert info["x_real_ip"] == CLIENT_ADDR
-        # gunicorn's REMOTE_ADDR is the proxy (127.0.0.1); the example's
-        # RealIPMiddleware sets it from X-Real-IP.
+        # gunicorn's REMOTE_ADDR is not the client (switchyard connects over
+        # a unix socket); the example's RealIPMiddleware sets it from X-Real-IP.
         assert info["remote_addr"] == CLIENT_ADDR
 
 

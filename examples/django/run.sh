@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The Django example behind switchyard, all on 127.0.0.1:
+# The Django example behind switchyard, on 127.0.0.1; the backends listen on
+# unix sockets in $RUN_DIR, as gunicorn's and daphne's docs recommend behind a
+# proxy:
 #
 #   redis-server     127.0.0.1:16379   channels_redis group messages
-#   gunicorn-1, -2   127.0.0.1:18001, :18002   views (2 sync workers each)
-#   daphne-1, -2     127.0.0.1:19001, :19002   the Channels chat consumer
+#   gunicorn-1, -2   $RUN_DIR/gunicorn-1.sock, -2.sock   views (2 sync workers each)
+#   daphne-1, -2     $RUN_DIR/daphne-1.sock, -2.sock     the Channels chat consumer
 #   switchyard       https://localhost:18443/  (http :18080 redirects; admin :19901)
+#
+# switchyard/sites/django.toml names the sockets relative to itself
+# (unix:../../.run/...), which is the default RUN_DIR. With another RUN_DIR,
+# start renders a copy of the config under $RUN_DIR/switchyard with the
+# sockets (and the certificate paths) made absolute, and runs that.
 #
 # usage: examples/django/run.sh {install|start|stop|restart|status|test}
 #
@@ -26,13 +33,12 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 VENV="${VENV:-$HERE/.venv}"
-RUN_DIR="${RUN_DIR:-$HERE/.run}"
+# Absolute: the rendered site file names the sockets in it.
+RUN_DIR="$(realpath -m "${RUN_DIR:-$HERE/.run}")"
 PYTHON="${PYTHON:-python3}"
 CONFIG="$HERE/switchyard"
 
 REDIS_PORT=16379
-GUNICORN_PORTS=(18001 18002)
-DAPHNE_PORTS=(19001 19002)
 HTTPS_PORT=18443
 ADMIN=127.0.0.1:19901
 
@@ -131,6 +137,26 @@ with urllib.request.urlopen(sys.argv[1], timeout=1) as r:
 EOF
 }
 
+# unix_http_ok SOCKET PATH: GET PATH over the unix socket answers 200.
+unix_http_ok() {
+    "$VENV/bin/python" - "$1" "$2" <<'EOF'
+import http.client, socket, sys
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=1)
+        self.unix_path = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(1)
+        self.sock.connect(self.unix_path)
+c = UnixConnection(sys.argv[1])
+c.request("GET", sys.argv[2])
+sys.exit(0 if c.getresponse().status == 200 else 1)
+EOF
+}
+
+sock() { echo "$RUN_DIR/$1.sock"; }
+
 redis_ok() {
     "$VENV/bin/python" -c "import redis,sys; sys.exit(0 if redis.Redis(port=$REDIS_PORT, socket_timeout=1).ping() else 1)"
 }
@@ -143,26 +169,48 @@ start_redis() {
 }
 
 start_gunicorn() {
-    local i="$1" port="${GUNICORN_PORTS[$(($1 - 1))]}"
-    running "gunicorn-$i" && return 0
-    # --forwarded-allow-ips: believe X-Forwarded-Proto (wsgi.url_scheme) from
-    # switchyard only. REMOTE_ADDR comes from chatsite.middleware.RealIPMiddleware.
-    spawn "gunicorn-$i" "$HERE" INSTANCE="gunicorn-$i" -- \
-        "$VENV/bin/gunicorn" --workers 2 --worker-class sync --bind "127.0.0.1:$port" \
-        --forwarded-allow-ips 127.0.0.1 \
+    local name="gunicorn-$1" s
+    s="$(sock "gunicorn-$1")"
+    running "$name" && return 0
+    rm -f "$s"   # stale, from a killed instance
+    # gunicorn believes X-Forwarded-Proto (wsgi.url_scheme) from a unix socket
+    # peer (--forwarded-allow-ips only governs TCP peers), so keep RUN_DIR
+    # private to the user running switchyard. REMOTE_ADDR comes from
+    # chatsite.middleware.RealIPMiddleware.
+    spawn "$name" "$HERE" INSTANCE="$name" -- \
+        "$VENV/bin/gunicorn" --workers 2 --worker-class sync --bind "unix:$s" \
         --graceful-timeout 5 --access-logfile - chatsite.wsgi:application
-    wait_for "gunicorn-$i" 30 http_ok "http://127.0.0.1:$port/healthz"
+    wait_for "$name" 30 unix_http_ok "$s" /healthz
 }
 
 start_daphne() {
-    local i="$1" port="${DAPHNE_PORTS[$(($1 - 1))]}"
-    running "daphne-$i" && return 0
+    local name="daphne-$1" s
+    s="$(sock "daphne-$1")"
+    running "$name" && return 0
+    rm -f "$s" "$s.lock"   # stale, from a killed instance (daphne's lock file too)
     # --proxy-headers: scope["client"] from the left-most X-Forwarded-For, which
     # switchyard replaces with the client's address (no trusted_proxies here).
-    spawn "daphne-$i" "$HERE" INSTANCE="daphne-$i" -- \
-        "$VENV/bin/daphne" --bind 127.0.0.1 --port "$port" --proxy-headers \
-        chatsite.asgi:application
-    wait_for "daphne-$i" 30 http_ok "http://127.0.0.1:$port/healthz"
+    spawn "$name" "$HERE" INSTANCE="$name" -- \
+        "$VENV/bin/daphne" -u "$s" --proxy-headers chatsite.asgi:application
+    wait_for "$name" 30 unix_http_ok "$s" /healthz
+}
+
+# The config switchyard runs: the checked-in one when RUN_DIR is the default
+# (its site file names the sockets as unix:../../.run/NAME.sock), else a copy
+# under $RUN_DIR/switchyard with the sockets in $RUN_DIR and the certificate
+# paths made absolute.
+config_dir() {
+    if [ "$RUN_DIR" -ef "$HERE/.run" ]; then
+        echo "$CONFIG"
+        return 0
+    fi
+    local out="$RUN_DIR/switchyard"
+    mkdir -p "$out/sites"
+    cp "$CONFIG/switchyard.toml" "$out/switchyard.toml"
+    sed -e "s|\"unix:\.\./\.\./\.run/|\"unix:$RUN_DIR/|g" \
+        -e "s|\"\.\./\.\./\.\./\.\./certs/|\"$REPO/certs/|g" \
+        "$CONFIG/sites/django.toml" >"$out/sites/django.toml"
+    echo "$out"
 }
 
 start_switchyard() {
@@ -170,8 +218,10 @@ start_switchyard() {
     local bin
     bin="$(switchyard_bin)"
     [ -x "$bin" ] || die "no switchyard binary at $bin"
-    "$bin" check -c "$CONFIG" >/dev/null
-    spawn switchyard "$REPO" -- "$bin" run -c "$CONFIG"
+    local config
+    config="$(config_dir)"
+    "$bin" check -c "$config" >/dev/null
+    spawn switchyard "$REPO" -- "$bin" run -c "$config"
     wait_for switchyard 20 http_ok "http://$ADMIN/readyz"
 }
 

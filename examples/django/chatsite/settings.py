@@ -25,9 +25,10 @@ CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_SECURE = True
 # The client's address: switchyard replaces X-Forwarded-For and X-Real-IP
 # with it (it trusts no proxy in front of it here). daphne --proxy-headers
-# puts it in scope["client"]; under gunicorn, REMOTE_ADDR would be
-# switchyard's own address, so RealIPMiddleware sets it from X-Real-IP (safe
-# only because gunicorn listens on 127.0.0.1, reachable through switchyard alone).
+# puts it in scope["client"]; under gunicorn, REMOTE_ADDR would not be the
+# client (switchyard connects over a unix socket), so RealIPMiddleware sets it
+# from X-Real-IP (safe only because gunicorn listens on a unix socket,
+# reachable through switchyard alone).
 
 INSTALLED_APPS = [
     "daphne",
