@@ -247,3 +247,12 @@ def procs(request):
 
 def pytest_report_header(config):
     return [f"switchyard binary: {SWITCHYARD_BIN}", f"python: {sys.version.split()[0]}"]
+
+
+def example_backend(name: str, run_dir: Path) -> str:
+    """The Django example's pool server string for a backend, exactly as its
+    site file (or, for another RUN_DIR, run.sh's rendered copy) writes it: a
+    unix socket in RUN_DIR."""
+    if run_dir.resolve() == (REPO / "examples" / "django" / ".run").resolve():
+        return f"unix:../../.run/{name}.sock"   # relative to sites/django.toml
+    return f"unix:{run_dir.resolve()}/{name}.sock"

@@ -28,7 +28,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import DEV_CA, REPO, SWITCHYARD_BIN, Metrics, scrape, wait_until
+from conftest import example_backend, DEV_CA, REPO, SWITCHYARD_BIN, Metrics, scrape, wait_until
 
 EXAMPLE = REPO / "examples" / "django"
 RUN_SH = EXAMPLE / "run.sh"
@@ -41,11 +41,7 @@ SITE = "django"
 
 
 def backend(name: str) -> str:
-    """The pool server string for a backend, exactly as the site file (or, for
-    another RUN_DIR, run.sh's rendered copy of it) writes it: a unix socket."""
-    if RUN_DIR.resolve() == (EXAMPLE / ".run").resolve():
-        return f"unix:../../.run/{name}.sock"   # relative to sites/django.toml
-    return f"unix:{RUN_DIR.resolve()}/{name}.sock"
+    return example_backend(name, RUN_DIR)
 
 
 # Backend name -> its server string in the site file (the `server` metric label,
