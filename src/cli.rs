@@ -115,14 +115,18 @@ pub fn summary(c: &Config) -> String {
         for r in &site.routes {
             let pool =
                 |i: Option<usize>| i.and_then(|i| site.pools.get(i)).map(|p| p.name.as_str());
-            let _ = writeln!(
-                s,
-                "  route {} {} -> {}{}",
-                r.name,
-                r.path,
-                pool(r.pool).map_or("-".to_string(), |p| format!("pool {p}")),
-                pool(r.websocket).map_or(String::new(), |p| format!(", websocket {p}"))
-            );
+            let mut targets: Vec<String> = Vec::new();
+            if let Some(f) = &r.files {
+                let internal = if f.internal { " (internal)" } else { "" };
+                targets.push(format!("files {}{internal}", f.dir.display()));
+            }
+            if let Some(p) = pool(r.pool) {
+                targets.push(format!("pool {p}"));
+            }
+            if let Some(p) = pool(r.websocket) {
+                targets.push(format!("websocket {p}"));
+            }
+            let _ = writeln!(s, "  route {} {} -> {}", r.name, r.path, targets.join(", "));
         }
     }
     s

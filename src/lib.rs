@@ -12,12 +12,14 @@
 //! public.
 #![deny(unsafe_code)]
 
+mod accept_encoding;
 mod activity;
 mod admin;
 mod buffer;
 pub mod cli;
 pub mod config;
 mod connection;
+pub mod files;
 pub mod forwarded;
 pub mod headers;
 mod listener;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ErrorPages, Route as RouteConfig, Site as SiteConfig, Timeouts};
+use crate::files::{Catalog, Files};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::Pool;
 use crate::tls;
@@ -37,6 +38,10 @@ pub(crate) struct Route {
     pub upstream_response: Duration,
     /// The site's error pages, for the statuses the proxy answers itself.
     pub error_pages: Arc<ErrorPages>,
+    /// The directory this route serves files from.
+    pub files: Option<Arc<Files>>,
+    /// The site's files routes, for `X-Accel-Redirect` from this route's pool.
+    pub site_files: Arc<Catalog>,
     /// Pre-resolved metric handles.
     pub metrics: RouteMetrics,
 }
@@ -96,6 +101,8 @@ fn unrouted(
         max_message_bytes: None,
         upstream_response,
         error_pages,
+        files: None,
+        site_files: Arc::default(),
         metrics: RouteMetrics::new(metrics, site, UNMATCHED),
     })
 }
@@ -254,10 +261,25 @@ fn build_site(
         pools.push(pool);
     }
     let error_pages = Arc::new(site.error_pages.clone());
+    let files: Vec<Option<Arc<Files>>> = site
+        .routes
+        .iter()
+        .map(|r| r.files.as_ref().map(|f| Arc::new(Files::new(&r.path, f))))
+        .collect();
+    let catalog = Arc::new(Catalog::new(files.iter().flatten().cloned().collect()));
+    let shared = Shared {
+        site,
+        pools: &pools,
+        metrics,
+        error_pages: &error_pages,
+        site_files: &catalog,
+        timeouts,
+    };
     let mut routes: Vec<Arc<Route>> = site
         .routes
         .iter()
-        .map(|r| build_route(r, site, &pools, metrics, &error_pages, timeouts))
+        .zip(files)
+        .map(|(r, files)| build_route(r, files, &shared))
         .collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
     let tls = match &site.tls {
@@ -279,15 +301,26 @@ fn build_site(
     })
 }
 
-/// One route of `site`, its pools resolved among `pools`.
-fn build_route(
-    r: &RouteConfig,
-    site: &SiteConfig,
-    pools: &[Arc<Pool>],
-    metrics: &Arc<Metrics>,
-    error_pages: &Arc<ErrorPages>,
-    timeouts: &Timeouts,
-) -> Arc<Route> {
+/// What the routes of one site share.
+struct Shared<'a> {
+    site: &'a SiteConfig,
+    pools: &'a [Arc<Pool>],
+    metrics: &'a Arc<Metrics>,
+    error_pages: &'a Arc<ErrorPages>,
+    site_files: &'a Arc<Catalog>,
+    timeouts: &'a Timeouts,
+}
+
+/// One route of a site, its pools resolved among the site's.
+fn build_route(r: &RouteConfig, files: Option<Arc<Files>>, s: &Shared<'_>) -> Arc<Route> {
+    let Shared {
+        site,
+        pools,
+        metrics,
+        error_pages,
+        site_files,
+        timeouts,
+    } = *s;
     Arc::new(Route {
         site: site.name.as_str().into(),
         name: r.name.as_str().into(),
@@ -299,6 +332,8 @@ fn build_route(
         max_message_bytes: r.max_message_bytes,
         upstream_response: r.upstream_response.unwrap_or(timeouts.upstream_response),
         error_pages: error_pages.clone(),
+        files,
+        site_files: site_files.clone(),
         metrics: RouteMetrics::new(metrics, &site.name, &r.name),
     })
 }

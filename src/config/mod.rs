@@ -256,6 +256,23 @@ pub struct Route {
     /// Overrides `timeouts.upstream_response` for this route's requests
     /// and WebSocket handshakes.
     pub upstream_response: Option<Duration>,
+    /// Files served from a directory (`files`, `index`, `cache_control`,
+    /// `internal`).
+    pub files: Option<Files>,
+}
+
+/// A route's `files`: a directory served at the route's path prefix
+/// (nginx `alias`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    /// The directory, resolved against the site file's directory.
+    pub dir: PathBuf,
+    /// File served for a path ending in `/`.
+    pub index: Option<String>,
+    /// `Cache-Control` sent with every file.
+    pub cache_control: Option<String>,
+    /// Clients get 404; only `X-Accel-Redirect` from a pool reaches it.
+    pub internal: bool,
 }
 
 /// One configuration problem, located in its file.

@@ -46,6 +46,22 @@ pub enum ProxyError {
     /// The request body could not be buffered.
     #[error(transparent)]
     Body(buffer::BufferError),
+    /// No file at this path of a files route (or an `internal` route).
+    #[error("no such file")]
+    FileNotFound,
+    /// A method other than GET or HEAD on a route that only serves files.
+    #[error("this route serves files: only GET and HEAD are allowed")]
+    MethodNotAllowed,
+    /// The file exists but the proxy may not read it.
+    #[error("the proxy is not allowed to read this file")]
+    FileForbidden,
+    /// Opening or reading the file failed.
+    #[error("the file could not be read: {0}")]
+    File(#[source] std::io::Error),
+    /// A pool response's `X-Accel-Redirect` named a path that no files
+    /// route of the site serves.
+    #[error("the upstream's X-Accel-Redirect to {0:?} matches no files route of this site")]
+    AccelTarget(String),
 }
 
 impl Failure for ProxyError {
@@ -54,6 +70,8 @@ impl Failure for ProxyError {
             ProxyError::Pool(e) => e.fault(),
             ProxyError::Upstream(e) => e.fault(),
             ProxyError::Body(e) => e.fault(),
+            ProxyError::AccelTarget(_) => Fault::Upstream,
+            ProxyError::FileForbidden | ProxyError::File(_) => Fault::Proxy,
             // Everything else is the request itself: a host, path, method
             // or header the configuration does not serve.
             _ => Fault::Client,
@@ -74,7 +92,13 @@ impl ProxyError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UnknownHost | ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::UnknownHost | ProxyError::NoRoute | ProxyError::FileNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::FileForbidden => StatusCode::FORBIDDEN,
+            ProxyError::File(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::AccelTarget(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Redirect(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::BadRequest(_)
@@ -116,6 +140,9 @@ impl ProxyError {
             ProxyError::Pool(PoolError::QueueTimeout | PoolError::QueueFull) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::MethodNotAllowed => {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
             ProxyError::WebSocketOnly => {
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
@@ -134,6 +161,11 @@ impl ProxyError {
                 }
                 _ => "no upstream server could be reached".to_string(),
             },
+            // The path is the backend's business; the log has it.
+            ProxyError::AccelTarget(_) => {
+                "the upstream server named a file this site does not serve".to_string()
+            }
+            ProxyError::File(_) => "the file could not be read".to_string(),
             other => other.to_string(),
         }
     }

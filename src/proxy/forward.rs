@@ -14,7 +14,7 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::response::finish_plain;
-use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
+use super::{Ctx, Finish, ProxyError, Received, ResponseBody, files};
 use crate::buffer;
 use crate::forwarded;
 use crate::headers;
@@ -85,6 +85,8 @@ pub(super) async fn forward(
         streamed_body(body, max_body)?
     };
     let mut body = Some(body);
+    // Kept only on sites that serve files, for an X-Accel-Redirect answer.
+    let saved = files::saved_headers(route, &parts.headers);
     let mut failed_on = None;
     let timeout = route.upstream_response;
     loop {
@@ -101,6 +103,21 @@ pub(super) async fn forward(
             Err(e) => (e, Some(lease)),
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
+                if let Some(target) = rparts.headers.remove(&files::X_ACCEL_REDIRECT) {
+                    // The worker is done: its slot is freed before the
+                    // first byte of the file is read.
+                    drop(rbody);
+                    drop(lease);
+                    server.report_success();
+                    let back = files::Handback {
+                        server: &server,
+                        upstream: rparts,
+                        saved,
+                        queue_wait,
+                        received,
+                    };
+                    return files::accel(cx, route, &method, &target, back);
+                }
                 headers::remove_hop_by_hop(&mut rparts.headers);
                 let body = if buffering {
                     // The whole (small) body is in before the client sees

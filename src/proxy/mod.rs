@@ -4,8 +4,9 @@
 //!    [`AccessRecord`] for the backend and the log.
 //! 2. **Route**: refuse ambiguous framing, find the site by host and the
 //!    route by path ([`route`]).
-//! 3. **Hand over**: a plain request to its pool ([`forward`]), a WebSocket
-//!    upgrade to its async backend ([`websocket`]).
+//! 3. **Hand over**: a plain request to its pool ([`forward`]) or to disk
+//!    ([`files`], which also takes a pool's `X-Accel-Redirect`), a
+//!    WebSocket upgrade to its async backend ([`websocket`]).
 //! 4. **Respond**: the response body records the request when it ends
 //!    ([`response`]); errors the proxy answers itself are [`ProxyError`]s.
 //! 5. **Log**: metrics and one access line ([`access`]).
@@ -15,6 +16,7 @@
 
 mod access;
 mod error;
+mod files;
 mod forward;
 mod response;
 mod route;
@@ -128,9 +130,15 @@ impl Ctx<'_> {
         };
         let route = routed.route;
         let result = match crate::websocket::classify(&req) {
-            crate::websocket::Upgrade::None => {
-                forward::forward(self, &route, req, &routed.host).await
-            }
+            crate::websocket::Upgrade::None => match &route.files {
+                None => forward::forward(self, &route, req, &routed.host).await,
+                Some(f) => match files::direct(self, &route, f, req) {
+                    files::Direct::Answered(result) => result,
+                    files::Direct::ToPool(req) => {
+                        forward::forward(self, &route, req, &routed.host).await
+                    }
+                },
+            },
             crate::websocket::Upgrade::Malformed(why) => Err(ProxyError::BadUpgrade(why)),
             crate::websocket::Upgrade::WebSocket => match &route.websocket {
                 None => Err(ProxyError::NoWebSocketOnRoute),

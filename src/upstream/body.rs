@@ -48,6 +48,8 @@ pin_project_lite::pin_project! {
         Replay { #[pin] inner: super::spill::Replay },
         /// Fed by a task that drains the server (see [`crate::buffer`]).
         Channel { rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>> },
+        /// Read from disk (a files route, or X-Accel-Redirect).
+        File { #[pin] inner: crate::files::FileBody },
     }
 }
 
@@ -76,6 +78,12 @@ impl Body {
             stalled: None,
             timeout,
         }
+    }
+}
+
+impl From<crate::files::FileBody> for Body {
+    fn from(inner: crate::files::FileBody) -> Self {
+        Body::File { inner }
     }
 }
 
@@ -129,6 +137,7 @@ impl http_body::Body for Body {
             },
             BodyProj::Replay { inner } => inner.poll_frame(cx),
             BodyProj::Channel { rx } => rx.poll_recv(cx),
+            BodyProj::File { inner } => inner.poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -140,6 +149,7 @@ impl http_body::Body for Body {
             Body::Timed { inner, .. } => inner.is_end_stream(),
             Body::Replay { inner } => inner.is_end_stream(),
             Body::Channel { .. } => false,
+            Body::File { inner } => inner.is_end_stream(),
         }
     }
 
@@ -153,6 +163,7 @@ impl http_body::Body for Body {
             Body::Timed { inner, .. } => inner.size_hint(),
             Body::Replay { inner } => inner.size_hint(),
             Body::Channel { .. } => SizeHint::default(),
+            Body::File { inner } => inner.size_hint(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! site files, and `hash` fingerprints everything read.
 
 mod diagnostics;
+mod files;
 mod hash;
 mod pages;
 mod process;
@@ -325,6 +326,7 @@ mod tests {
                 ping_interval: None,
                 max_message_bytes: None,
                 upstream_response: None,
+                files: None,
             }]
         );
     }
@@ -589,6 +591,7 @@ pool = "web"
                 ping_interval: Some(Duration::from_secs(30)),
                 max_message_bytes: Some(16 * 1024 * 1024),
                 upstream_response: None,
+                files: None,
             },
             Route {
                 name: "app".into(),
@@ -599,6 +602,7 @@ pool = "web"
                 ping_interval: None,
                 max_message_bytes: None,
                 upstream_response: None,
+                files: None,
             },
         ]
     }

@@ -37,6 +37,10 @@ const ROUTE_FIELDS: &[&str] = &[
     "ping_interval",
     "max_message_bytes",
     "upstream_response",
+    "files",
+    "index",
+    "cache_control",
+    "internal",
 ];
 
 /// `[pools.NAME]` tables, in file order: routes refer to a pool by its index.
@@ -313,7 +317,12 @@ type FirstUse = HashMap<String, (String, usize)>;
 
 /// `[[routes]]`, in file order, each checked against `pools` and the routes
 /// before it.
-pub(super) fn parse_routes(cx: &mut Cx<'_>, v: &Val<'_>, pools: &[Pool]) -> Vec<Route> {
+pub(super) fn parse_routes(
+    cx: &mut Cx<'_>,
+    v: &Val<'_>,
+    pools: &[Pool],
+    base: &Path,
+) -> Vec<Route> {
     let mut routes = Vec::new();
     match v.get_ref() {
         DeValue::Array(items) => {
@@ -322,7 +331,8 @@ pub(super) fn parse_routes(cx: &mut Cx<'_>, v: &Val<'_>, pools: &[Pool]) -> Vec<
             for (i, item) in items.iter().enumerate() {
                 let path = format!("routes[{i}]");
                 if let Some(t) = Table::open_value(cx, item, path, ROUTE_FIELDS) {
-                    let route = parse_route(cx, &t, pools, &mut by_path, &mut by_name);
+                    let mut route = parse_route(cx, &t, pools, &mut by_path, &mut by_name);
+                    route.files = super::files::parse_files(cx, &t, base);
                     routes.push(route);
                 }
             }
@@ -354,6 +364,7 @@ fn parse_route(
         ping_interval: None,
         max_message_bytes: None,
         upstream_response: None,
+        files: None,
     };
     let (path, path_span) = route_path(cx, t, by_path);
     route.path = path;
@@ -493,11 +504,11 @@ fn route_pools(cx: &mut Cx<'_>, t: &Table<'_, '_>, pools: &[Pool], route: &mut R
             }
         }
     }
-    if t.get("pool").is_none() && t.get("websocket").is_none() {
+    if t.get("pool").is_none() && t.get("websocket").is_none() && t.get("files").is_none() {
         cx.error(
             t.span.clone(),
             format!(
-                "{}: needs pool = \"NAME\" for plain requests, websocket = \"NAME\" for WebSocket upgrades, or both",
+                "{}: needs pool = \"NAME\" for plain requests, websocket = \"NAME\" for WebSocket upgrades, files = \"DIR\" for files, or a combination",
                 t.path
             ),
         );
@@ -556,7 +567,7 @@ path = "/x"
             &[
                 "cfg/sites/shop.toml:11:8: routes[1].pool: no pool named \"wbe\" in this site (pools: web, live)",
                 "cfg/sites/shop.toml:12:13: routes[1].websocket: no pool named \"lve\" in this site (pools: web, live)",
-                "cfg/sites/shop.toml:13:1: routes[2]: needs pool = \"NAME\" for plain requests, websocket = \"NAME\" for WebSocket upgrades, or both",
+                "cfg/sites/shop.toml:13:1: routes[2]: needs pool = \"NAME\" for plain requests, websocket = \"NAME\" for WebSocket upgrades, files = \"DIR\" for files, or a combination",
             ],
         );
 

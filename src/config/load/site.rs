@@ -89,7 +89,7 @@ pub(super) fn parse_site(
         site.pools = parse_pools(cx, v, base);
     }
     if let Some(v) = top.get("routes") {
-        site.routes = parse_routes(cx, v, &site.pools);
+        site.routes = parse_routes(cx, v, &site.pools, base);
     }
     site
 }

@@ -1,0 +1,186 @@
+//! Files: the hand-over of a request to a files route (served from disk,
+//! or passed to the route's pool when there is no file, as nginx's
+//! `try_files $uri @app`), and `X-Accel-Redirect`, by which a pool response
+//! hands a download back to the proxy so the worker is free while the
+//! bytes flow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::response::finish_plain;
+use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
+use crate::files::{Files, Served};
+use crate::routing::Route;
+use crate::upstream::{Body, Server};
+
+/// The response header by which a pool names a file for the proxy to send.
+pub(super) static X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
+
+/// Where a request on a files route goes.
+// Returned once per request and matched at once; boxing the response
+// would cost an allocation per file for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Direct {
+    /// Answered from disk (or refused).
+    Answered(Result<Response<ResponseBody>, ProxyError>),
+    /// No file here: the route's pool serves it.
+    ToPool(Request<Incoming>),
+}
+
+/// Serves a client's request on a files route.
+pub(super) fn direct(
+    cx: &Ctx<'_>,
+    route: &Arc<Route>,
+    files: &Files,
+    req: Request<Incoming>,
+) -> Direct {
+    if files.internal {
+        return Direct::Answered(Err(ProxyError::FileNotFound));
+    }
+    let uri = req.uri();
+    let served = files.serve(req.method(), uri.path(), uri.query(), req.headers());
+    let result = match served {
+        Served::Response(resp) => {
+            let finish = Finish::new(
+                route.clone(),
+                cx.started,
+                req.method().clone(),
+                resp.status(),
+                None,
+                None,
+            );
+            Ok(finish_plain(resp.map(Body::from), finish))
+        }
+        Served::Missing | Served::MethodNotAllowed if route.pool.is_some() => {
+            return Direct::ToPool(req);
+        }
+        other => Err(refusal(other)),
+    };
+    Direct::Answered(result)
+}
+
+/// The error for a request that was not served from disk.
+fn refusal(served: Served) -> ProxyError {
+    match served {
+        Served::MethodNotAllowed => ProxyError::MethodNotAllowed,
+        Served::Forbidden => ProxyError::FileForbidden,
+        Served::Failed(e) => ProxyError::File(e),
+        Served::Missing | Served::Response(_) => ProxyError::FileNotFound,
+    }
+}
+
+/// The client's request headers a file response depends on, kept while
+/// the request goes to the pool in case it answers with X-Accel-Redirect.
+pub(super) fn saved_headers(route: &Route, headers: &HeaderMap) -> Option<HeaderMap> {
+    if route.site_files.is_empty() {
+        return None;
+    }
+    let mut saved = HeaderMap::new();
+    for name in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::ACCEPT_ENCODING,
+    ] {
+        for v in headers.get_all(&name) {
+            saved.append(name.clone(), v.clone());
+        }
+    }
+    Some(saved)
+}
+
+/// Headers of the pool's response that the file response keeps.
+const KEPT: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_DISPOSITION,
+    header::CACHE_CONTROL,
+    header::SET_COOKIE,
+    header::EXPIRES,
+];
+
+/// What the pool's exchange left for the file response.
+pub(super) struct Handback<'a> {
+    /// The server that answered, for the access log.
+    pub(super) server: &'a Server,
+    /// The pool's response head, without its body.
+    pub(super) upstream: http::response::Parts,
+    /// The client's request headers a file response depends on.
+    pub(super) saved: Option<HeaderMap>,
+    /// Time the request queued for a slot.
+    pub(super) queue_wait: Duration,
+    /// Request body bytes from the client.
+    pub(super) received: Received,
+}
+
+/// Serves the file a pool response named in `X-Accel-Redirect` (already
+/// removed from its head, its body and slot already let go): from the
+/// site's files route matching that path, internal or not, with the
+/// client's conditionals and range, under the pool's own Content-Type,
+/// Content-Disposition, Cache-Control, Set-Cookie and Expires.
+pub(super) fn accel(
+    cx: &Ctx<'_>,
+    route: &Arc<Route>,
+    method: &Method,
+    target: &HeaderValue,
+    back: Handback<'_>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let bad_target = || {
+        let target = String::from_utf8_lossy(target.as_bytes()).into_owned();
+        tracing::warn!(
+            site = %route.site, route = %route.name, server = %back.server.addr, %target,
+            "X-Accel-Redirect names a path no files route of this site serves"
+        );
+        ProxyError::AccelTarget(target)
+    };
+    let Ok(target_str) = std::str::from_utf8(target.as_bytes()) else {
+        return Err(bad_target());
+    };
+    let (path, query) = match target_str.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target_str, None),
+    };
+    let Some(files) = route.site_files.find(path) else {
+        return Err(bad_target());
+    };
+    // As nginx: the internal redirect is a GET (a HEAD stays a HEAD).
+    let method = if *method == Method::HEAD {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let empty = HeaderMap::new();
+    let saved = back.saved.as_ref().unwrap_or(&empty);
+    let mut resp = match files.serve(&method, path, query, saved) {
+        Served::Response(resp) => resp,
+        other => return Err(refusal(other)),
+    };
+    let h = resp.headers_mut();
+    for name in &KEPT {
+        let mut values = back.upstream.headers.get_all(name).iter();
+        if let Some(first) = values.next() {
+            h.insert(name.clone(), first.clone());
+            for v in values {
+                h.append(name.clone(), v.clone());
+            }
+        }
+    }
+    let upstream = Some(back.server.addr.clone());
+    let mut finish = Finish::new(
+        route.clone(),
+        cx.started,
+        method,
+        resp.status(),
+        None,
+        upstream,
+    );
+    finish.queue_wait = Some(back.queue_wait);
+    finish.received = back.received;
+    Ok(finish_plain(resp.map(Body::from), finish))
+}
