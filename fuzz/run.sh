@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 export RUSTC_BOOTSTRAP=1
-TARGETS=(frame_walker config_load request_head proxy_header)
+TARGETS=(frame_walker config_load request_head proxy_header files_path)
 MODE="${1:-600}"
 # No sanitizer: the code under test is safe Rust, and this is much faster.
 # Debug assertions on, so integer overflow panics.
