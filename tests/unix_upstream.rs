@@ -426,3 +426,41 @@ fn bad_unix_servers_are_configuration_errors() {
     assert!(text.contains(&first), "{text}");
     assert!(text.contains(&second), "{text}");
 }
+
+#[tokio::test]
+async fn a_reload_moves_a_pool_to_another_socket() {
+    let dir = socket_dir();
+    let old = sock(dir.path(), "old.sock");
+    let new = sock(dir.path(), "new.sock");
+    let old_backend = UnixBackend::start(&old, "old");
+    let new_backend = UnixBackend::start(&new, "new");
+    let site = |p: &Path| {
+        format!(
+            "hosts = [\"u.test\"]\n[pools.app]\nservers = [{:?}]\n[[routes]]\npath = \"/\"\npool = \"app\"\n",
+            unix(p)
+        )
+    };
+    let cfg = ConfigDir::new(&main_toml(""), &[("u", site(&old))]);
+    let proxy = Proxy::start(cfg.load()).await;
+    let r = plain_request(proxy.http, get("u.test", "/x"))
+        .await
+        .unwrap();
+    assert_eq!(r.body(), "old");
+
+    cfg.write_site("u", &site(&new));
+    proxy.server.reload(cfg.load()).await.expect("reload");
+    // The old socket is gone: a request that still went there would fail.
+    drop(old_backend);
+    std::fs::remove_file(&old).unwrap();
+    for _ in 0..3 {
+        let r = plain_request(proxy.http, get("u.test", "/y"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body(), "new");
+    }
+    assert_eq!(new_backend.app().len(), 3);
+    let label = format!("server=\"{}\"", unix(&new));
+    let up = proxy.metric(&["switchyard_upstream_up", &label]).await;
+    assert_eq!(up, 1.0);
+}
