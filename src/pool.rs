@@ -125,6 +125,18 @@ impl Pool {
         self.members.load()
     }
 
+    /// What a request's hand-over needs to know now: whether bodies are
+    /// buffered, the largest request body, and whether a retry has
+    /// another server to go to.
+    pub(crate) fn hand_over_settings(&self) -> (bool, u64, bool) {
+        let m = self.members.load();
+        (
+            m.settings.buffering,
+            m.settings.max_body,
+            m.servers.len() > 1,
+        )
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every critical section is a push or pop), so poisoning is ignored.

@@ -226,39 +226,7 @@ fn build_site(
     let mut pools = Vec::with_capacity(site.pools.len());
     for p in &site.pools {
         let prev_pool = previous.and_then(|s| s.pools.iter().find(|q| *q.name == *p.name));
-        let mut servers = Vec::with_capacity(p.servers.len());
-        for addr in &p.servers {
-            let socket = p.sockets.get(addr).map(PathBuf::as_path);
-            let reused = prev_pool.and_then(|q| {
-                q.members()
-                    .servers
-                    .iter()
-                    .find(|s| s.is(addr, socket))
-                    .cloned()
-            });
-            let server = match reused {
-                Some(s) => s,
-                None => Server::new(addr, socket, metrics, &site.name, &p.name).map_err(|_| {
-                    BuildError::BadServer {
-                        site: site.name.clone(),
-                        pool: p.name.clone(),
-                        server: addr.clone(),
-                    }
-                })?,
-            };
-            server.set_health(p.health.clone(), timeouts.upstream_connect);
-            servers.push(server);
-        }
-        // A pool that survives keeps its queue: requests waiting across the
-        // reload are served by slots freed after it.
-        let pool = match prev_pool {
-            Some(q) => {
-                q.update(p.clone(), servers);
-                q.clone()
-            }
-            None => Pool::new(&site.name, p.clone(), servers, metrics),
-        };
-        pools.push(pool);
+        pools.push(build_pool(site, p, prev_pool, metrics, timeouts)?);
     }
     let error_pages = Arc::new(site.error_pages.clone());
     let files: Vec<Option<Arc<Files>>> = site
@@ -298,6 +266,50 @@ fn build_site(
         routes,
         pools,
         unrouted: unrouted(metrics, &site.name, error_pages, timeouts.upstream_response),
+    })
+}
+
+/// One pool of `site`: servers that `previous` (the same pool before a
+/// reload) already knows are carried over with their accounting and health,
+/// and a pool that survives keeps its queue.
+fn build_pool(
+    site: &SiteConfig,
+    p: &crate::config::Pool,
+    previous: Option<&Arc<Pool>>,
+    metrics: &Arc<Metrics>,
+    timeouts: &Timeouts,
+) -> Result<Arc<Pool>, BuildError> {
+    let mut servers = Vec::with_capacity(p.servers.len());
+    for addr in &p.servers {
+        let socket = p.sockets.get(addr).map(PathBuf::as_path);
+        let reused = previous.and_then(|q| {
+            q.members()
+                .servers
+                .iter()
+                .find(|s| s.is(addr, socket))
+                .cloned()
+        });
+        let server = match reused {
+            Some(s) => s,
+            None => Server::new(addr, socket, metrics, &site.name, &p.name).map_err(|_| {
+                BuildError::BadServer {
+                    site: site.name.clone(),
+                    pool: p.name.clone(),
+                    server: addr.clone(),
+                }
+            })?,
+        };
+        server.set_health(p.health.clone(), timeouts.upstream_connect);
+        servers.push(server);
+    }
+    // A pool that survives keeps its queue: requests waiting across the
+    // reload are served by slots freed after it.
+    Ok(match previous {
+        Some(q) => {
+            q.update(p.clone(), servers);
+            q.clone()
+        }
+        None => Pool::new(&site.name, p.clone(), servers, metrics),
     })
 }
 

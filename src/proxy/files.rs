@@ -7,15 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::response::finish_plain;
 use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
 use crate::files::{Files, Served};
+use crate::pool::Lease;
 use crate::routing::Route;
-use crate::upstream::{Body, Server};
+use crate::upstream::{Body, Pulled, Server};
 
 /// The response header by which a pool names a file for the proxy to send.
 pub(super) static X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
@@ -105,40 +106,39 @@ const KEPT: [HeaderName; 5] = [
     header::EXPIRES,
 ];
 
-/// What the pool's exchange left for the file response.
-pub(super) struct Handback<'a> {
-    /// The server that answered, for the access log.
-    pub(super) server: &'a Server,
-    /// The pool's response head, without its body.
-    pub(super) upstream: http::response::Parts,
-    /// The client's request headers a file response depends on.
-    pub(super) saved: Option<HeaderMap>,
-    /// Time the request queued for a slot.
-    pub(super) queue_wait: Duration,
-    /// Request body bytes from the client.
-    pub(super) received: Received,
-}
-
-/// Serves the file a pool response named in `X-Accel-Redirect` (already
-/// removed from its head, its body and slot already let go): from the
-/// site's files route matching that path, internal or not, with the
-/// client's conditionals and range, under the pool's own Content-Type,
-/// Content-Disposition, Cache-Control, Set-Cookie and Expires.
+/// Serves the file a pool response named in `X-Accel-Redirect`: the
+/// upstream body is dropped and the slot released first (the worker is
+/// done), then the file comes from the site's files route matching that
+/// path, internal or not, with the client's conditionals and range, under
+/// the pool's own Content-Type, Content-Disposition, Cache-Control,
+/// Set-Cookie and Expires. `saved` holds the client's headers
+/// ([`saved_headers`]); `waited` the queue wait and request bytes, for the
+/// log.
 pub(super) fn accel(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     method: &Method,
-    target: &HeaderValue,
-    back: Handback<'_>,
+    server: &Server,
+    (resp, lease): (Response<Pulled>, Lease),
+    saved: Option<HeaderMap>,
+    (queue_wait, received): (Duration, Received),
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut upstream, body) = resp.into_parts();
+    drop(body);
+    drop(lease);
+    server.report_success();
+    let Some(target) = upstream.headers.remove(&X_ACCEL_REDIRECT) else {
+        return Err(ProxyError::AccelTarget(String::new()));
+    };
     let bad_target = || {
         let target = String::from_utf8_lossy(target.as_bytes()).into_owned();
         tracing::warn!(
-            site = %route.site, route = %route.name, server = %back.server.addr, %target,
+            site = %route.site, route = %route.name, server = %server.addr, %target,
             "X-Accel-Redirect names a path no files route of this site serves"
         );
         ProxyError::AccelTarget(target)
     };
+    let target = &target;
     let Ok(target_str) = std::str::from_utf8(target.as_bytes()) else {
         return Err(bad_target());
     };
@@ -156,14 +156,14 @@ pub(super) fn accel(
         Method::GET
     };
     let empty = HeaderMap::new();
-    let saved = back.saved.as_ref().unwrap_or(&empty);
+    let saved = saved.as_ref().unwrap_or(&empty);
     let mut resp = match files.serve(&method, path, query, saved) {
         Served::Response(resp) => resp,
         other => return Err(refusal(other)),
     };
     let h = resp.headers_mut();
     for name in &KEPT {
-        let mut values = back.upstream.headers.get_all(name).iter();
+        let mut values = upstream.headers.get_all(name).iter();
         if let Some(first) = values.next() {
             h.insert(name.clone(), first.clone());
             for v in values {
@@ -171,16 +171,9 @@ pub(super) fn accel(
             }
         }
     }
-    let upstream = Some(back.server.addr.clone());
-    let mut finish = Finish::new(
-        route.clone(),
-        cx.started,
-        method,
-        resp.status(),
-        None,
-        upstream,
-    );
-    finish.queue_wait = Some(back.queue_wait);
-    finish.received = back.received;
+    let addr = Some(server.addr.clone());
+    let mut finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, addr);
+    finish.queue_wait = Some(queue_wait);
+    finish.received = received;
     Ok(finish_plain(resp.map(Body::from), finish))
 }

@@ -66,16 +66,11 @@ pub(super) async fn forward(
     let Some(pool) = &route.pool else {
         return Err(ProxyError::WebSocketOnly);
     };
-    let (buffering, max_body, several_servers) = {
-        let m = pool.members();
-        let s = &m.settings;
-        (s.buffering, s.max_body, m.servers.len() > 1)
-    };
+    let (buffering, max_body, several_servers) = pool.hand_over_settings();
     let method = req.method().clone();
     let (mut parts, body) = req.into_parts();
-    // A request without a body may be retried on another server when the
-    // first one could not be reached.
-    // (Only with another server to retry on: the head is copied for it.)
+    // A request without a body may be retried on another server (when there
+    // is one: the head is copied for it) if the first could not be reached.
     let idempotent = is_idempotent(&method);
     let replayable = hyper::body::Body::is_end_stream(&body);
     let retryable = idempotent && replayable && several_servers;
@@ -101,23 +96,12 @@ pub(super) async fn forward(
         let sent = cx.generation.upstream.send(&server, req, timeout).await;
         let (e, lease) = match sent {
             Err(e) => (e, Some(lease)),
+            Ok(resp) if resp.headers().contains_key(&files::X_ACCEL_REDIRECT) => {
+                let waited = (queue_wait, received);
+                return files::accel(cx, route, &method, &server, (resp, lease), saved, waited);
+            }
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
-                if let Some(target) = rparts.headers.remove(&files::X_ACCEL_REDIRECT) {
-                    // The worker is done: its slot is freed before the
-                    // first byte of the file is read.
-                    drop(rbody);
-                    drop(lease);
-                    server.report_success();
-                    let back = files::Handback {
-                        server: &server,
-                        upstream: rparts,
-                        saved,
-                        queue_wait,
-                        received,
-                    };
-                    return files::accel(cx, route, &method, &target, back);
-                }
                 headers::remove_hop_by_hop(&mut rparts.headers);
                 let body = if buffering {
                     // The whole (small) body is in before the client sees

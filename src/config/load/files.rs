@@ -1,11 +1,11 @@
 //! A route's files settings: `files` (a directory, relative to the site
 //! file, that must exist), `index`, `cache_control` and `internal`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::super::Files;
 use super::diagnostics::Cx;
-use super::values::{Table, get_bool, get_str};
+use super::values::{Table, Val, get_bool, get_str};
 
 /// The route's `files` settings, or None when it serves no files (or they
 /// are invalid; every problem is reported).
@@ -24,42 +24,8 @@ pub(super) fn parse_files(cx: &mut Cx<'_>, t: &Table<'_, '_>, base: &Path) -> Op
         }
         return None;
     };
-    let field = t.child("files");
+    let dir = files_dir(cx, v, &t.child("files"), base);
     let mut ok = true;
-    let dir = get_str(cx, v, &field).and_then(|s| {
-        let problem = if s.is_empty() {
-            Some("must not be empty; give the directory, as in files = \"../static\"".to_owned())
-        } else if s.contains('\0') {
-            Some(format!("{s:?} must not contain a NUL character"))
-        } else {
-            None
-        };
-        if let Some(p) = problem {
-            cx.error(v.span(), format!("{field}: {p}"));
-            return None;
-        }
-        let dir = base.join(s);
-        match std::fs::metadata(&dir) {
-            Ok(m) if m.is_dir() => Some(dir),
-            Ok(_) => {
-                cx.error(
-                    v.span(),
-                    format!("{field}: {} is not a directory", dir.display()),
-                );
-                None
-            }
-            Err(e) => {
-                cx.error(
-                    v.span(),
-                    format!(
-                        "{field}: cannot open directory {}: {e} (paths are relative to the site file)",
-                        dir.display()
-                    ),
-                );
-                None
-            }
-        }
-    });
     let mut files = Files {
         dir: dir.unwrap_or_default(),
         index: None,
@@ -67,38 +33,12 @@ pub(super) fn parse_files(cx: &mut Cx<'_>, t: &Table<'_, '_>, base: &Path) -> Op
         internal: false,
     };
     if let Some(v) = t.get("index") {
-        let field = t.child("index");
-        match get_str(cx, v, &field) {
-            Some(name) if valid_index(name) => files.index = Some(name.to_owned()),
-            Some(name) => {
-                cx.error(
-                    v.span(),
-                    format!(
-                        "{field}: {name:?} must be a plain file name in the directory, as in index = \"index.html\" (no \"/\", not starting with \".\")"
-                    ),
-                );
-                ok = false;
-            }
-            None => ok = false,
-        }
+        files.index = parse_index(cx, v, &t.child("index"));
+        ok &= files.index.is_some();
     }
     if let Some(v) = t.get("cache_control") {
-        let field = t.child("cache_control");
-        match get_str(cx, v, &field) {
-            Some(cc) if !cc.is_empty() && http::HeaderValue::from_str(cc).is_ok() => {
-                files.cache_control = Some(cc.to_owned());
-            }
-            Some(cc) => {
-                cx.error(
-                    v.span(),
-                    format!(
-                        "{field}: {cc:?} is not a valid header value, as in cache_control = \"public, max-age=3600\""
-                    ),
-                );
-                ok = false;
-            }
-            None => ok = false,
-        }
+        files.cache_control = parse_cache_control(cx, v, &t.child("cache_control"));
+        ok &= files.cache_control.is_some();
     }
     if let Some(v) = t.get("internal") {
         match get_bool(cx, v, &t.child("internal")) {
@@ -106,20 +46,80 @@ pub(super) fn parse_files(cx: &mut Cx<'_>, t: &Table<'_, '_>, base: &Path) -> Op
             None => ok = false,
         }
         if files.internal {
-            for name in ["pool", "websocket"] {
-                if let Some(p) = t.get(name) {
-                    cx.error(
-                        p.span(),
-                        format!(
-                            "{}: an internal route answers clients 404 and is reached only through X-Accel-Redirect, so it never uses a pool; remove {name} or internal",
-                            t.child(name)
-                        ),
-                    );
-                }
-            }
+            internal_without_pools(cx, t);
         }
     }
     (ok && !files.dir.as_os_str().is_empty()).then_some(files)
+}
+
+/// `files`: a directory that exists, relative to the site file.
+fn files_dir(cx: &mut Cx<'_>, v: &Val<'_>, field: &str, base: &Path) -> Option<PathBuf> {
+    let s = get_str(cx, v, field)?;
+    if s.is_empty() || s.contains('\0') {
+        cx.error(
+            v.span(),
+            format!(
+                "{field}: {s:?} is not a directory path; give one, as in files = \"../static\""
+            ),
+        );
+        return None;
+    }
+    let dir = base.join(s);
+    let problem = match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => return Some(dir),
+        Ok(_) => format!("{} is not a directory", dir.display()),
+        Err(e) => format!(
+            "cannot open directory {}: {e} (paths are relative to the site file)",
+            dir.display()
+        ),
+    };
+    cx.error(v.span(), format!("{field}: {problem}"));
+    None
+}
+
+/// `index`: a plain file name.
+fn parse_index(cx: &mut Cx<'_>, v: &Val<'_>, field: &str) -> Option<String> {
+    let name = get_str(cx, v, field)?;
+    if valid_index(name) {
+        return Some(name.to_owned());
+    }
+    cx.error(
+        v.span(),
+        format!(
+            "{field}: {name:?} must be a plain file name in the directory, as in index = \"index.html\" (no \"/\", not starting with \".\")"
+        ),
+    );
+    None
+}
+
+/// `cache_control`: a valid header value.
+fn parse_cache_control(cx: &mut Cx<'_>, v: &Val<'_>, field: &str) -> Option<String> {
+    let cc = get_str(cx, v, field)?;
+    if !cc.is_empty() && http::HeaderValue::from_str(cc).is_ok() {
+        return Some(cc.to_owned());
+    }
+    cx.error(
+        v.span(),
+        format!(
+            "{field}: {cc:?} is not a valid header value, as in cache_control = \"public, max-age=3600\""
+        ),
+    );
+    None
+}
+
+/// An internal route is never a client's, so a pool on it would be dead.
+fn internal_without_pools(cx: &mut Cx<'_>, t: &Table<'_, '_>) {
+    for name in ["pool", "websocket"] {
+        if let Some(p) = t.get(name) {
+            cx.error(
+                p.span(),
+                format!(
+                    "{}: an internal route answers clients 404 and is reached only through X-Accel-Redirect, so it never uses a pool; remove {name} or internal",
+                    t.child(name)
+                ),
+            );
+        }
+    }
 }
 
 /// An index file name: one plain path segment.
