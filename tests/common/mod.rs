@@ -448,3 +448,202 @@ pub fn log_lines() -> Vec<String> {
     let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
     text.lines().map(str::to_owned).collect()
 }
+
+// --- files on disk, one TLS site, raw HTTP/1 -----------------------------------
+
+/// Writes `bytes` at `dir/rel`, creating the parent directories; returns the path.
+pub fn write_file(dir: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Sets a file's modification time to `secs` seconds after the Unix epoch.
+pub fn set_mtime(path: &Path, secs: u64) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// A response header's value as text ("" when absent).
+pub fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// A running proxy with one TLS site: `hosts = [HOST]`, a certificate from
+/// a fresh test CA, then `rest` (pools and routes).
+pub struct TlsSite {
+    pub host: String,
+    pub pki: Pki,
+    pub cfg: ConfigDir,
+    pub proxy: Proxy,
+}
+
+/// How a test request reaches the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Plain HTTP/1.1.
+    Plain,
+    /// HTTP/1.1 over TLS.
+    H1,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+}
+
+impl Via {
+    pub const ALL: [Via; 3] = [Via::Plain, Via::H1, Via::H2];
+}
+
+impl TlsSite {
+    pub async fn start(host: &str, rest: &str) -> TlsSite {
+        let pki = Pki::new();
+        let (crt, key) = pki.leaf("site", &[host]);
+        let site = format!("hosts = [\"{host}\"]\n{}\n{rest}\n", tls_toml(&crt, &key));
+        let cfg = ConfigDir::new(&main_toml(""), &[("site", site)]);
+        let proxy = Proxy::start(cfg.load()).await;
+        TlsSite {
+            host: host.to_owned(),
+            pki,
+            cfg,
+            proxy,
+        }
+    }
+
+    /// Sends `METHOD path` (origin-form; absolute for HTTP/2) with these
+    /// headers and body on a new connection; panics on no answer within
+    /// `WAIT`, an error, or a response in another HTTP version.
+    pub async fn send(
+        &self,
+        via: Via,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Got {
+        let host = self.host.as_str();
+        let uri = if via == Via::H2 {
+            format!("https://{host}{path}")
+        } else {
+            path.to_owned()
+        };
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body)).unwrap();
+        let p = &self.proxy;
+        let fut = async {
+            match via {
+                Via::Plain => plain_request(p.http, req).await,
+                Via::H1 => https_request(&self.pki, p.https, host, false, req).await,
+                Via::H2 => https_request(&self.pki, p.https, host, true, req).await,
+            }
+        };
+        let r = tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{via:?} {method} {path}: no answer within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("{via:?} {method} {path}: {e}"));
+        let want = if via == Via::H2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(r.version(), want, "{via:?} {method} {path}");
+        r
+    }
+}
+
+/// An HTTP/1 response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and header lines, as sent.
+    pub head: String,
+    /// The body, de-chunked if it was chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// Parses one whole response (head and body) from `bytes`; None when
+    /// the head or its body is incomplete. The body is framed by
+    /// Content-Length, by chunks, or by the end of `bytes`.
+    pub fn parse(bytes: &[u8], head_request: bool) -> Option<RawResponse> {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let mut r = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        let rest = &bytes[end + 4..];
+        if head_request || status == 304 || status == 204 {
+            return Some(r);
+        }
+        if let Some(len) = r.header("content-length") {
+            let len: usize = len.parse().ok()?;
+            r.body = rest.get(..len)?.to_vec();
+        } else if r
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            let mut at = rest;
+            loop {
+                let line = at.windows(2).position(|w| w == b"\r\n")?;
+                let size = std::str::from_utf8(&at[..line]).ok()?;
+                let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+                at = &at[line + 2..];
+                if size == 0 {
+                    break;
+                }
+                r.body.extend_from_slice(at.get(..size)?);
+                at = at.get(size + 2..)?;
+            }
+        } else {
+            r.body = rest.to_vec();
+        }
+        Some(r)
+    }
+}
+
+/// Sends `raw` (which should ask for `Connection: close`) on a new TCP
+/// connection to `addr` and reads until the proxy closes it (bounded by
+/// `WAIT`). None when the connection closed with no response at all.
+pub async fn raw_http(addr: SocketAddr, raw: &[u8]) -> Option<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // The proxy may answer and close before reading everything.
+    let _ = tcp.write_all(raw).await;
+    let mut got = Vec::new();
+    let read = async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the proxy neither answered and closed nor closed");
+    let head_request = raw.starts_with(b"HEAD ");
+    if got.is_empty() {
+        return None;
+    }
+    Some(RawResponse::parse(&got, head_request).expect("a whole HTTP/1 response"))
+}
