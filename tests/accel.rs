@@ -30,6 +30,9 @@ const UPSTREAM_BODY: &str = "SHOULD NOT BE SEEN";
 const PDF: &str = "application/pdf";
 const DISPOSITION: &str = "attachment; filename=\"report.pdf\"";
 const COOKIE: &str = "download=1; Path=/; HttpOnly";
+const COOKIE2: &str = "seen=yes; Path=/";
+/// Beside the files routes' directories: never served.
+const OUTSIDE: &str = "OUTSIDE-THE-ROOT-93e1";
 const CACHE: &str = "private, max-age=5";
 const EXPIRES: &str = "Thu, 01 Jan 2037 00:00:00 GMT";
 const SMALL: &[u8] = b"a public file\n";
@@ -61,6 +64,9 @@ fn redirect_for(path: &str) -> Option<&'static str> {
         "/view-nowhere" => "/nowhere/file.bin",
         "/view-public" => "/pub/small.txt",
         "/view-doc" => "/protected/doc.txt",
+        "/view-dotdot" => "/protected/../outside.txt",
+        "/view-encoded" => "/protected/%2e%2e/outside.txt",
+        "/view-dotfile" => "/protected/.hidden",
         _ => return None,
     })
 }
@@ -162,6 +168,10 @@ fn answer(path: &str, stop: CancellationToken) -> Response<AppBody> {
         .header("content-type", PDF)
         .header("content-disposition", DISPOSITION)
         .header("set-cookie", COOKIE)
+        .header("set-cookie", COOKIE2)
+        // The file's own validators and length replace the upstream's.
+        .header("etag", "\"upstream-etag\"")
+        .header("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")
         .header("cache-control", CACHE)
         .header("expires", EXPIRES)
         .header("x-other", "dropped-or-not")
@@ -189,6 +199,8 @@ async fn fixture() -> Fx {
     write_file(d, "protected/doc.txt", DOC);
     write_file(d, "protected/doc.txt.gz", DOC_GZ);
     write_file(d, "pub/small.txt", SMALL);
+    write_file(d, "outside.txt", OUTSIDE.as_bytes());
+    write_file(d, "protected/.hidden", OUTSIDE.as_bytes());
     let app = App::start().await;
     let protected = d.join("protected");
     let public = d.join("pub");
@@ -232,7 +244,13 @@ impl Fx {
 fn assert_kept_headers(r: &Got, what: &str) {
     assert_eq!(h(r, "content-type"), PDF, "{what}");
     assert_eq!(h(r, "content-disposition"), DISPOSITION, "{what}");
-    assert_eq!(h(r, "set-cookie"), COOKIE, "{what}");
+    let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, [COOKIE, COOKIE2], "{what}: every Set-Cookie");
+    assert_ne!(h(r, "etag"), "\"upstream-etag\"", "{what}: the file's ETag");
+    assert!(
+        !h(r, "last-modified").contains("2001"),
+        "{what}: the file's Last-Modified"
+    );
     assert_eq!(h(r, "cache-control"), CACHE, "{what}");
     assert_eq!(h(r, "expires"), EXPIRES, "{what}");
     assert!(
@@ -354,6 +372,17 @@ async fn internal_is_404_directly_a_missing_target_404_and_an_unrouted_one_502()
         let r = fx.get(via, "/protected/big.bin", &[]).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{via:?} direct internal");
         assert!(r.body().len() < 1000, "{via:?}: file bytes on a 404");
+
+        // The path rules hold for a target too: no way out, no dot files.
+        for path in ["/view-dotdot", "/view-encoded", "/view-dotfile"] {
+            let r = fx.get(via, path, &[]).await;
+            assert!(
+                !String::from_utf8_lossy(r.body()).contains(OUTSIDE),
+                "{via:?} {path}: served a file it must not"
+            );
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{via:?} {path}");
+            assert_eq!(fx.app.next().await, path);
+        }
 
         let r = fx.get(via, "/view-missing", &[]).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{via:?} missing target");

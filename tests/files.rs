@@ -200,6 +200,9 @@ async fn get_and_head_serve_files_with_their_headers_over_h1_tls_and_h2() {
                 assert_eq!(h(&head, name), h(&r, name), "{what}: {name} as for GET");
             }
         }
+        // A query string does not change the file (cache busting).
+        let r = fx.get(via, "/static/a.css?v=1.2.3&x=%2e%2e", &[]).await;
+        assert_whole(&r, CSS, &format!("{via:?} with a query"));
         // A route without cache_control sends none.
         let r = fx.get(via, "/plain/a.css", &[]).await;
         assert_whole(&r, CSS, &format!("{via:?} /plain/a.css"));
@@ -273,6 +276,8 @@ async fn conditional_requests_give_304_and_412() {
                 let r = fx.send(via, method, path, &[("if-none-match", inm)]).await;
                 assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{what}");
                 assert_eq!(h(&r, "etag"), tag, "{what}: ETag kept on 304");
+                // RFC 9110 §15.4.5: a 304 carries the Cache-Control a 200 would.
+                assert_eq!(h(&r, "cache-control"), CACHE, "{what}");
                 assert!(r.body().is_empty(), "{what}: no body on 304");
             }
         }
@@ -462,6 +467,26 @@ async fn precompressed_siblings_follow_accept_encoding() {
                 assert_eq!(h(&r, "etag"), identity_tag, "{what}");
             }
         }
+        // Validators are per representation: the sibling's ETag gives 304
+        // for the sibling only.
+        let gz = fx
+            .get(via, "/static/a.css", &[("accept-encoding", "gzip")])
+            .await;
+        let gz_tag = h(&gz, "etag").to_owned();
+        let r = fx
+            .get(
+                via,
+                "/static/a.css",
+                &[("accept-encoding", "gzip"), ("if-none-match", &gz_tag)],
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{via:?} gzip INM");
+        assert!(r.body().is_empty());
+        let r = fx
+            .get(via, "/static/a.css", &[("if-none-match", &gz_tag)])
+            .await;
+        assert_whole(&r, CSS, &format!("{via:?} identity with the gzip ETag"));
+
         // A file without siblings is sent as is.
         let r = fx
             .get(
@@ -767,5 +792,169 @@ fn files_settings_are_checked_at_load() {
         for w in words {
             assert!(err.contains(w), "{err}: names {w:?}");
         }
+    }
+}
+
+/// (method, path, headers, status, body)
+type Exchange<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, Vec<u8>);
+
+#[tokio::test]
+async fn many_file_responses_share_one_connection_with_correct_framing() {
+    let pool = Backend::named(POOL).await;
+    let fx = fixture(pool.addr, "").await;
+    let tag = etag(CSS.len());
+    let data = range_bytes();
+    let exchanges: Vec<Exchange> = vec![
+        ("GET", "/static/a.css", vec![], 200, CSS.to_vec()),
+        ("HEAD", "/static/a.css", vec![], 200, vec![]),
+        (
+            "GET",
+            "/static/a.css",
+            vec![("if-none-match", &tag)],
+            304,
+            vec![],
+        ),
+        (
+            "GET",
+            "/static/range.txt",
+            vec![("range", "bytes=5-14")],
+            206,
+            data[5..15].to_vec(),
+        ),
+        (
+            "GET",
+            "/static/range.txt",
+            vec![("range", "bytes=500-")],
+            416,
+            vec![],
+        ),
+        (
+            "GET",
+            "/static/a.css",
+            vec![("accept-encoding", "br")],
+            200,
+            CSS_BR.to_vec(),
+        ),
+        ("GET", "/static/nope.txt", vec![], 404, vec![]),
+        ("POST", "/static/a.css", vec![], 405, vec![]),
+        ("GET", "/static/docs", vec![], 301, vec![]),
+        (
+            "GET",
+            "/mixed/to-the-pool",
+            vec![],
+            200,
+            POOL.as_bytes().to_vec(),
+        ),
+        ("GET", "/static/data.json", vec![], 200, JSON.to_vec()),
+    ];
+    // HTTP/1.1 keep-alive: one after another on one connection.
+    let tcp = tokio::net::TcpStream::connect(fx.site.proxy.http)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (method, path, headers, status, body) in &exchanges {
+        let mut b = http::Request::builder()
+            .method(*method)
+            .uri(*path)
+            .header("host", HOST);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).unwrap();
+        let one = async {
+            let r = send.send_request(req).await.unwrap();
+            let (parts, b) = r.into_parts();
+            (
+                parts,
+                http_body_util::BodyExt::collect(b)
+                    .await
+                    .unwrap()
+                    .to_bytes(),
+            )
+        };
+        let (parts, got) = tokio::time::timeout(WAIT, one)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer on the kept-alive connection"));
+        assert_eq!(parts.status.as_u16(), *status, "h1 {method} {path}");
+        if *status != 404 && *status != 405 && *status != 416 && *status != 301 {
+            assert_eq!(got.as_ref(), body.as_slice(), "h1 {method} {path}");
+        }
+        send.ready()
+            .await
+            .unwrap_or_else(|e| panic!("after {method} {path}: {e}"));
+    }
+    // HTTP/2: all at once, as concurrent streams on one connection.
+    let tls = tls_connect(&fx.site.pki, fx.site.proxy.https, HOST, &[b"h2"])
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for (method, path, headers, status, body) in exchanges.iter().filter(|e| e.0 != "HEAD") {
+        let mut b = http::Request::builder()
+            .method(*method)
+            .uri(format!("https://{HOST}{path}"))
+            .header("host", HOST);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).unwrap();
+        let mut send = send.clone();
+        let what = format!("h2 {method} {path}");
+        let (status, body) = (*status, body.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = send.send_request(req).await.unwrap();
+            let (parts, b) = r.into_parts();
+            let got = http_body_util::BodyExt::collect(b)
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(parts.status.as_u16(), status, "{what}");
+            if status == 200 || status == 206 || status == 304 {
+                assert_eq!(got.as_ref(), body.as_slice(), "{what}");
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_empty_file_and_unusual_but_legal_names() {
+    let pool = Backend::named(POOL).await;
+    let fx = fixture(pool.addr, "").await;
+    write_file(fx.root.path(), "empty.txt", b"");
+    write_file(fx.root.path(), "café menu.txt", b"cafe");
+    write_file(fx.root.path(), "a+b.txt", b"plus");
+    write_file(fx.root.path(), "UPPER.CSS", b"upper");
+    for via in ALL {
+        let r = fx.get(via, "/static/empty.txt", &[]).await;
+        assert_whole(&r, b"", &format!("{via:?} empty file"));
+        let r = fx
+            .get(via, "/static/empty.txt", &[("range", "bytes=0-")])
+            .await;
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{via:?}");
+        assert_eq!(h(&r, "content-range"), "bytes */0", "{via:?}");
+
+        let r = fx.get(via, "/static/caf%C3%A9%20menu.txt", &[]).await;
+        assert_whole(&r, b"cafe", &format!("{via:?} UTF-8 name"));
+        // `+` is a plain character in a path, not a space.
+        let r = fx.get(via, "/static/a+b.txt", &[]).await;
+        assert_whole(&r, b"plus", &format!("{via:?} plus"));
+        let r = fx.get(via, "/static/a%2Bb.txt", &[]).await;
+        assert_whole(&r, b"plus", &format!("{via:?} encoded plus"));
+        // Extensions are case-insensitive.
+        let r = fx.get(via, "/static/UPPER.CSS", &[]).await;
+        assert_whole(&r, b"upper", &format!("{via:?} UPPER.CSS"));
+        assert!(h(&r, "content-type").starts_with("text/css"), "{via:?}");
     }
 }
