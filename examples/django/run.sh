@@ -8,10 +8,22 @@
 #   daphne-1, -2     $RUN_DIR/daphne-1.sock, -2.sock     the Channels chat consumer
 #   switchyard       https://localhost:18443/  (http :18080 redirects; admin :19901)
 #
+# Before anything starts, start prepares the files switchyard serves itself
+# (its files routes' directories must exist when the configuration loads),
+# in examples/django/.data/ (chatsite/settings.py DATA_DIR):
+#
+#   static/      manage.py collectstatic (STATIC_ROOT), plus a .gz next to each
+#                CSS and JS file                      -> /static/ route
+#   media/       uploads kept by the /upload view (MEDIA_ROOT) -> /media/ route
+#   protected/   private files, only reachable through the /download/ view's
+#                X-Accel-Redirect; a 64 MiB one is made here if missing
+#                                                     -> internal /protected/ route
+#
 # switchyard/sites/django.toml names the sockets relative to itself
 # (unix:../../.run/...), which is the default RUN_DIR. With another RUN_DIR,
 # start renders a copy of the config under $RUN_DIR/switchyard with the
-# sockets (and the certificate paths) made absolute, and runs that.
+# sockets (and the certificate, files and error page paths) made absolute,
+# and runs that.
 #
 # usage: examples/django/run.sh {install|start|stop|restart|status|test}
 #
@@ -22,7 +34,8 @@
 #   stop      SIGTERM everything (switchyard first, so it drains), SIGKILL what
 #             is still there after a few seconds
 #   status    what runs, with pids
-#   test      start, run the end-to-end test (e2e/test_django.py), stop
+#   test      start, run the end-to-end tests (e2e/test_django.py,
+#             e2e/test_django_files.py), stop
 #
 # Environment: VENV (default examples/django/.venv), RUN_DIR (pids and logs,
 # default examples/django/.run), SWITCHYARD_BIN (default: target/release or
@@ -37,6 +50,11 @@ VENV="${VENV:-$HERE/.venv}"
 RUN_DIR="$(realpath -m "${RUN_DIR:-$HERE/.run}")"
 PYTHON="${PYTHON:-python3}"
 CONFIG="$HERE/switchyard"
+# What switchyard serves from disk (settings.DATA_DIR; gitignored).
+DATA_DIR="$HERE/.data"
+# The protected download made by prepare_files (e2e/test_django_files.py uses it).
+BIG_FILE="dataset-64MiB.bin"
+BIG_FILE_MIB=64
 
 REDIS_PORT=16379
 HTTPS_PORT=18443
@@ -80,6 +98,29 @@ install() {
         "$PYTHON" -m venv "$VENV"
     fi
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
+}
+
+# The directories of the site's files routes, and what is in them. Idempotent:
+# collectstatic copies only what changed, the .gz files and the big download
+# are made only when missing or stale.
+prepare_files() {
+    mkdir -p "$DATA_DIR/static" "$DATA_DIR/media" "$DATA_DIR/protected"
+    (cd "$HERE" && "$VENV/bin/python" manage.py collectstatic --noinput -v 0)
+    # Precompressed siblings: switchyard sends FILE.gz (Content-Encoding: gzip)
+    # to a client that accepts gzip. -n: no name or time stamp inside.
+    local f
+    while IFS= read -r -d '' f; do
+        if [ ! -f "$f.gz" ] || [ "$f" -nt "$f.gz" ]; then
+            gzip -9 -n -k -f "$f"
+        fi
+    done < <(find "$DATA_DIR/static" -type f \( -name '*.css' -o -name '*.js' \) -print0)
+    local big="$DATA_DIR/protected/$BIG_FILE"
+    if [ "$(stat -c %s "$big" 2>/dev/null || echo 0)" -ne $((BIG_FILE_MIB * 1024 * 1024)) ]; then
+        log "making $big"
+        # A dot file while it is being written: not listed, not served.
+        head -c "${BIG_FILE_MIB}M" /dev/urandom >"$DATA_DIR/protected/.$BIG_FILE.tmp"
+        mv "$DATA_DIR/protected/.$BIG_FILE.tmp" "$big"
+    fi
 }
 
 # --- processes: one session (process group) each, pid in $RUN_DIR/NAME.pid -----
@@ -197,8 +238,8 @@ start_daphne() {
 
 # The config switchyard runs: the checked-in one when RUN_DIR is the default
 # (its site file names the sockets as unix:../../.run/NAME.sock), else a copy
-# under $RUN_DIR/switchyard with the sockets in $RUN_DIR and the certificate
-# paths made absolute.
+# under $RUN_DIR/switchyard with the sockets in $RUN_DIR and the certificate,
+# files (../../.data/...) and error page paths made absolute.
 config_dir() {
     if [ "$RUN_DIR" -ef "$HERE/.run" ]; then
         echo "$CONFIG"
@@ -209,6 +250,8 @@ config_dir() {
     cp "$CONFIG/switchyard.toml" "$out/switchyard.toml"
     sed -e "s|\"unix:\.\./\.\./\.run/|\"unix:$RUN_DIR/|g" \
         -e "s|\"\.\./\.\./\.\./\.\./certs/|\"$REPO/certs/|g" \
+        -e "s|\"\.\./\.\./\.data/|\"$DATA_DIR/|g" \
+        -e "s|\"\.\./errors/|\"$CONFIG/errors/|g" \
         "$CONFIG/sites/django.toml" >"$out/sites/django.toml"
     echo "$out"
 }
@@ -239,6 +282,7 @@ start_one() {
 start() {
     install
     mkdir -p "$RUN_DIR"
+    prepare_files   # before gunicorn (the manifest) and switchyard (the directories)
     start_redis
     start_gunicorn 1
     start_gunicorn 2
@@ -294,7 +338,7 @@ run_test() {
     # The test finds the services running and leaves them so; stop here.
     (cd "$REPO" && DJANGO_EXAMPLE_VENV="$VENV" RUN_DIR="$RUN_DIR" \
         "$VENV/bin/pip" install -q --disable-pip-version-check -r e2e/requirements.txt &&
-        "$VENV/bin/python" -m pytest e2e/test_django.py "$@") || rc=$?
+        "$VENV/bin/python" -m pytest e2e/test_django.py e2e/test_django_files.py "$@") || rc=$?
     stop
     return "$rc"
 }

@@ -74,7 +74,40 @@ CHANNEL_LAYERS = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
-STATIC_URL = "static/"
+# --- files switchyard serves ---------------------------------------------------
+# Everything under .data/ is generated (gitignored); ../run.sh creates it
+# before switchyard starts, because a files route's directory must exist when
+# the configuration is loaded. The routes are in switchyard/sites/django.toml.
+DATA_DIR = BASE_DIR / ".data"
+
+# `manage.py collectstatic` copies every app's static/ here; switchyard's
+# /static/ route serves it (gunicorn never sees a static request). The
+# manifest storage gives each file a name with its content hash
+# (chat.3f2a9c1b7e0d.js), so the route can say `immutable`: a changed file
+# gets a new name. run.sh also writes a .gz next to each CSS and JS file,
+# which switchyard sends to clients that accept gzip.
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# User uploads (default_storage): served by the /media/ route.
+MEDIA_URL = "/media/"
+MEDIA_ROOT = DATA_DIR / "media"
+
+# Private files, outside STATIC_ROOT and MEDIA_ROOT: no public URL maps to
+# them. chatsite.views.download checks the request and answers
+# X-Accel-Redirect: PROTECTED_URL + name, which switchyard resolves through
+# its `internal = true` /protected/ route (django-sendfile2's nginx backend
+# does the same with SENDFILE_ROOT and SENDFILE_URL).
+PROTECTED_ROOT = DATA_DIR / "protected"
+PROTECTED_URL = "/protected/"
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage",
+    },
+}
+
 USE_TZ = True
 
 LOGGING = {

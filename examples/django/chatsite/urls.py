@@ -7,6 +7,8 @@ urlpatterns = [
     path("info", views.info, name="info"),
     path("form", views.form, name="form"),
     path("upload", views.upload, name="upload"),
+    path("downloads", views.downloads, name="downloads"),
+    path("download/<str:name>", views.download, name="download"),
     path("slow", views.slow, name="slow"),
     path("healthz", views.healthz, name="healthz"),
 ]

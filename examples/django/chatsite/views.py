@@ -1,11 +1,19 @@
 """Synchronous views, served by gunicorn sync workers behind switchyard."""
 
 import hashlib
+import mimetypes
 import os
 import time
+from urllib.parse import quote, urlencode
 
-from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.conf import settings
+from django.core import signing
+from django.core.files.storage import default_storage
+from django.http import (Http404, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden,
+                         JsonResponse)
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods
 
 INSTANCE = os.environ.get("INSTANCE", "gunicorn")
@@ -63,8 +71,66 @@ def upload(request):
     digest = hashlib.sha256()
     for chunk in f.chunks():
         digest.update(chunk)
-    return JsonResponse({"name": f.name, "size": f.size, "sha256": digest.hexdigest(),
-                         "instance": INSTANCE})
+    result = {"name": f.name, "size": f.size, "sha256": digest.hexdigest(), "instance": INSTANCE}
+    if request.POST.get("save"):
+        # Kept in MEDIA_ROOT; switchyard's /media/ route serves it from now on.
+        stored = default_storage.save(f"uploads/{f.name}", f)
+        result["url"] = default_storage.url(stored)
+    return JsonResponse(result)
+
+
+# --- protected downloads: the view decides, switchyard sends the bytes ---------------
+
+# A download link carries a token signed with SECRET_KEY (the file name and
+# the time it was made), so it can be handed out and expires; a real site
+# would check request.user instead, or as well.
+DOWNLOAD_SIGNER = signing.TimestampSigner(salt="chatsite.download")
+DOWNLOAD_MAX_AGE = 3600
+
+
+def _protected_files():
+    root = settings.PROTECTED_ROOT
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+@require_GET
+def downloads(request):
+    files = [{"name": p.name, "size": p.stat().st_size,
+              "url": reverse("download", args=[p.name]) + "?" +
+              urlencode({"token": DOWNLOAD_SIGNER.sign(p.name)})}
+             for p in _protected_files()]
+    return render(request, "downloads.html", {"files": files, "root": settings.PROTECTED_ROOT,
+                                              "max_age": DOWNLOAD_MAX_AGE})
+
+
+@require_GET
+def download(request, name):
+    """Checks the link, then hands the file to switchyard (X-Accel-Redirect).
+
+    The response has no body: switchyard drops it, frees this worker at once,
+    and serves PROTECTED_URL + name from its internal /protected/ route,
+    keeping the Content-Type and Content-Disposition set here (Range and
+    conditional requests work as for any file). This is what
+    django-sendfile2's nginx backend does.
+    """
+    try:
+        signed = DOWNLOAD_SIGNER.unsign(request.GET.get("token", ""), max_age=DOWNLOAD_MAX_AGE)
+    except signing.BadSignature:   # SignatureExpired too
+        return HttpResponseForbidden("this download link is not valid (or has expired)\n",
+                                     content_type="text/plain")
+    if signed != name:
+        return HttpResponseForbidden("this download link is for another file\n",
+                                     content_type="text/plain")
+    if name not in {p.name for p in _protected_files()}:
+        raise Http404("no such file")
+    content_type, _ = mimetypes.guess_type(name)
+    response = HttpResponse(content_type=content_type or "application/octet-stream")
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    response["Cache-Control"] = "private"
+    response["X-Accel-Redirect"] = settings.PROTECTED_URL + quote(name)
+    return response
 
 
 @require_GET
