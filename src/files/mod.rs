@@ -197,8 +197,10 @@ impl Files {
         if let Some(cc) = &self.cache_control {
             out.insert(header::CACHE_CONTROL, cc.clone());
         }
+        // Any file may have a precompressed sibling, so what is sent may
+        // depend on Accept-Encoding (as nginx with gzip_vary, and Caddy).
+        out.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         if let Some(coding) = found.coding {
-            out.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
             out.insert(
                 header::CONTENT_ENCODING,
                 HeaderValue::from_static(coding.token()),

@@ -90,6 +90,11 @@ pub async fn handle(
         Err(e) => {
             let fault = e.fault();
             let mut resp = e.into_response(&route.error_pages);
+            if method == http::Method::HEAD {
+                // The length the page would have, and no page: HTTP/2 would
+                // otherwise send it as DATA on a HEAD stream.
+                without_body(&mut resp);
+            }
             let status = resp.status();
             if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
                 // After a malformed request, what follows on the connection
@@ -106,6 +111,16 @@ pub async fn handle(
         finish.record = Some(record);
     }
     resp
+}
+
+/// Drops a response's body, keeping its length in `Content-Length`.
+fn without_body(resp: &mut Response<crate::upstream::Body>) {
+    let len = http_body::Body::size_hint(resp.body()).exact();
+    *resp.body_mut() = crate::upstream::Body::empty();
+    if let Some(len) = len {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
 }
 
 /// One request's context through the phases after identification.
