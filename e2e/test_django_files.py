@@ -180,11 +180,6 @@ def test_static_head_and_other_methods():
         assert allow == {"GET", "HEAD"}, (method, r.headers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "switchyard bug (reported to the lead, issue 16): a response the proxy gives itself "
-    "before the request body has arrived (405/404 on a files route, 404 for an unknown "
-    "host too) comes without 'Connection: close', and the connection is then closed: "
-    "the client's next request on it fails (httpx: RemoteProtocolError)"))
 @pytest.mark.parametrize("method,path,status", [
     ("POST", "/static/chatsite/site.css", 405),
     ("POST", f"/protected/{BIG_FILE}", 404),

@@ -960,3 +960,50 @@ async fn an_empty_file_and_unusual_but_legal_names() {
         assert!(h(&r, "content-type").starts_with("text/css"), "{via:?}");
     }
 }
+
+/// An answer given before the request body was read (the client waits for
+/// it before sending the body, as with `Expect: 100-continue`) says
+/// `Connection: close`: the unread body would otherwise be read as the next
+/// request, so the connection cannot be reused.
+#[tokio::test]
+async fn an_answer_before_the_body_says_connection_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pool = Backend::named(POOL).await;
+    let fx = fixture(pool.addr, "").await;
+    for (method, path, status) in [
+        ("POST", "/static/a.css", 405),
+        ("POST", "/protected/a.css", 404),
+        ("GET", "/static/a.css", 200),
+        ("GET", "/static/missing.txt", 404),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(fx.site.proxy.http)
+            .await
+            .unwrap();
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return i;
+                }
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "{method} {path}: closed before a response");
+                got.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("a response before the body is sent");
+        let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "{method} {path}: {head}"
+        );
+        assert!(
+            head.contains("\r\nconnection: close"),
+            "{method} {path}: {head}"
+        );
+    }
+    assert_eq!(pool.app_count(), 0);
+}

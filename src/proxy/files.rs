@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
@@ -45,7 +45,13 @@ pub(super) fn direct(
     let uri = req.uri();
     let served = files.serve(req.method(), uri.path(), uri.query(), req.headers());
     let result = match served {
-        Served::Response(resp) => {
+        Served::Response(mut resp) => {
+            if req.version() < http::Version::HTTP_2 && !http_body::Body::is_end_stream(req.body())
+            {
+                // The body is never read: see `handle`'s error path.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             let finish = Finish::new(
                 route.clone(),
                 cx.started,

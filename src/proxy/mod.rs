@@ -67,6 +67,8 @@ pub async fn handle(
     let generation = shared.generation.load_full();
     let method = req.method().clone();
     let version = req.version();
+    // An HTTP/1.1 request body the proxy may answer without reading.
+    let body_pending = version < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body());
     // Identify the client: the real address, for the backend and the log.
     let real = forwarded::real_client(
         req.headers(),
@@ -96,9 +98,12 @@ pub async fn handle(
                 without_body(&mut resp);
             }
             let status = resp.status();
-            if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
-                // After a malformed request, what follows on the connection
-                // cannot be trusted to start a new request (RFC 9112 §6.3).
+            // After a malformed request, what follows on the connection
+            // cannot be trusted to start a new request (RFC 9112 §6.3); after
+            // an answer given before the body was read, the unread body
+            // would be taken for the next request, so hyper closes the
+            // connection, and the client must know before it reuses it.
+            if (status == StatusCode::BAD_REQUEST && version < Version::HTTP_2) || body_pending {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
