@@ -174,6 +174,13 @@ fn backend_addrs(config: &switchyard::Config) -> (Vec<SocketAddr>, Vec<SocketAdd
                                 out.push(a);
                             }
                         }
+                        // A unix socket is the real backend's (config/sites/django.toml).
+                        _ if server.starts_with("unix:") => tracing::info!(
+                            site = %site.name,
+                            pool = %pool.name,
+                            %server,
+                            "a unix socket: no demo backend started for it"
+                        ),
                         _ => tracing::warn!(
                             site = %site.name,
                             pool = %pool.name,
