@@ -28,6 +28,15 @@ impl Coding {
         }
     }
 
+    /// This coding's place in [`Coding::ALL`] (and in per-coding tables).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Coding::Zstd => 0,
+            Coding::Brotli => 1,
+            Coding::Gzip => 2,
+        }
+    }
+
     /// The file-name suffix of a file precompressed with this coding.
     pub(crate) fn suffix(self) -> &'static str {
         match self {

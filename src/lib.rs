@@ -17,6 +17,7 @@ mod activity;
 mod admin;
 mod buffer;
 pub mod cli;
+mod compress;
 pub mod config;
 mod connection;
 pub mod files;

@@ -43,12 +43,18 @@ pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_tls_handshake_failures_total";
 /// Connections closed before being served, by listener and reason.
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "switchyard_connections_rejected_total";
+/// Responses compressed at the proxy, by site, route and encoding.
+pub const COMPRESSED_RESPONSES_TOTAL: &str = "switchyard_compressed_responses_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
 /// Unix time at which the live configuration was loaded.
 pub const CONFIG_LOADED_TIMESTAMP: &str = "switchyard_config_loaded_timestamp_seconds";
 /// Hash of the live configuration's files (low 52 bits, exact as a float).
 pub const CONFIG_HASH: &str = "switchyard_config_hash";
+
+/// The `encoding` label of `switchyard_compressed_responses_total`, in the
+/// order of `RouteMetrics::compressed`.
+pub const ENCODINGS: [&str; 3] = ["zstd", "br", "gzip"];
 
 /// Latency buckets (seconds) shared by every duration histogram.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -67,6 +73,11 @@ const METHODS: [&str; 10] = [
 
 /// Every metric's unit and help text, for the `# HELP` lines.
 const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
+    (
+        COMPRESSED_RESPONSES_TOTAL,
+        None,
+        "Responses compressed at the proxy (routes with compress = true), by site, route and encoding (zstd, br, gzip).",
+    ),
     (
         CONNECTIONS_REJECTED_TOTAL,
         None,
@@ -320,6 +331,8 @@ pub struct RouteMetrics {
     pub ws_duration: Histogram,
     /// Frames and bytes, indexed like [`DIRECTIONS`].
     pub ws: [WsDirectionMetrics; 2],
+    /// `switchyard_compressed_responses_total`, by encoding: zstd, br, gzip.
+    pub compressed: [Counter; 3],
 }
 
 impl RouteMetrics {
@@ -350,6 +363,12 @@ impl RouteMetrics {
             ws_total: metrics.counter(WS_SESSIONS_TOTAL, &l),
             ws_duration: metrics.histogram(WS_SESSION_DURATION, &l),
             ws: [dir(DIRECTIONS[0]), dir(DIRECTIONS[1])],
+            compressed: ENCODINGS.map(|e| {
+                metrics.counter(
+                    COMPRESSED_RESPONSES_TOTAL,
+                    &[("site", site), ("route", route), ("encoding", e)],
+                )
+            }),
         }
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Route {
     pub files: Option<Arc<Files>>,
     /// The site's files routes, for `X-Accel-Redirect` from this route's pool.
     pub site_files: Arc<Catalog>,
+    /// Compress textual responses.
+    pub compress: bool,
     /// Pre-resolved metric handles.
     pub metrics: RouteMetrics,
 }
@@ -103,6 +105,7 @@ fn unrouted(
         error_pages,
         files: None,
         site_files: Arc::default(),
+        compress: false,
         metrics: RouteMetrics::new(metrics, site, UNMATCHED),
     })
 }
@@ -232,7 +235,7 @@ fn build_site(
     let files: Vec<Option<Arc<Files>>> = site
         .routes
         .iter()
-        .map(|r| r.files.as_ref().map(|f| Arc::new(Files::new(&r.path, f))))
+        .map(|r| r.files.as_ref().map(|f| Arc::new(Files::new(r, f))))
         .collect();
     let catalog = Arc::new(Catalog::new(files.iter().flatten().cloned().collect()));
     let shared = Shared {
@@ -346,6 +349,7 @@ fn build_route(r: &RouteConfig, files: Option<Arc<Files>>, s: &Shared<'_>) -> Ar
         error_pages: error_pages.clone(),
         files,
         site_files: site_files.clone(),
+        compress: r.compress,
         metrics: RouteMetrics::new(metrics, &site.name, &r.name),
     })
 }

@@ -259,6 +259,8 @@ pub struct Route {
     /// Files served from a directory (`files`, `index`, `cache_control`,
     /// `internal`).
     pub files: Option<Files>,
+    /// Compress textual responses (`compress`).
+    pub compress: bool,
 }
 
 /// A route's `files`: a directory served at the route's path prefix

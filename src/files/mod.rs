@@ -40,13 +40,16 @@ pub(crate) struct Files {
     pub(crate) cache_control: Option<HeaderValue>,
     /// Clients get 404; only X-Accel-Redirect reaches it.
     pub(crate) internal: bool,
+    /// Compress textual files that have no precompressed sibling.
+    pub(crate) compress: bool,
 }
 
 impl Files {
-    /// The files settings of a route at `prefix`.
-    pub(crate) fn new(prefix: &str, config: &crate::config::Files) -> Self {
+    /// The files settings of `route`.
+    pub(crate) fn new(route: &crate::config::Route, config: &crate::config::Files) -> Self {
         Files {
-            prefix: prefix.to_owned(),
+            prefix: route.path.clone(),
+            compress: route.compress,
             root: config.dir.clone(),
             index: config.index.clone(),
             cache_control: config

@@ -11,8 +11,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use super::response::finish_plain;
+use super::response::{compressed, finish_plain};
 use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
+use crate::accept_encoding;
 use crate::files::{Files, Served};
 use crate::pool::Lease;
 use crate::routing::Route;
@@ -52,15 +53,14 @@ pub(super) fn direct(
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            let finish = Finish::new(
-                route.clone(),
-                cx.started,
-                req.method().clone(),
-                resp.status(),
-                None,
-                None,
-            );
-            Ok(finish_plain(resp.map(Body::from), finish))
+            let mut resp = resp.map(Body::from);
+            if files.compress {
+                let codings = accept_encoding::preferred(req.headers());
+                resp = compressed(route, req.method(), &codings, resp);
+            }
+            let method = req.method().clone();
+            let finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, None);
+            Ok(finish_plain(resp, finish))
         }
         Served::Missing | Served::MethodNotAllowed if route.pool.is_some() => {
             return Direct::ToPool(req);
@@ -177,9 +177,13 @@ pub(super) fn accel(
             }
         }
     }
+    let mut resp = resp.map(Body::from);
+    if files.compress {
+        resp = compressed(route, &method, &accept_encoding::preferred(saved), resp);
+    }
     let addr = Some(server.addr.clone());
     let mut finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, addr);
     finish.queue_wait = Some(queue_wait);
     finish.received = received;
-    Ok(finish_plain(resp.map(Body::from), finish))
+    Ok(finish_plain(resp, finish))
 }

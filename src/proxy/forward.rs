@@ -13,8 +13,9 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
-use super::response::finish_plain;
+use super::response::{Kept, compressed, finish_plain};
 use super::{Ctx, Finish, ProxyError, Received, ResponseBody, files};
+use crate::accept_encoding::Coding;
 use crate::buffer;
 use crate::forwarded;
 use crate::headers;
@@ -80,8 +81,7 @@ pub(super) async fn forward(
         streamed_body(body, max_body)?
     };
     let mut body = Some(body);
-    // Kept only on sites that serve files, for an X-Accel-Redirect answer.
-    let saved = files::saved_headers(route, &parts.headers);
+    let kept = Kept::new(route, &parts.headers);
     let mut failed_on = None;
     let timeout = route.upstream_response;
     loop {
@@ -98,7 +98,15 @@ pub(super) async fn forward(
             Err(e) => (e, Some(lease)),
             Ok(resp) if resp.headers().contains_key(&files::X_ACCEL_REDIRECT) => {
                 let waited = (queue_wait, received);
-                return files::accel(cx, route, &method, &server, (resp, lease), saved, waited);
+                return files::accel(
+                    cx,
+                    route,
+                    &method,
+                    &server,
+                    (resp, lease),
+                    kept.accel,
+                    waited,
+                );
             }
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
@@ -117,7 +125,7 @@ pub(super) async fn forward(
                     Err(e) => (e, None),
                     Ok((body, lease)) => {
                         let resp = Response::from_parts(rparts, body);
-                        let accounting = (queue_wait, received);
+                        let accounting = (queue_wait, received, &kept.codings[..]);
                         return Ok(answered(
                             cx, route, method, &server, resp, lease, accounting,
                         ));
@@ -165,9 +173,10 @@ fn answered(
     server: &Server,
     resp: Response<Body>,
     lease: Option<crate::pool::Lease>,
-    (queue_wait, received): (std::time::Duration, Received),
+    (queue_wait, received, codings): (std::time::Duration, Received, &[Coding]),
 ) -> Response<ResponseBody> {
     server.report_success();
+    let resp = compressed(route, &method, codings, resp);
     let upstream = Some(server.addr.clone());
     let status = resp.status();
     let mut finish = Finish::new(route.clone(), cx.started, method, status, lease, upstream);

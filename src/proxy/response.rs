@@ -7,13 +7,70 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 
 use super::access::{self, AccessRecord};
+use crate::accept_encoding::{self, Coding};
+use crate::compress;
 use crate::pool::Lease;
 use crate::routing::Route;
 use crate::upstream::{Body, BoxError};
+
+/// What a response still depends on of the client's request, kept while
+/// the request itself goes upstream.
+pub(super) struct Kept {
+    /// Headers for a file an `X-Accel-Redirect` may name (sites with files).
+    pub(super) accel: Option<HeaderMap>,
+    /// The codings the client takes, best first (routes with `compress`).
+    pub(super) codings: Vec<Coding>,
+}
+
+impl Kept {
+    /// What `route`'s responses may need of a request with these headers.
+    pub(super) fn new(route: &Route, headers: &HeaderMap) -> Self {
+        Kept {
+            accel: super::files::saved_headers(route, headers),
+            codings: if route.compress {
+                accept_encoding::preferred(headers)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// `resp`, compressed for a client that takes `codings` when the contract's
+/// conditions hold (see [`compress::negotiate`]), and counted.
+pub(super) fn compressed(
+    route: &Route,
+    method: &Method,
+    codings: &[Coding],
+    resp: Response<Body>,
+) -> Response<Body> {
+    if codings.is_empty() {
+        return resp;
+    }
+    let length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| http_body::Body::size_hint(resp.body()).exact());
+    let Some(coding) = compress::negotiate(method, codings, resp.status(), resp.headers(), length)
+    else {
+        return resp;
+    };
+    route.metrics.compressed[coding.index()].increment(1);
+    compress::apply(
+        resp,
+        coding,
+        |body, encoder| Body::Compressed {
+            inner: Box::pin(compress::CompressBody::new(body, encoder)),
+        },
+        |body| body,
+    )
+}
 
 /// `resp`, recorded by `finish` when its body ends.
 pub(crate) fn finish_plain(resp: Response<Body>, mut finish: Finish) -> Response<ResponseBody> {

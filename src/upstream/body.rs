@@ -50,6 +50,8 @@ pin_project_lite::pin_project! {
         Channel { rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>> },
         /// Read from disk (a files route, or X-Accel-Redirect).
         File { #[pin] inner: crate::files::FileBody },
+        /// Compressed at the proxy (boxed: the encoder is large and rare).
+        Compressed { inner: Pin<Box<crate::compress::CompressBody<Body>>> },
     }
 }
 
@@ -138,6 +140,7 @@ impl http_body::Body for Body {
             BodyProj::Replay { inner } => inner.poll_frame(cx),
             BodyProj::Channel { rx } => rx.poll_recv(cx),
             BodyProj::File { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Compressed { inner } => inner.as_mut().poll_frame(cx),
         }
     }
 
@@ -150,6 +153,7 @@ impl http_body::Body for Body {
             Body::Replay { inner } => inner.is_end_stream(),
             Body::Channel { .. } => false,
             Body::File { inner } => inner.is_end_stream(),
+            Body::Compressed { inner } => inner.is_end_stream(),
         }
     }
 
@@ -164,6 +168,7 @@ impl http_body::Body for Body {
             Body::Replay { inner } => inner.size_hint(),
             Body::Channel { .. } => SizeHint::default(),
             Body::File { inner } => inner.size_hint(),
+            Body::Compressed { inner } => inner.size_hint(),
         }
     }
 }

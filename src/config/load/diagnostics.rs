@@ -247,7 +247,7 @@ websockets = "web"
                 "cfg/sites/shop.toml:2:1: unknown field \"tsl\" in the top level (expected one of: hosts, tls, redirect_https, removed_sessions, close_window, error_pages, pools, routes); did you mean \"tls\"?",
                 "cfg/sites/shop.toml:5:1: unknown field \"max_inflight\" in [pools.web] (expected one of: servers, max_in_flight, queue_timeout, max_queue, max_body, buffering, health); did you mean \"max_in_flight\"?",
                 "cfg/sites/shop.toml:6:25: unknown field \"intervall\" in [pools.web.health] (expected one of: path, interval, timeout, rise, fall); did you mean \"interval\"?",
-                "cfg/sites/shop.toml:10:1: unknown field \"websockets\" in routes[0] (expected one of: name, path, pool, websocket, idle_timeout, ping_interval, max_message_bytes, upstream_response, files, index, cache_control, internal); did you mean \"websocket\"?",
+                "cfg/sites/shop.toml:10:1: unknown field \"websockets\" in routes[0] (expected one of: name, path, pool, websocket, idle_timeout, ping_interval, max_message_bytes, upstream_response, files, index, cache_control, internal, compress); did you mean \"websocket\"?",
             ],
         );
         // No far-fetched suggestions.

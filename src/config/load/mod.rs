@@ -327,6 +327,7 @@ mod tests {
                 max_message_bytes: None,
                 upstream_response: None,
                 files: None,
+                compress: false,
             }]
         );
     }
@@ -592,6 +593,7 @@ pool = "web"
                 max_message_bytes: Some(16 * 1024 * 1024),
                 upstream_response: None,
                 files: None,
+                compress: false,
             },
             Route {
                 name: "app".into(),
@@ -603,6 +605,7 @@ pool = "web"
                 max_message_bytes: None,
                 upstream_response: None,
                 files: None,
+                compress: false,
             },
         ]
     }

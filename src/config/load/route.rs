@@ -41,6 +41,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "index",
     "cache_control",
     "internal",
+    "compress",
 ];
 
 /// `[pools.NAME]` tables, in file order: routes refer to a pool by its index.
@@ -365,6 +366,7 @@ fn parse_route(
         max_message_bytes: None,
         upstream_response: None,
         files: None,
+        compress: false,
     };
     let (path, path_span) = route_path(cx, t, by_path);
     route.path = path;
@@ -375,6 +377,9 @@ fn parse_route(
     websocket_settings(cx, t, &mut route);
     if let Some(v) = t.get("upstream_response") {
         route.upstream_response = get_duration(cx, v, &t.child("upstream_response"), false);
+    }
+    if let Some(v) = t.get("compress") {
+        route.compress = get_bool(cx, v, &t.child("compress")).unwrap_or(false);
     }
     route
 }
