@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::codec::Encoder;
-use crate::upstream::BoxError;
+/// Errors of the bodies compressed (the same boxed type the proxy uses).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Compressed output is sent once this much has collected (or at a flush).
 const SEND_AT: usize = 16 * 1024;

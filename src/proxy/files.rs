@@ -117,17 +117,15 @@ const KEPT: [HeaderName; 5] = [
 /// done), then the file comes from the site's files route matching that
 /// path, internal or not, with the client's conditionals and range, under
 /// the pool's own Content-Type, Content-Disposition, Cache-Control,
-/// Set-Cookie and Expires. `saved` holds the client's headers
-/// ([`saved_headers`]); `waited` the queue wait and request bytes, for the
-/// log.
+/// Set-Cookie and Expires. The last argument holds the queue wait and
+/// request bytes, for the log, and the client's headers ([`saved_headers`]).
 pub(super) fn accel(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     method: &Method,
     server: &Server,
     (resp, lease): (Response<Pulled>, Lease),
-    saved: Option<HeaderMap>,
-    (queue_wait, received): (Duration, Received),
+    (queue_wait, received, saved): (Duration, Received, Option<HeaderMap>),
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut upstream, body) = resp.into_parts();
     drop(body);
