@@ -3,10 +3,11 @@
 # the WebSocket case of issue 3 and the sync-pool case of issue 4).
 # See bench/README.md. Usage:
 #
-#   bench/run.sh                 # everything, ~12 minutes on 2 cores
+#   bench/run.sh                 # everything, ~15 minutes on 2 cores
 #   REPS=1 DUR=3 bench/run.sh    # a quick smoke run
 #   CASES="a d128" PROXIES="switchyard nginx" bench/run.sh
 #   CASES="a_nopp a_pp" PROXIES=switchyard bench/run.sh   # case a without and with a PROXY header
+#   bench/run.sh files           # only the file-serving cases (issue 16): switchyard, nginx, Caddy; ~5 minutes
 #
 # Every load targets 127.0.0.1 only and is bounded in time and count.
 set -euo pipefail
@@ -19,20 +20,37 @@ IDLE_SESSIONS=${IDLE_SESSIONS:-9000}
 SYNC_WORKERS=${SYNC_WORKERS:-4}  # sync pool: workers, 20 ms each
 SYNC_CONNS=${SYNC_CONNS:-128}    # sync pool: concurrent clients (capacity is SYNC_WORKERS*50 req/s)
 XFER_BYTES=${XFER_BYTES:-1073741824}
-PROXIES=${PROXIES:-"switchyard nginx haproxy"}
-CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix"}
+# The file-serving cases (issue 16): switchyard's files route, nginx's alias,
+# Caddy's file_server (HAProxy serves no files; Caddy runs only these).
+FILE_CASES="sf1k sfdown sfdown_http sfrss"
+if [ "${1:-}" = files ]; then
+    CASES=${CASES:-$FILE_CASES}
+    PROXIES=${PROXIES:-"switchyard nginx caddy"}
+elif [ $# -gt 0 ]; then
+    echo "usage: bench/run.sh [files]" >&2
+    exit 2
+fi
+PROXIES=${PROXIES:-"switchyard nginx haproxy caddy"}
+CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix $FILE_CASES"}
 SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
 PREPARE_ONLY=${PREPARE_ONLY:-0}  # 1: install, build and render the configurations, then stop (bench/callgrind.sh)
 PROXY_CPU=${PROXY_CPU:-0}        # the core every proxy is pinned to
 LOAD_CPU=${LOAD_CPU:-1}          # the core for load generators and backends
+SF_CONNS=${SF_CONNS:-50}         # sf1k: wrk connections, one request in flight on each
+SF_BIG_BYTES=${SF_BIG_BYTES:-1073741824}   # sfdown, sfdown_http: the one-connection download
+SF_RSS_BYTES=${SF_RSS_BYTES:-104857600}    # sfrss: the file all downloads fetch
+SF_RSS_CONNS=${SF_RSS_CONNS:-200}          # sfrss: concurrent downloads
+SF_RSS_RATE=${SF_RSS_RATE:-1M}             # sfrss: each download's read rate (curl --limit-rate)
+SF_RSS_SECS=${SF_RSS_SECS:-10}             # sfrss: how long they run (curl --max-time)
 
 # Unusual ports: other developers on this machine use the 8xxx and 18xxx ones.
 PORT=${PORT:-28443} ADMIN_PORT=${ADMIN_PORT:-29901} HTTP_PORT=${HTTP_PORT:-28080}
-WS_PORT=${WS_PORT:-28090} SYNC_BASE=${SYNC_BASE:-28100}
+WS_PORT=${WS_PORT:-28090} SYNC_BASE=${SYNC_BASE:-28100} FILES_HTTP_PORT=${FILES_HTTP_PORT:-28480}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RUN=${RUN_DIR:-$BENCH/results/$STAMP}
 RAW=$RUN/raw
+FILES_DIR=$RUN/files   # the served files, written at run time and deleted at the end
 mkdir -p "$RAW" "$RUN/conf" "$RUN/nginx-body" "$RUN/nginx-proxy"
 T0=$(date +%s)
 
@@ -41,6 +59,21 @@ die() { log "error: $*"; exit 1; }
 
 # Each process may hold 9,000 client sockets plus 9,000 upstream sockets.
 ulimit -n 20000 || die "cannot raise the open-files limit to 20000"
+
+in_list() { # word list...
+    local w=$1 x; shift
+    for x in $*; do [ "$x" = "$w" ] && return 0; done
+    return 1
+}
+file_case() { case $1 in sf*) return 0 ;; *) return 1 ;; esac; }
+# Whether the run has file cases (and so needs their files and configurations).
+FILE_RUN=0
+for c in $CASES; do if file_case "$c"; then FILE_RUN=1; fi; done
+# Which proxies run a case: the file cases switchyard, nginx and Caddy; the
+# others switchyard, nginx and HAProxy.
+supports() { # proxy case
+    if file_case "$2"; then [ "$1" != haproxy ]; else [ "$1" != caddy ]; fi
+}
 
 # ---------------------------------------------------------------- install ---
 install_deps() {
@@ -54,6 +87,7 @@ install_deps() {
     command -v taskset >/dev/null || need+=(util-linux)
     command -v python3 >/dev/null || need+=(python3)
     [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+    if [ "$FILE_RUN" = 1 ] && in_list caddy $PROXIES; then command -v caddy >/dev/null || need+=(caddy); fi
     if [ ${#need[@]} -gt 0 ]; then
         log "installing ${need[*]}"
         apt-get update -qq
@@ -65,7 +99,7 @@ install_deps() {
     done
     # The Debian packages start services where an init system runs: the port must be ours.
     local q
-    for q in "$PORT" "$ADMIN_PORT" "$HTTP_PORT" "$WS_PORT" "$SYNC_BASE"; do
+    for q in "$PORT" "$ADMIN_PORT" "$HTTP_PORT" "$WS_PORT" "$SYNC_BASE" "$FILES_HTTP_PORT"; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null; then die "127.0.0.1:$q is already in use"; fi
     done
 }
@@ -105,12 +139,13 @@ render() { # template output
         sh+="${sh:+$'\n'}    server w$i 127.0.0.1:$p maxconn 1"
     done
     PORT=$PORT ADMIN_PORT=$ADMIN_PORT HTTP_PORT=$HTTP_PORT WS_PORT=$WS_PORT CERT=$CERT KEY=$KEY \
+    FILES_HTTP_PORT=$FILES_HTTP_PORT FILES_DIR=$FILES_DIR \
     PEM=$RUN/bench.pem RUN=$RUN SYNC_SERVERS_QUOTED=$sq SYNC_SERVERS_NGINX=$sn SYNC_SERVERS_HAPROXY=$sh \
     python3 -c '
 import os, sys
 t = open(sys.argv[1]).read()
 for k in ("PORT ADMIN_PORT HTTP_PORT WS_PORT CERT KEY PEM RUN SYNC_SERVERS_QUOTED "
-          "SYNC_SERVERS_NGINX SYNC_SERVERS_HAPROXY").split():
+          "SYNC_SERVERS_NGINX SYNC_SERVERS_HAPROXY FILES_HTTP_PORT FILES_DIR").split():
     t = t.replace("@" + k + "@", os.environ[k])
 open(sys.argv[2], "w").write(t)
 ' "$1" "$2"
@@ -149,6 +184,43 @@ PY
         nginx -t -q -c "$RUN/conf/nginx$v.conf" -e "$RUN/nginx-error.log" || die "nginx -t failed ($v)"
         haproxy -c -q -f "$RUN/conf/haproxy$v.cfg" || die "haproxy -c failed ($v)"
     done
+    # The file cases: /static/ served from FILES_DIR (which must exist when
+    # switchyard loads the configuration), plain HTTP on FILES_HTTP_PORT too.
+    mkdir -p "$RUN/conf/switchyard-files/sites" "$FILES_DIR" "$RUN/caddy"
+    render "$BENCH/conf/switchyard-files/switchyard.toml" "$RUN/conf/switchyard-files/switchyard.toml"
+    render "$BENCH/conf/switchyard-files/sites/files.toml" "$RUN/conf/switchyard-files/sites/files.toml"
+    render "$BENCH/conf/nginx-files.conf.in" "$RUN/conf/nginx-files.conf"
+    render "$BENCH/conf/Caddyfile.in" "$RUN/conf/Caddyfile"
+    if [ "$FILE_RUN" = 1 ] && [ "$PREPARE_ONLY" != 1 ]; then
+        if in_list switchyard $PROXIES; then
+            "$RUN/switchyard" check -c "$RUN/conf/switchyard-files" >/dev/null ||
+                die "switchyard check failed (files; does this build have files routes?)"
+        fi
+        nginx -t -q -c "$RUN/conf/nginx-files.conf" -e "$RUN/nginx-error.log" || die "nginx -t failed (files)"
+        if in_list caddy $PROXIES; then
+            "${CADDY_ENV[@]}" caddy validate --config "$RUN/conf/Caddyfile" --adapter caddyfile >/dev/null 2>&1 ||
+                die "caddy validate failed"
+        fi
+    fi
+}
+
+# Caddy on one core (GOMAXPROCS=1), its state (autosaved configuration,
+# certificate storage) kept in the run directory.
+# (A command prefix, not a function: a function run with & would be a
+# subshell, and its PID not Caddy's.)
+CADDY_ENV=(env GOMAXPROCS=1 "XDG_DATA_HOME=$RUN/caddy" "XDG_CONFIG_HOME=$RUN/caddy" "HOME=$RUN/caddy")
+
+# The served files: random content (1 KiB; the concurrent downloads' file;
+# the big download), written once per run, in the page cache before any
+# proxy reads them.
+make_files() {
+    log "writing the served files into $FILES_DIR"
+    head -c 1024 /dev/urandom >"$FILES_DIR/1k.bin"
+    if in_list sfrss $CASES; then head -c "$SF_RSS_BYTES" /dev/urandom >"$FILES_DIR/rss.bin"; fi
+    if in_list sfdown $CASES || in_list sfdown_http $CASES; then
+        head -c "$SF_BIG_BYTES" /dev/urandom >"$FILES_DIR/big.bin"
+    fi
+    cat "$FILES_DIR"/*.bin >/dev/null
 }
 
 # --------------------------------------------------------------- processes ---
@@ -158,6 +230,7 @@ cleanup() {
     stop_proxy || true
     for p in "${BACKEND_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    rm -rf "$FILES_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -177,14 +250,21 @@ start_backends() {
 }
 
 start_proxy() { # name [case]
-    local v="" pp=()
+    local v="" pp=() wpath=/ wopt=()
     if pp_case "${2:-}"; then v=-pp pp=(--haproxy-protocol); fi
+    if file_case "${2:-}"; then v=-files wpath=/static/1k.bin wopt=(-f); fi
+    # A proxy left over from an earlier run would answer in this one's place.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "127.0.0.1:$PORT is in use before $1 starts"; fi
     case $1 in
     switchyard)
         taskset -c "$PROXY_CPU" "$RUN/switchyard" run -c "$RUN/conf/switchyard$v" 2>>"$RUN/switchyard.log" &
         PROXY_PID=$! ;;
     nginx)
         taskset -c "$PROXY_CPU" nginx -c "$RUN/conf/nginx$v.conf" -e "$RUN/nginx-error.log" &
+        PROXY_PID=$! ;;
+    caddy)
+        "${CADDY_ENV[@]}" taskset -c "$PROXY_CPU" caddy run --config "$RUN/conf/Caddyfile" --adapter caddyfile \
+            2>>"$RUN/caddy.log" &
         PROXY_PID=$! ;;
     haproxy)
         taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/conf/haproxy$v.cfg" 2>>"$RUN/haproxy.log" &
@@ -193,7 +273,7 @@ start_proxy() { # name [case]
     wait_port "$PORT" || die "$1 did not start listening"
     # One request through, so that every process is up and the TLS stack warm.
     curl -s -o /dev/null --max-time 5 "${pp[@]}" --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
-        "https://localhost:$PORT/" || die "$1 does not answer"
+        "${wopt[@]}" "https://localhost:$PORT$wpath" || die "$1 does not answer"
 }
 
 stop_proxy() {
@@ -279,7 +359,53 @@ run_case() { # case proxy rep
         -s "$ROOT/bench/conf/syncmix.lua" "$URL/sync/" ;;
     e) idle_case "$@" ;;
     ew) idle_case "$@" --warm 4096 ;;
+    # The file cases (issue 16): /static/ is FILES_DIR on every proxy.
+    sf1k) measure "$@" -- wrk -t1 -c"$SF_CONNS" -d"${DUR}s" --timeout 5s --latency "$URL/static/1k.bin" ;;
+    sfdown) measure "$@" -- curl -sS --http1.1 --max-time 120 --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        -o /dev/null -w 'bytes=%{size_download} secs=%{time_total} http=%{http_code}\n' \
+        "https://localhost:$PORT/static/big.bin" ;;
+    sfdown_http) measure "$@" -- curl -sS --http1.1 --max-time 120 \
+        -o /dev/null -w 'bytes=%{size_download} secs=%{time_total} http=%{http_code}\n' \
+        "http://127.0.0.1:$FILES_HTTP_PORT/static/big.bin" ;;
+    sfrss) rss_case "$@" ;;
     esac
+}
+
+# sfrss: SF_RSS_CONNS concurrent HTTPS downloads of one SF_RSS_BYTES file
+# (one curl process, --parallel, one HTTP/1.1 connection each), each read at
+# SF_RSS_RATE, so that every one is still in flight when curl stops them all
+# after SF_RSS_SECS: the proxy's send buffers stay full, as with slow clients.
+# The proxy's VmRSS (nginx: master + worker) and its number of established
+# connections are sampled every 0.2 s; the figure is the largest VmRSS seen
+# while all SF_RSS_CONNS were open.
+rss_case() { # case proxy rep
+    local c=$1 p=$2 r=$3 out=$RAW/$1.$2.$3.out
+    local urls=() i
+    for ((i = 0; i < SF_RSS_CONNS; i++)); do urls+=(-o /dev/null "https://localhost:$PORT/static/rss.bin"); done
+    sleep 0.5
+    local before t0 w0 lp rss conns peak=0 peak_all=0 maxc=0 n_all=0
+    before=$(status_kib VmRSS); t0=$(cpu_ticks); w0=$(now)
+    taskset -c "$LOAD_CPU" timeout $((SF_RSS_SECS + 20)) curl -sS --no-progress-meter --http1.1 --parallel --parallel-immediate \
+        --parallel-max "$SF_RSS_CONNS" --limit-rate "$SF_RSS_RATE" --max-time "$SF_RSS_SECS" \
+        --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        -w 'http=%{http_code} bytes=%{size_download}\n' "${urls[@]}" >"$out" 2>"$RAW/$c.$p.$r.err" &
+    lp=$!
+    while kill -0 "$lp" 2>/dev/null; do
+        rss=$(status_kib VmRSS)
+        conns=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
+        ((rss > peak)) && peak=$rss
+        ((conns > maxc)) && maxc=$conns
+        if ((conns >= SF_RSS_CONNS)); then
+            n_all=$((n_all + 1))
+            ((rss > peak_all)) && peak_all=$rss
+        fi
+        sleep 0.2
+    done
+    wait "$lp" 2>/dev/null || true
+    printf 'rss_before_kib=%s\npeak_rss_kib=%s\npeak_rss_all_kib=%s\nsamples_all=%s\nmax_conns=%s\nconns=%s\n' \
+        "$before" "$peak" "$peak_all" "$n_all" "$maxc" "$SF_RSS_CONNS" >"$RAW/$c.$p.$r.meta"
+    printf 'hwm_kib=%s\ncpu_ticks=%s\nwall=%s\nclk_tck=%s\n' "$(status_kib VmHWM)" $(($(cpu_ticks) - t0)) \
+        "$(awk "BEGIN {print $(now) - $w0}")" "$(getconf CLK_TCK)" >>"$RAW/$c.$p.$r.meta"
 }
 
 idle_case() { # case proxy rep [load options]: RSS with IDLE_SESSIONS idle TLS WebSockets open minus before
@@ -317,6 +443,7 @@ if [ "$PREPARE_ONLY" = 1 ]; then
     exit 0
 fi
 truncate -s "$XFER_BYTES" "$RUN/xfer.bin"   # sparse: reading it costs no disk
+if [ "$FILE_RUN" = 1 ]; then make_files; fi
 start_backends
 
 {
@@ -325,20 +452,26 @@ start_backends
     echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "kernel=$(uname -r)"
     echo "switchyard=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo '+uncommitted')"
+    echo "switchyard_bin=$(stat -c %y "${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}" | cut -c1-19) sha256:$(sha256sum "$RUN/switchyard" | cut -c1-12)"
     echo "nginx=$(nginx -v 2>&1 | sed 's/.*\///')"
     echo "haproxy=$(haproxy -v | awk 'NR==1 {print $3}')"
     echo "wrk=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null)"
     echo "h2load=$(dpkg-query -W -f='${Version}' nghttp2-client 2>/dev/null)"
+    if [ "$FILE_RUN" = 1 ]; then
+        echo "caddy=$(dpkg-query -W -f='${Version}' caddy 2>/dev/null)"
+        echo "files=sf_conns=$SF_CONNS sf_big_bytes=$SF_BIG_BYTES sf_rss_bytes=$SF_RSS_BYTES sf_rss_conns=$SF_RSS_CONNS sf_rss_rate=$SF_RSS_RATE sf_rss_secs=$SF_RSS_SECS"
+    fi
     echo "reps=$REPS dur=$DUR idle_sessions=$IDLE_SESSIONS sync_workers=$SYNC_WORKERS sync_conns=$SYNC_CONNS xfer_bytes=$XFER_BYTES"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$RUN/machine.txt"
 
-read -r -a plist <<<"$PROXIES"
 read -r -a clist <<<"$CASES"
-n=${#plist[@]}
 for ((r = 1; r <= REPS; r++)); do
     for ((ci = 0; ci < ${#clist[@]}; ci++)); do
         c=${clist[ci]}
+        plist=()
+        for p in $PROXIES; do if supports "$p" "$c"; then plist+=("$p"); fi; done
+        n=${#plist[@]}
         # Rotate the order of the proxies run by run.
         for ((k = 0; k < n; k++)); do
             p=${plist[(k + r + ci) % n]}
@@ -352,6 +485,7 @@ done
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/machine.txt"
 echo "elapsed_s=$(( $(date +%s) - T0 ))" >>"$RUN/machine.txt"
 rm -f "$RUN/xfer.bin"
+rm -rf "$FILES_DIR"
 
 python3 "$BENCH/summarize.py" "$RUN" | tee "$RUN/table.md"
 ln -sfn "$RUN" "$BENCH/results/latest"

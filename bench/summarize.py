@@ -2,6 +2,8 @@
 """Turns bench/run.sh's raw results (RUN/raw/CASE.PROXY.REP.{out,meta}) into a
 markdown table: median (min–max) per proxy, and switchyard's ratio to the
 better of nginx and HAProxy (to nginx for the sync-pool case, as issue 4 asks).
+The file cases (sf*, issue 16) get a table of their own: switchyard, nginx
+and Caddy, with switchyard's ratio to each.
 
     python3 bench/summarize.py bench/results/latest
 """
@@ -13,6 +15,8 @@ import statistics
 import sys
 
 PROXIES = ["switchyard", "nginx", "haproxy"]
+FILE_PROXIES = ["switchyard", "nginx", "caddy"]
+NAME = {"switchyard": "switchyard", "nginx": "nginx", "haproxy": "HAProxy", "caddy": "Caddy"}
 
 
 def unit_ms(v, u):
@@ -107,6 +111,32 @@ def metrics(case, out, meta):
             return m
         m = {"kib_per_session": (int(meta["rss_after_kib"]) - int(meta["rss_before_kib"])) / n,
              "sessions_open": n, "failed": int(r.get("failed", 0))}
+    elif case == "sf1k":
+        r = parse_wrk(out)
+        n = r.get("requests", 0)
+        if not n:
+            return m
+        cpu = cpu_us(meta)
+        m = {"cpu_us_per_req": cpu / n, "req_s": r["rps"], "p99_ms": r.get("p99"),
+             "cpu_util_pct": cpu / 1e6 / float(meta["wall"]) * 100, "errors": r["non2xx"] + r["sock_err"]}
+    elif case in ("sfdown", "sfdown_http"):
+        r = parse_kv(out)
+        if r.get("http") != "200" or not float(r.get("secs", 0)):
+            return {"failed": 1}
+        m = {"MiB_s": int(r["bytes"]) / float(r["secs"]) / 2**20, "cpu_s": cpu_us(meta) / 1e6,
+             "cpu_util_pct": cpu_us(meta) / 1e6 / float(meta["wall"]) * 100,
+             "peak_rss_mib": int(meta["hwm_kib"]) / 1024}
+    elif case == "sfrss":
+        lines = re.findall(r"http=(\d+) bytes=(\d+)", out)
+        ok = [int(b) for code, b in lines if code == "200"]
+        if not ok:
+            return m
+        m = {"peak_rss_mib": int(meta["peak_rss_all_kib"]) / 1024 if int(meta["samples_all"]) else None,
+             "rss_before_mib": int(meta["rss_before_kib"]) / 1024,
+             "hwm_mib": int(meta["hwm_kib"]) / 1024,
+             "in_flight": int(meta["max_conns"]), "downloads_200": len(ok),
+             "MiB_sent": sum(ok) / 2**20,
+             "cpu_util_pct": cpu_us(meta) / 1e6 / float(meta["wall"]) * 100}
     elif case in ("fup", "fdown"):
         r = parse_kv(out)
         if r.get("http") != "200" or not float(r.get("secs", 0)):
@@ -136,6 +166,20 @@ SPEC = {
     "syncmix": [("ok_req_s", False, None), ("p50_ms", True, None), ("p90_ms", True, None), ("p99_ms", True, None),
                 ("errors", True, None)],
 }
+# The file cases: (metric, lower is better, target). Targets (issue 16): CPU
+# per request not above nginx's, throughput at least 0.9x the better of nginx
+# and Caddy, RSS under 64 MiB with the concurrent downloads in flight.
+FILE_SPEC = {
+    "sf1k": [("cpu_us_per_req", True, "nginx"), ("req_s", False, None), ("p99_ms", True, None),
+             ("cpu_util_pct", None, None), ("errors", True, None)],
+    "sfdown": [("MiB_s", False, "best"), ("cpu_s", True, None), ("cpu_util_pct", None, None),
+               ("peak_rss_mib", True, None)],
+    "sfdown_http": [("MiB_s", False, "best"), ("cpu_s", True, None), ("cpu_util_pct", None, None),
+                    ("peak_rss_mib", True, None)],
+    "sfrss": [("peak_rss_mib", True, "64MiB"), ("rss_before_mib", True, None), ("hwm_mib", True, None),
+              ("in_flight", None, None), ("downloads_200", None, None), ("MiB_sent", None, None),
+              ("cpu_util_pct", None, None)],
+}
 TITLE = {
     "a": "a. HTTPS keep-alive GET 1 KiB, 64 conns (wrk)",
     "a_nopp": "a, from bench-h1-load (64 conns, no PROXY header)",
@@ -150,7 +194,59 @@ TITLE = {
     "fdown": "f. 1 GiB download (curl, HTTP/1.1)",
     "sync": "sync pool (issue 4): 4 workers x 20 ms, 128 clients",
     "syncmix": "sync pool, mixed: 4 workers, 19 in 20 requests 20 ms, 1 in 20 500 ms, 8 clients",
+    "sf1k": "files: HTTPS keep-alive GET of a 1 KiB file, %(sf_conns)s conns (wrk)",
+    "sfdown": "files: %(big)s file over HTTPS, one connection (curl, HTTP/1.1)",
+    "sfdown_http": "files: %(big)s file over plain HTTP, one connection (curl)",
+    "sfrss": "files: %(sf_rss_conns)s concurrent HTTPS downloads of a %(rss)s file, %(sf_rss_rate)sB/s each",
 }
+
+
+def size(n):
+    n = int(n)
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= f and n % f == 0:
+            return "%d %s" % (n // f, unit)
+    return "%d B" % n
+
+
+def file_table(data, info):
+    """The file cases' table: switchyard, nginx, Caddy, and switchyard's ratios."""
+    cases = [c for c in FILE_SPEC if any(k[0] == c for k in data)]
+    if not cases:
+        return
+    params = {"sf_conns": "50", "sf_big_bytes": str(2**30), "sf_rss_bytes": str(100 * 2**20),
+              "sf_rss_conns": "200", "sf_rss_rate": "1M"}
+    params.update(re.findall(r"(\w+)=(\S+)", info.get("files", "")))
+    params["big"] = size(params["sf_big_bytes"])
+    params["rss"] = size(params["sf_rss_bytes"])
+    print("| case | metric | switchyard | nginx | Caddy | switchyard ÷ nginx | switchyard ÷ Caddy | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        for metric, lower, target in FILE_SPEC[case]:
+            cells, med = [], {}
+            for p in FILE_PROXIES:
+                vs = data.get((case, p, metric))
+                if not vs:
+                    cells.append("–")
+                    continue
+                med[p] = statistics.median(vs)
+                cells.append("%s (%s–%s)" % (fmt(med[p]), fmt(min(vs)), fmt(max(vs))) if len(vs) > 1 else fmt(vs[0]))
+            ratios = []
+            for p in ("nginx", "caddy"):
+                ok = lower is not None and "switchyard" in med and med.get(p)
+                ratios.append("%.2f×" % (med["switchyard"] / med[p]) if ok else "")
+            tgt = ""
+            s = med.get("switchyard")
+            if s is not None and target == "nginx" and med.get("nginx"):
+                tgt = "≤ 1.0× nginx %s" % ("met" if s <= med["nginx"] else "**missed**")
+            elif s is not None and target == "best":
+                rv = [med[p] for p in ("nginx", "caddy") if med.get(p)]
+                if rv:
+                    tgt = "≥ 0.9× best %s" % ("met" if s >= 0.9 * max(rv) else "**missed**")
+            elif s is not None and target == "64MiB":
+                tgt = "< 64 MiB %s" % ("met" if s < 64 else "**missed**")
+            title = TITLE[case] % params if metric == FILE_SPEC[case][0][0] else ""
+            print("| %s | %s | %s | %s | %s | %s |" % (title, metric, " | ".join(cells), ratios[0], ratios[1], tgt))
 
 
 def fmt(v):
@@ -188,16 +284,22 @@ def main():
     if os.path.exists(mf):
         info = dict(l.split("=", 1) for l in open(mf).read().splitlines() if "=" in l)
     if info:
-        print("%s; %s cores, %s; kernel %s; switchyard %s, nginx %s, HAProxy %s, wrk %s, h2load %s; %s; "
+        print("%s; %s cores, %s; kernel %s; switchyard %s, nginx %s, HAProxy %s, %swrk %s, h2load %s; %s; "
               "load average %s at start, %s at end; %ss in all" % (
                   info.get("date"), info.get("nproc"), info.get("cpu"), info.get("kernel"),
-                  info.get("switchyard"), info.get("nginx"), info.get("haproxy"), info.get("wrk"),
+                  info.get("switchyard"), info.get("nginx"), info.get("haproxy"),
+                  "Caddy %s, " % info["caddy"] if info.get("caddy") else "", info.get("wrk"),
                   info.get("h2load"), "reps=" + info.get("reps", ""), info.get("loadavg_start"),
                   info.get("loadavg_end"), info.get("elapsed_s")))
+        if info.get("switchyard_bin"):
+            print("switchyard binary: built " + info["switchyard_bin"] + " (HEAD above is the checkout's at run time)")
+        if info.get("files"):
+            print("files: " + info["files"])
         print()
-    print("| case | metric | switchyard | nginx | HAProxy | switchyard ÷ best | target |")
-    print("|---|---|---|---|---|---|---|")
     cases = [c for c in SPEC if any(k[0] == c for k in data)]
+    if cases:
+        print("| case | metric | switchyard | nginx | HAProxy | switchyard ÷ best | target |")
+        print("|---|---|---|---|---|---|---|")
     for case in cases:
         for metric, lower, target in SPEC[case]:
             cells, med = [], {}
@@ -226,6 +328,10 @@ def main():
                 tgt += " (aim < 10 KiB: %s)" % ("met" if med["switchyard"] < 10 else "**missed**")
             print("| %s | %s | %s | %s |" % (TITLE[case] if metric == SPEC[case][0][0] else "", metric,
                                              " | ".join(cells), ratio + " | " + tgt))
+    if any(c in FILE_SPEC for (c, p, k) in data):
+        if cases:
+            print()
+        file_table(data, info)
     # What PROXY protocol costs each proxy: a_pp against a_nopp (the same load tool).
     pp = []
     for p in PROXIES:
