@@ -7,7 +7,7 @@
 #   REPS=1 DUR=3 bench/run.sh    # a quick smoke run
 #   CASES="a d128" PROXIES="switchyard nginx" bench/run.sh
 #   CASES="a_nopp a_pp" PROXIES=switchyard bench/run.sh   # case a without and with a PROXY header
-#   bench/run.sh files           # only the file-serving cases (issue 16): switchyard, nginx, Caddy; ~5 minutes
+#   SKIP_BUILD=1 bench/run.sh files   # only the file-serving cases (issue 16): switchyard, nginx, Caddy; ~3.5 minutes
 #
 # Every load targets 127.0.0.1 only and is bounded in time and count.
 set -euo pipefail
