@@ -1007,3 +1007,43 @@ async fn an_answer_before_the_body_says_connection_close() {
     }
     assert_eq!(pool.app_count(), 0);
 }
+
+/// The directory is reopened by its path at least every second, so a
+/// `current` symlink swapped on deploy is followed without a reload.
+#[tokio::test]
+async fn a_swapped_release_symlink_is_followed_without_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (release, body) in [("v1", "first release"), ("v2", "second release")] {
+        write_file(&tmp.path().join(release), "app.css", body.as_bytes());
+    }
+    let current = tmp.path().join("current");
+    std::os::unix::fs::symlink(tmp.path().join("v1"), &current).unwrap();
+    let rest = format!(
+        "[[routes]]\npath = \"/static/\"\nfiles = {:?}\n",
+        current.display().to_string()
+    );
+    let site = TlsSite::start(HOST, &rest).await;
+    let r = site
+        .send(Via::Plain, "GET", "/static/app.css", &[], Bytes::new())
+        .await;
+    assert_eq!(r.body().as_ref(), b"first release");
+    // Swap atomically, as deploy tools do: a new link renamed over the old.
+    let next = tmp.path().join("current.next");
+    std::os::unix::fs::symlink(tmp.path().join("v2"), &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = site
+            .send(Via::Plain, "GET", "/static/app.css", &[], Bytes::new())
+            .await;
+        if r.body().as_ref() == b"second release" {
+            break;
+        }
+        assert_eq!(r.body().as_ref(), b"first release");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new release was not served within {WAIT:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
