@@ -7,7 +7,10 @@ https://localhost:18443/, trusting the example's CA through an NSS database
 This wrapper checks the browser's report and switchyard's side of it: the
 metric `switchyard_requests_total{route="ws"}` and the access log tell an
 HTTP/2 extended CONNECT (RFC 8441, answered 200) from an HTTP/1.1 upgrade
-(answered 101).
+(answered 101). Issue 17: the pages arrived compressed at the proxy
+(`compress = true`; DevTools' Content-Encoding, the Performance API's
+encodedBodySize below decodedBodySize), and the /catalog page, with its
+SVG compressed too, renders whole.
 
 Nothing is installed here and nothing is skipped: a missing Chromium, certutil,
 Node.js or e2e/browser/node_modules fails the test with what to install
@@ -152,6 +155,34 @@ def test_chromium_chat_through_switchyard(stack, node, mode):
     if mode == "h2":
         # Trust comes from the CA in the NSS db: without it Chromium refuses.
         assert res["untrusted"] == "net::ERR_CERT_AUTHORITY_INVALID", res["untrusted"]
+    # Issue 17: the documents came compressed with the coding the browser
+    # prefers (ties: zstd, br, gzip) and decoded to what rendered above.
+    codings = ("zstd", "br", "gzip")
+
+    def preferred(accept_encoding):
+        offered = {t.split(";")[0].strip().lower() for t in (accept_encoding or "").split(",")}
+        return next((c for c in codings if c in offered), None)
+    for name in ("a", "b"):
+        p = res["pages"][name]
+        doc = p["document"]
+        assert doc and doc["status"] == 200, (name, doc)
+        assert doc["contentEncoding"] in codings, (name, doc)
+        assert doc["contentEncoding"] == preferred(doc["acceptEncoding"]), (name, doc)
+        assert "accept-encoding" in (doc["vary"] or "").lower(), (name, doc)
+        assert 0 < p["encodedBodySize"] < p["decodedBodySize"], (name, p)
+    cat = res["catalog"]
+    n_rows = cat["expectedRows"]
+    assert cat["rows"] == n_rows and cat["lastRow"] == f"SKU-{n_rows - 1:06d}", cat
+    assert cat["nextHopProtocol"] == page_proto, cat
+    cat_doc = cat["responses"]["/catalog"]
+    assert cat_doc["status"] == 200 and cat_doc["contentEncoding"] in codings, cat_doc
+    assert 0 < cat["encodedBodySize"] * 3 < cat["decodedBodySize"], cat
+    svg = cat["responses"][cat["imgPath"]]
+    assert svg["status"] == 200 and svg["contentEncoding"] in codings, svg
+    assert cat["imgComplete"] and cat["imgNaturalWidth"] == 64, cat
+    assert 0 < cat["svgEncodedBodySize"] < cat["svgDecodedBodySize"], cat
+    assert Path(cat["screenshot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     sockets = res["websockets"]
     assert len(sockets) >= 2, sockets
     # DevTools' handshake status: 200 is the answer to an HTTP/2 extended
@@ -184,6 +215,9 @@ def test_chromium_chat_through_switchyard(stack, node, mode):
     assert by_status == {101: (0 if mode == "h2" else n), 200: (n if mode == "h2" else 0)}, \
         by_status
     assert d("switchyard_websocket_sessions_total", route="ws") == n
+    # Page a, page b (loaded once or more) and the catalog; the SVG.
+    compressed = {r: d("switchyard_compressed_responses_total", route=r) for r in ("app", "static")}
+    assert compressed["app"] >= 3 and compressed["static"] >= 1, compressed
 
     # Each WebSocket has two access-log lines: its handshake request, and its
     # session (websocket=true) when it ends.
@@ -206,4 +240,10 @@ def test_chromium_chat_through_switchyard(stack, node, mode):
           f"+{n} status {ws_status} (method label {methods}), +0 status "
           f"{101 if mode == 'h2' else 200}; access log: "
           + "; ".join(f"{l['method']} {l['path']} {l['status']} -> {l['upstream']}" for l in lines)
-          + f"; screenshot {res['screenshot']}")
+          + f"; screenshot {res['screenshot']}; documents "
+          f"{res['pages']['a']['document']['contentEncoding']} (Accept-Encoding "
+          f"{res['pages']['a']['document']['acceptEncoding']!r}): page a "
+          f"{res['pages']['a']['encodedBodySize']} -> {res['pages']['a']['decodedBodySize']} bytes, "
+          f"/catalog {cat['encodedBodySize']} -> {cat['decodedBodySize']} bytes ({cat['rows']} rows "
+          f"rendered), SVG {svg['contentEncoding']} {cat['svgEncodedBodySize']} -> "
+          f"{cat['svgDecodedBodySize']} bytes; switchyard_compressed_responses_total +{compressed}")

@@ -6,8 +6,12 @@
 // example's certificate authority (an NSS database made with certutil in a
 // fresh HOME: no --ignore-certificate-errors, no SPKI pin). Two browser
 // contexts (separate cookies, separate connections) join one room; a message
-// typed in the first must appear in the second. Prints one JSON object on its
-// last stdout line for e2e/test_browser.py, which checks switchyard's side.
+// typed in the first must appear in the second. Then the first context opens
+// the /catalog page (issue 17: compressed at the proxy, with an SVG that is
+// too) and reports how the documents arrived (Content-Encoding from DevTools,
+// encodedBodySize and decodedBodySize from the Performance API) and what
+// rendered. Prints one JSON object on its last stdout line for
+// e2e/test_browser.py, which checks switchyard's side.
 //
 // Environment:
 //   BASE        https://localhost:18443
@@ -41,6 +45,7 @@ const ARTIFACTS = process.env.ARTIFACTS || path.join(REPO, "e2e", "artifacts");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SPREAD_TRIES = Number(process.env.SPREAD_TRIES || 6);
 const MODE = process.env.MODE || "h2";
+const CATALOG_ROWS = 500;
 const STEP_TIMEOUT = 15000;
 if (!["h2", "h1"].includes(MODE)) throw new Error(`MODE must be h2 or h1, not ${MODE}`);
 
@@ -56,8 +61,8 @@ const ARGS = [
   "--disable-sync",
   ...(MODE === "h1" ? ["--disable-http2"] : []),
 ];
-const SHOTS = MODE === "h2" ? { b: "chat.png", a: "chat-sender.png" }
-  : { b: "chat-h1.png", a: "chat-h1-sender.png" };
+const SHOTS = MODE === "h2" ? { b: "chat.png", a: "chat-sender.png", catalog: "catalog.png" }
+  : { b: "chat-h1.png", a: "chat-h1-sender.png", catalog: "catalog-h1.png" };
 
 const result = { ok: false, mode: MODE, base: BASE, room: ROOM, trust: "nss-db", pages: {}, websockets: [] };
 const log = (...a) => console.error("[browser]", ...a);
@@ -87,6 +92,39 @@ async function launch(home) {
   });
 }
 
+/** A header's value from DevTools' header object, whatever the case of its name. */
+function header(headers, name) {
+  for (const [k, v] of Object.entries(headers || {})) {
+    if (k.toLowerCase() === name) return v;
+  }
+  return null;
+}
+
+/** Records, by URL path, how each response of `cdp`'s page arrived: status,
+ *  Content-Encoding and Vary (as the browser got them), and the
+ *  Accept-Encoding the browser sent (the headers really sent, ExtraInfo). */
+function recordEncodings(cdp) {
+  const sent = new Map();
+  const got = {};
+  cdp.on("Network.requestWillBeSentExtraInfo", (e) => {
+    sent.set(e.requestId, header(e.headers, "accept-encoding"));
+  });
+  cdp.on("Network.responseReceived", (e) => {
+    got[new URL(e.response.url).pathname] = {
+      requestId: e.requestId,
+      type: e.type,
+      status: e.response.status,
+      protocol: e.response.protocol,
+      contentEncoding: header(e.response.headers, "content-encoding"),
+      vary: header(e.response.headers, "vary"),
+    };
+  });
+  return () => {
+    for (const r of Object.values(got)) r.acceptEncoding = sent.get(r.requestId) || null;
+    return got;
+  };
+}
+
 /** Opens the chat page in a new context; records the WebSocket handshakes via CDP. */
 async function openChat(browser, name) {
   const context = await browser.newContext({ viewport: { width: 900, height: 760 } });
@@ -94,6 +132,7 @@ async function openChat(browser, name) {
   page.on("console", (m) => log(`${name} console: ${m.text()}`));
   const cdp = await context.newCDPSession(page);
   await cdp.send("Network.enable");
+  const encodings = recordEncodings(cdp);
   const sockets = new Map();
   cdp.on("Network.webSocketCreated", (e) => {
     sockets.set(e.requestId, { page: name, url: e.url });
@@ -109,7 +148,7 @@ async function openChat(browser, name) {
     const s = sockets.get(e.requestId);
     if (s) s.closedAt = Date.now();
   });
-  return { name, context, page, sockets };
+  return { name, context, page, sockets, encodings };
 }
 
 /** Navigates and waits until the page's WebSocket is open and said hello. */
@@ -123,16 +162,61 @@ async function load(chat) {
     null, { timeout: STEP_TIMEOUT });
   const info = await chat.page.evaluate(() => ({
     nextHopProtocol: performance.getEntriesByType("navigation")[0].nextHopProtocol,
+    encodedBodySize: performance.getEntriesByType("navigation")[0].encodedBodySize,
+    decodedBodySize: performance.getEntriesByType("navigation")[0].decodedBodySize,
     secureContext: window.isSecureContext,
     gunicorn: document.getElementById("instance").textContent,
     isSecure: document.getElementById("is-secure").textContent,
     daphne: document.getElementById("ws-instance").textContent,
     wsState: document.getElementById("ws-state").textContent,
   }));
+  info.document = chat.encodings()["/"] || null;
   result.pages[chat.name] = info;
   log(`${chat.name}: page over ${info.nextHopProtocol} from ${info.gunicorn}, ` +
     `WebSocket open on ${info.daphne}`);
   return info;
+}
+
+/** The /catalog page in a new tab of `context`: how it and its SVG arrived,
+ *  and what rendered (every row; the image decoded). */
+async function catalog(context) {
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  const encodings = recordEncodings(cdp);
+  try {
+    const resp = await page.goto(`${BASE}/catalog?rows=${CATALOG_ROWS}`,
+      { waitUntil: "load", timeout: STEP_TIMEOUT });
+    if (!resp || resp.status() !== 200) throw new Error(`catalog answered ${resp && resp.status()}`);
+    const info = await page.evaluate(() => {
+      const nav = performance.getEntriesByType("navigation")[0];
+      const img = document.querySelector("h1 img");
+      const svg = performance.getEntriesByName(img.src)[0];
+      const items = document.querySelectorAll("#catalog tr.item");
+      return {
+        nextHopProtocol: nav.nextHopProtocol,
+        encodedBodySize: nav.encodedBodySize,
+        decodedBodySize: nav.decodedBodySize,
+        rows: items.length,
+        lastRow: items.length ? items[items.length - 1].firstElementChild.textContent : null,
+        imgPath: new URL(img.src).pathname,
+        imgNaturalWidth: img.naturalWidth,
+        imgComplete: img.complete,
+        svgEncodedBodySize: svg ? svg.encodedBodySize : null,
+        svgDecodedBodySize: svg ? svg.decodedBodySize : null,
+      };
+    });
+    info.expectedRows = CATALOG_ROWS;
+    info.responses = encodings();
+    const file = path.join(ARTIFACTS, SHOTS.catalog);
+    await page.screenshot({ path: file });
+    info.screenshot = file;
+    log(`catalog: ${info.rows} rows, document ${info.encodedBodySize} -> ${info.decodedBodySize} ` +
+      `bytes (${(info.responses["/catalog"] || {}).contentEncoding})`);
+    return info;
+  } finally {
+    await page.close().catch(() => {});
+  }
 }
 
 async function untrustedAttempt() {
@@ -190,6 +274,7 @@ async function main() {
     };
     result.received = { b: await seen(b), a: await seen(a) };
     log(`b shows: ${result.received.b}`);
+    result.catalog = await catalog(a.context);
     result.ok = true;
   } finally {
     for (const chat of chats) {

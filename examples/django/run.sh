@@ -35,7 +35,7 @@
 #             is still there after a few seconds
 #   status    what runs, with pids
 #   test      start, run the end-to-end tests (e2e/test_django.py,
-#             e2e/test_django_files.py), stop
+#             e2e/test_django_files.py, e2e/test_compression.py), stop
 #
 # Environment: VENV (default examples/django/.venv), RUN_DIR (pids and logs,
 # default examples/django/.run), SWITCHYARD_BIN (default: target/release or
@@ -338,7 +338,8 @@ run_test() {
     # The test finds the services running and leaves them so; stop here.
     (cd "$REPO" && DJANGO_EXAMPLE_VENV="$VENV" RUN_DIR="$RUN_DIR" \
         "$VENV/bin/pip" install -q --disable-pip-version-check -r e2e/requirements.txt &&
-        "$VENV/bin/python" -m pytest e2e/test_django.py e2e/test_django_files.py "$@") || rc=$?
+        "$VENV/bin/python" -m pytest e2e/test_django.py e2e/test_django_files.py \
+            e2e/test_compression.py "$@") || rc=$?
     stop
     return "$rc"
 }

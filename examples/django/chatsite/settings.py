@@ -37,6 +37,9 @@ INSTALLED_APPS = [
     "chatsite",
 ]
 
+# No django.middleware.gzip.GZipMiddleware: switchyard compresses the views'
+# answers (compress = true on the site's app route), so no sync worker
+# spends its time on it, and a view opts out with Cache-Control: no-transform.
 MIDDLEWARE = [
     "chatsite.middleware.RealIPMiddleware",   # first: REMOTE_ADDR for everything after it
     "django.middleware.security.SecurityMiddleware",

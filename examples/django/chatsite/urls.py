@@ -10,5 +10,8 @@ urlpatterns = [
     path("downloads", views.downloads, name="downloads"),
     path("download/<str:name>", views.download, name="download"),
     path("slow", views.slow, name="slow"),
+    path("catalog", views.catalog, name="catalog"),
+    path("catalog.json", views.catalog_json, name="catalog_json"),
+    path("stream", views.stream, name="stream"),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -10,11 +10,12 @@ from django.conf import settings
 from django.core import signing
 from django.core.files.storage import default_storage
 from django.http import (Http404, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden,
-                         JsonResponse)
+                         JsonResponse, StreamingHttpResponse)
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.utils.http import content_disposition_header
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_safe
 
 INSTANCE = os.environ.get("INSTANCE", "gunicorn")
 
@@ -39,6 +40,10 @@ def _request_info(request):
         "x_forwarded_port": request.META.get("HTTP_X_FORWARDED_PORT", ""),
         "x_real_ip": request.META.get("HTTP_X_REAL_IP", ""),
         "forwarded": request.META.get("HTTP_FORWARDED", ""),
+        # What the client accepts reaches Django unchanged; Django compresses
+        # nothing itself (no GZipMiddleware): switchyard does, on routes with
+        # compress = true.
+        "accept_encoding": request.META.get("HTTP_ACCEPT_ENCODING", ""),
     }
 
 
@@ -139,6 +144,92 @@ def slow(request):
     seconds = min(float(request.GET.get("seconds", "1")), 10.0)
     time.sleep(seconds)
     return JsonResponse({"instance": INSTANCE, "slept": seconds})
+
+
+# --- compression at the proxy ------------------------------------------------------
+# The site's app route has `compress = true`: switchyard compresses these
+# views' answers (zstd, br or gzip, as the client prefers), the worker sends
+# them plain. Their content depends on the query string alone, so the same
+# request straight to gunicorn gives the same bytes.
+
+CATALOG_MAX_ROWS = 20000
+
+
+def _catalog_rows(request):
+    try:
+        n = int(request.GET.get("rows", "200"))
+    except ValueError:
+        n = 200
+    n = max(0, min(n, CATALOG_MAX_ROWS))
+    return [{"sku": f"SKU-{i:06d}", "name": f"Item number {i}",
+             "price": f"{(i * 37) % 10000 / 100:.2f}", "stock": (i * 7919) % 250}
+            for i in range(n)]
+
+
+def _cacheable(request, response, body: bytes):
+    """A strong ETag from the bytes, `Vary: Cookie` (switchyard merges its
+    `Accept-Encoding` into it) and, with `?no_transform=1`, `Cache-Control:
+    no-transform`, which tells switchyard to leave the body alone."""
+    response["ETag"] = '"%s"' % hashlib.sha256(body).hexdigest()[:20]
+    patch_vary_headers(response, ["Cookie"])
+    if request.GET.get("no_transform") == "1":
+        response["Cache-Control"] = "no-transform"
+    return response
+
+
+@require_safe
+def catalog(request):
+    """A page of a few hundred table rows (HTML)."""
+    response = render(request, "catalog.html", {"rows": _catalog_rows(request)})
+    return _cacheable(request, response, response.content)
+
+
+@require_safe
+def catalog_json(request):
+    """The same rows as JSON."""
+    response = JsonResponse({"rows": _catalog_rows(request)})
+    return _cacheable(request, response, response.content)
+
+
+STREAM_GATE_DEADLINE = 20.0   # below gunicorn's 30 s worker timeout
+
+
+@require_GET
+def stream(request):
+    """An HTML page sent in pieces (StreamingHttpResponse), as a long report
+    or a progress page is: piece 1 at once, and each next piece only once the
+    Redis key `stream-gate:<gate>` counts up to it (an external event: a job
+    finished). A gate that does not open within STREAM_GATE_DEADLINE ends the
+    page with a timeout marker, so the worker is never held for long."""
+    import redis
+
+    gate = request.GET.get("gate", "")
+    try:
+        pieces = max(1, min(int(request.GET.get("pieces", "3")), 10))
+    except ValueError:
+        pieces = 3
+    key = f"stream-gate:{gate}"
+    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+
+    def piece(i):
+        rows = "".join(f"<li>piece {i} line {j}: {'x' * 40}</li>\n" for j in range(30))
+        return f'<section id="piece-{i}">\n<ul>\n{rows}</ul>\n</section>\n'
+
+    def body():
+        yield "<!doctype html>\n<title>stream</title>\n" + piece(1)
+        for i in range(2, pieces + 1):
+            deadline = time.monotonic() + STREAM_GATE_DEADLINE
+            while int(r.get(key) or 0) < i:
+                if time.monotonic() > deadline:
+                    yield f'<p id="timeout">gate {gate} stayed shut before piece {i}</p>\n'
+                    return
+                time.sleep(0.02)
+            yield piece(i)
+        yield '<p id="end">end</p>\n'
+
+    response = StreamingHttpResponse(body(), content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def healthz(request):
