@@ -8,6 +8,7 @@
 #   CASES="a d128" PROXIES="switchyard nginx" bench/run.sh
 #   CASES="a_nopp a_pp" PROXIES=switchyard bench/run.sh   # case a without and with a PROXY header
 #   SKIP_BUILD=1 bench/run.sh files   # only the file-serving cases (issue 16): switchyard, nginx, Caddy; ~3.5 minutes
+#   SKIP_BUILD=1 bench/run.sh compress   # only the compression cases (issue 17): switchyard, nginx; ~4 minutes
 #
 # Every load targets 127.0.0.1 only and is bounded in time and count.
 set -euo pipefail
@@ -23,15 +24,22 @@ XFER_BYTES=${XFER_BYTES:-1073741824}
 # The file-serving cases (issue 16): switchyard's files route, nginx's alias,
 # Caddy's file_server (HAProxy serves no files; Caddy runs only these).
 FILE_CASES="sf1k sfdown sfdown_http sfrss"
+# The compression cases (issue 17): switchyard's `compress = true` route
+# against nginx's gzip filter at the same level (nginx has no zstd or br:
+# zs64k, br64k and zsstream run on switchyard alone).
+COMPRESS_CASES="gz64k zs64k br64k gzstream zsstream"
 if [ "${1:-}" = files ]; then
     CASES=${CASES:-$FILE_CASES}
     PROXIES=${PROXIES:-"switchyard nginx caddy"}
+elif [ "${1:-}" = compress ]; then
+    CASES=${CASES:-$COMPRESS_CASES}
+    PROXIES=${PROXIES:-"switchyard nginx"}
 elif [ $# -gt 0 ]; then
-    echo "usage: bench/run.sh [files]" >&2
+    echo "usage: bench/run.sh [files|compress]" >&2
     exit 2
 fi
 PROXIES=${PROXIES:-"switchyard nginx haproxy caddy"}
-CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix $FILE_CASES"}
+CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix $FILE_CASES $COMPRESS_CASES"}
 SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
 PREPARE_ONLY=${PREPARE_ONLY:-0}  # 1: install, build and render the configurations, then stop (bench/callgrind.sh)
@@ -43,6 +51,9 @@ SF_RSS_BYTES=${SF_RSS_BYTES:-104857600}    # sfrss: the file all downloads fetch
 SF_RSS_CONNS=${SF_RSS_CONNS:-200}          # sfrss: concurrent downloads
 SF_RSS_RATE=${SF_RSS_RATE:-1M}             # sfrss: each download's read rate (curl --limit-rate)
 SF_RSS_SECS=${SF_RSS_SECS:-10}             # sfrss: how long they run (curl --max-time)
+GZ_CONNS=${GZ_CONNS:-50}                   # gz64k, zs64k, br64k: wrk connections, one request in flight on each
+GZ_STREAM_BYTES=${GZ_STREAM_BYTES:-1073741824}  # gzstream, zsstream: the uncompressed size of the one response
+NGINX_GZ_BUFFERING=${NGINX_GZ_BUFFERING:-on}    # the compression cases: nginx's proxy_buffering (off: flushes per read)
 
 # Unusual ports: other developers on this machine use the 8xxx and 18xxx ones.
 PORT=${PORT:-28443} ADMIN_PORT=${ADMIN_PORT:-29901} HTTP_PORT=${HTTP_PORT:-28080}
@@ -66,13 +77,23 @@ in_list() { # word list...
     return 1
 }
 file_case() { case $1 in sf*) return 0 ;; *) return 1 ;; esac; }
+compress_case() { case $1 in gz64k | zs64k | br64k | gzstream | zsstream) return 0 ;; *) return 1 ;; esac; }
+# The content coding a compression case asks for.
+coding() { case $1 in gz*) echo gzip ;; zs*) echo zstd ;; br*) echo br ;; esac; }
 # Whether the run has file cases (and so needs their files and configurations).
-FILE_RUN=0
-for c in $CASES; do if file_case "$c"; then FILE_RUN=1; fi; done
+FILE_RUN=0 COMPRESS_RUN=0
+for c in $CASES; do
+    if file_case "$c"; then FILE_RUN=1; fi
+    if compress_case "$c"; then COMPRESS_RUN=1; fi
+done
 # Which proxies run a case: the file cases switchyard, nginx and Caddy; the
-# others switchyard, nginx and HAProxy.
+# gzip cases switchyard and nginx, the zstd and br ones switchyard alone;
+# the others switchyard, nginx and HAProxy.
 supports() { # proxy case
-    if file_case "$2"; then [ "$1" != haproxy ]; else [ "$1" != caddy ]; fi
+    if file_case "$2"; then [ "$1" != haproxy ]
+    elif compress_case "$2"; then
+        case $(coding "$2") in gzip) [ "$1" = switchyard ] || [ "$1" = nginx ] ;; *) [ "$1" = switchyard ] ;; esac
+    else [ "$1" != caddy ]; fi
 }
 
 # ---------------------------------------------------------------- install ---
@@ -204,6 +225,24 @@ PY
     fi
 }
 
+# The compression cases: every path to the fast backend, compressed.
+compress_configs() {
+    mkdir -p "$RUN/conf/switchyard-compress/sites"
+    render "$BENCH/conf/switchyard/switchyard.toml" "$RUN/conf/switchyard-compress/switchyard.toml"
+    render "$BENCH/conf/switchyard-compress/sites/compress.toml" "$RUN/conf/switchyard-compress/sites/compress.toml"
+    render "$BENCH/conf/nginx-compress.conf.in" "$RUN/conf/nginx-compress.conf"
+    if [ "$NGINX_GZ_BUFFERING" != on ]; then
+        sed -i "s/proxy_buffering on;/proxy_buffering $NGINX_GZ_BUFFERING;/" "$RUN/conf/nginx-compress.conf"
+    fi
+    if [ "$PREPARE_ONLY" != 1 ]; then
+        if in_list switchyard $PROXIES; then
+            "$RUN/switchyard" check -c "$RUN/conf/switchyard-compress" >/dev/null ||
+                die "switchyard check failed (compress; does this build have compress routes?)"
+        fi
+        nginx -t -q -c "$RUN/conf/nginx-compress.conf" -e "$RUN/nginx-error.log" || die "nginx -t failed (compress)"
+    fi
+}
+
 # Caddy on one core (GOMAXPROCS=1), its state (autosaved configuration,
 # certificate storage) kept in the run directory.
 # (A command prefix, not a function: a function run with & would be a
@@ -253,6 +292,7 @@ start_proxy() { # name [case]
     local v="" pp=() wpath=/ wopt=()
     if pp_case "${2:-}"; then v=-pp pp=(--haproxy-protocol); fi
     if file_case "${2:-}"; then v=-files wpath=/static/1k.bin wopt=(-f); fi
+    if compress_case "${2:-}"; then v=-compress wpath=/json64k wopt=(-f --compressed); fi
     # A proxy left over from an earlier run would answer in this one's place.
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "127.0.0.1:$PORT is in use before $1 starts"; fi
     case $1 in
@@ -368,7 +408,75 @@ run_case() { # case proxy rep
         -o /dev/null -w 'bytes=%{size_download} secs=%{time_total} http=%{http_code}\n' \
         "http://127.0.0.1:$FILES_HTTP_PORT/static/big.bin" ;;
     sfrss) rss_case "$@" ;;
+    # The compression cases (issue 17): /json64k (64 KiB of JSON) asking for
+    # one coding, after checking that the answer really is encoded with it.
+    gz64k | zs64k | br64k)
+        compress_check "$@" /json64k
+        measure "$@" -- wrk -t1 -c"$GZ_CONNS" -d"${DUR}s" --timeout 5s --latency \
+            -H "Accept-Encoding: $(coding "$c")" "$URL/json64k"
+        cat "$RAW/$c.$p.$r.check" >>"$RAW/$c.$p.$r.meta" ;;
+    gzstream | zsstream) stream_case "$@" ;;
     esac
+}
+
+# The reference bodies, straight from the backend (plain HTTP, no coding).
+reference() { # path file
+    curl -sS --max-time 60 -H "Accept-Encoding: identity" -o "$2" "http://127.0.0.1:$HTTP_PORT$1" ||
+        die "bench-http does not answer $1"
+}
+
+# Fails the run unless the proxy answers PATH encoded with the case's coding
+# and curl decodes that to the backend's bytes; leaves RAW/CASE.PROXY.REP.check
+# (coding, the encoded size, the Content-Encoding and Vary seen).
+compress_check() { # case proxy rep path
+    local c=$1 p=$2 r=$3 path=$4 enc hdr body ref dec ce vary n m
+    enc=$(coding "$c") hdr=$RAW/$c.$p.$r.headers body=$RUN/check.body ref=$RUN/check.ref dec=$RUN/check.dec
+    reference "$path" "$ref"
+    curl -sS --http1.1 --max-time 60 --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        -H "Accept-Encoding: $enc" -D "$hdr" -o "$body" "https://localhost:$PORT$path" || die "$p: $path failed"
+    ce=$(awk -F': *' 'tolower($1) == "content-encoding" {print $2}' "$hdr" | tr -d '\r')
+    vary=$(awk -F': *' 'tolower($1) == "vary" {print $2}' "$hdr" | tr -d '\r' | tr ' ' _)
+    [ "$ce" = "$enc" ] || die "$p: $path answered with Content-Encoding '${ce}', not $enc"
+    curl -sS --http1.1 --max-time 60 --compressed --cacert "$CA" --resolve "localhost:$PORT:127.0.0.1" \
+        -H "Accept-Encoding: $enc" -o "$dec" "https://localhost:$PORT$path" || die "$p: $path failed"
+    cmp -s "$dec" "$ref" || die "$p: $path does not decode ($enc) to the backend's bytes"
+    n=$(wc -c <"$body") m=$(wc -c <"$ref")
+    printf 'coding=%s\ncontent_encoding=%s\nvary=%s\nencoded_bytes=%s\nplain_bytes=%s\n' \
+        "$enc" "$ce" "${vary:-none}" "$n" "$m" >"$RAW/$c.$p.$r.check"
+    log "$p: $path as $enc: $m -> $n bytes ($(awk "BEGIN {printf \"%.2f\", $m / $n}")x), Vary: ${vary:-none}"
+    rm -f "$body" "$ref" "$dec"
+}
+
+# gzstream, zsstream: one HTTPS download of GZ_STREAM_BYTES of JSON lines
+# (/jsonstream: chunked, no Content-Length) asking for gzip or zstd; curl
+# decodes it (--compressed) and wc counts the decoded bytes. The proxy's
+# VmRSS (nginx: master + worker) is sampled every 0.2 s.
+stream_case() { # case proxy rep
+    local c=$1 p=$2 r=$3 out=$RAW/$1.$2.$3.out enc
+    enc=$(coding "$c")
+    compress_check "$c" "$p" "$r" "/jsonstream?bytes=4194304"
+    sleep 0.5
+    local before t0 w0 lp rss peak=0
+    before=$(status_kib VmRSS); t0=$(cpu_ticks); w0=$(now)
+    (
+        taskset -c "$LOAD_CPU" curl -sS --http1.1 --max-time 120 --compressed --cacert "$CA" \
+            --resolve "localhost:$PORT:127.0.0.1" -H "Accept-Encoding: $enc" -o - \
+            -w '%{stderr}bytes=%{size_download} secs=%{time_total} http=%{http_code}\n' \
+            "https://localhost:$PORT/jsonstream?bytes=$GZ_STREAM_BYTES" 2>"$out" |
+            taskset -c "$LOAD_CPU" wc -c >"$RAW/$c.$p.$r.decoded"
+    ) &
+    lp=$!
+    while kill -0 "$lp" 2>/dev/null; do
+        rss=$(status_kib VmRSS)
+        ((rss > peak)) && peak=$rss
+        sleep 0.2
+    done
+    wait "$lp" 2>/dev/null || true
+    printf 'rss_before_kib=%s\npeak_rss_kib=%s\nhwm_kib=%s\ncpu_ticks=%s\nwall=%s\nclk_tck=%s\n' \
+        "$before" "$peak" "$(status_kib VmHWM)" $(($(cpu_ticks) - t0)) \
+        "$(awk "BEGIN {print $(now) - $w0}")" "$(getconf CLK_TCK)" >"$RAW/$c.$p.$r.meta"
+    printf 'plain_bytes=%s\ndecoded_bytes=%s\ncoding=%s\n' "$GZ_STREAM_BYTES" \
+        "$(cat "$RAW/$c.$p.$r.decoded")" "$enc" >>"$RAW/$c.$p.$r.meta"
 }
 
 # sfrss: SF_RSS_CONNS concurrent HTTPS downloads of one SF_RSS_BYTES file
@@ -438,6 +546,7 @@ install_deps
 build
 certs
 configs
+if [ "$COMPRESS_RUN" = 1 ] || [ "$PREPARE_ONLY" = 1 ]; then compress_configs; fi
 if [ "$PREPARE_ONLY" = 1 ]; then
     log "prepared $RUN"
     exit 0
@@ -460,6 +569,9 @@ start_backends
     if [ "$FILE_RUN" = 1 ]; then
         echo "caddy=$(dpkg-query -W -f='${Version}' caddy 2>/dev/null)"
         echo "files=sf_conns=$SF_CONNS sf_big_bytes=$SF_BIG_BYTES sf_rss_bytes=$SF_RSS_BYTES sf_rss_conns=$SF_RSS_CONNS sf_rss_rate=$SF_RSS_RATE sf_rss_secs=$SF_RSS_SECS"
+    fi
+    if [ "$COMPRESS_RUN" = 1 ]; then
+        echo "compress=gz_conns=$GZ_CONNS gz_stream_bytes=$GZ_STREAM_BYTES nginx_proxy_buffering=$NGINX_GZ_BUFFERING"
     fi
     echo "reps=$REPS dur=$DUR idle_sessions=$IDLE_SESSIONS sync_workers=$SYNC_WORKERS sync_conns=$SYNC_CONNS xfer_bytes=$XFER_BYTES"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,7 +3,8 @@
 markdown table: median (min–max) per proxy, and switchyard's ratio to the
 better of nginx and HAProxy (to nginx for the sync-pool case, as issue 4 asks).
 The file cases (sf*, issue 16) get a table of their own: switchyard, nginx
-and Caddy, with switchyard's ratio to each.
+and Caddy, with switchyard's ratio to each; so do the compression cases
+(issue 17): switchyard and nginx (gzip), switchyard alone (zstd, br).
 
     python3 bench/summarize.py bench/results/latest
 """
@@ -137,6 +138,27 @@ def metrics(case, out, meta):
              "in_flight": int(meta["max_conns"]), "downloads_200": len(ok),
              "MiB_sent": sum(ok) / 2**20,
              "cpu_util_pct": cpu_us(meta) / 1e6 / float(meta["wall"]) * 100}
+    elif case in ("gz64k", "zs64k", "br64k"):
+        r = parse_wrk(out)
+        n = r.get("requests", 0)
+        if not n or "encoded_bytes" not in meta:
+            return m
+        cpu = cpu_us(meta)
+        enc = int(meta["encoded_bytes"])
+        m = {"cpu_us_per_req": cpu / n, "req_s": r["rps"], "p99_ms": r.get("p99"),
+             "cpu_util_pct": cpu / 1e6 / float(meta["wall"]) * 100, "errors": r["non2xx"] + r["sock_err"],
+             "encoded_bytes": enc, "compression_ratio": int(meta["plain_bytes"]) / enc}
+    elif case in ("gzstream", "zsstream"):
+        r = parse_kv(out)
+        plain = int(meta.get("plain_bytes", 0))
+        if r.get("http") != "200" or not float(r.get("secs", 0)) or int(meta.get("decoded_bytes", -1)) != plain:
+            return m
+        secs, cpu_s = float(r["secs"]), cpu_us(meta) / 1e6
+        m = {"MiB_s": plain / secs / 2**20, "wire_MiB_s": int(r["bytes"]) / secs / 2**20,
+             "cpu_s_per_GiB": cpu_s / (plain / 2**30),
+             "cpu_util_pct": cpu_s / float(meta["wall"]) * 100,
+             "peak_rss_mib": int(meta["peak_rss_kib"]) / 1024, "rss_before_mib": int(meta["rss_before_kib"]) / 1024,
+             "hwm_mib": int(meta["hwm_kib"]) / 1024, "compression_ratio": plain / int(r["bytes"])}
     elif case in ("fup", "fdown"):
         r = parse_kv(out)
         if r.get("http") != "200" or not float(r.get("secs", 0)):
@@ -180,6 +202,25 @@ FILE_SPEC = {
               ("in_flight", None, None), ("downloads_200", None, None), ("MiB_sent", None, None),
               ("cpu_util_pct", None, None)],
 }
+# The compression cases (issue 17): (metric, lower is better, target).
+# Target: gzip CPU per request at most nginx's at the same level.
+COMPRESS_SPEC = {
+    "gz64k": [("cpu_us_per_req", True, "nginx"), ("req_s", False, None), ("p99_ms", True, None),
+              ("cpu_util_pct", None, None), ("errors", True, None), ("encoded_bytes", True, None),
+              ("compression_ratio", False, None)],
+    "zs64k": [("cpu_us_per_req", True, None), ("req_s", False, None), ("p99_ms", True, None),
+              ("cpu_util_pct", None, None), ("errors", True, None), ("encoded_bytes", True, None),
+              ("compression_ratio", False, None)],
+    "br64k": [("cpu_us_per_req", True, None), ("req_s", False, None), ("p99_ms", True, None),
+              ("cpu_util_pct", None, None), ("errors", True, None), ("encoded_bytes", True, None),
+              ("compression_ratio", False, None)],
+    "gzstream": [("MiB_s", False, None), ("wire_MiB_s", None, None), ("cpu_s_per_GiB", True, None),
+                 ("cpu_util_pct", None, None), ("peak_rss_mib", True, None), ("rss_before_mib", True, None),
+                 ("hwm_mib", True, None), ("compression_ratio", False, None)],
+    "zsstream": [("MiB_s", False, None), ("wire_MiB_s", None, None), ("cpu_s_per_GiB", True, None),
+                 ("cpu_util_pct", None, None), ("peak_rss_mib", True, None), ("rss_before_mib", True, None),
+                 ("hwm_mib", True, None), ("compression_ratio", False, None)],
+}
 TITLE = {
     "a": "a. HTTPS keep-alive GET 1 KiB, 64 conns (wrk)",
     "a_nopp": "a, from bench-h1-load (64 conns, no PROXY header)",
@@ -198,6 +239,11 @@ TITLE = {
     "sfdown": "files: %(big)s file over HTTPS, one connection (curl, HTTP/1.1)",
     "sfdown_http": "files: %(big)s file over plain HTTP, one connection (curl)",
     "sfrss": "files: %(sf_rss_conns)s concurrent HTTPS downloads of a %(rss)s file, %(sf_rss_rate)sB/s each",
+    "gz64k": "compress: HTTPS keep-alive GET of 64 KiB JSON, gzip (level 5 both), %(gz_conns)s conns (wrk)",
+    "zs64k": "compress: the same, zstd (level 3)",
+    "br64k": "compress: the same, br (quality 4)",
+    "gzstream": "compress: %(stream)s of JSON lines, one HTTPS download, gzip (curl --compressed)",
+    "zsstream": "compress: the same, zstd",
 }
 
 
@@ -249,6 +295,35 @@ def file_table(data, info):
             print("| %s | %s | %s | %s | %s | %s |" % (title, metric, " | ".join(cells), ratios[0], ratios[1], tgt))
 
 
+def compress_table(data, info):
+    """The compression cases' table: switchyard and nginx, switchyard ÷ nginx."""
+    cases = [c for c in COMPRESS_SPEC if any(k[0] == c for k in data)]
+    if not cases:
+        return
+    params = {"gz_conns": "50", "gz_stream_bytes": str(2**30)}
+    params.update(re.findall(r"(\w+)=(\S+)", info.get("compress", "")))
+    params["stream"] = size(params["gz_stream_bytes"])
+    print("| case | metric | switchyard | nginx | switchyard ÷ nginx | target |")
+    print("|---|---|---|---|---|---|")
+    for case in cases:
+        for metric, lower, target in COMPRESS_SPEC[case]:
+            cells, med = [], {}
+            for p in ("switchyard", "nginx"):
+                vs = data.get((case, p, metric))
+                if not vs:
+                    cells.append("–")
+                    continue
+                med[p] = statistics.median(vs)
+                cells.append("%s (%s–%s)" % (fmt(med[p]), fmt(min(vs)), fmt(max(vs))) if len(vs) > 1 else fmt(vs[0]))
+            ok = lower is not None and "switchyard" in med and med.get("nginx")
+            ratio = "%.2f×" % (med["switchyard"] / med["nginx"]) if ok else ""
+            tgt = ""
+            if target == "nginx" and ok:
+                tgt = "≤ 1.0× nginx %s" % ("met" if med["switchyard"] <= med["nginx"] else "**missed**")
+            title = TITLE[case] % params if metric == COMPRESS_SPEC[case][0][0] else ""
+            print("| %s | %s | %s | %s | %s |" % (title, metric, " | ".join(cells), ratio, tgt))
+
+
 def fmt(v):
     if v is None:
         return "–"
@@ -295,6 +370,8 @@ def main():
             print("switchyard binary: built " + info["switchyard_bin"] + " (HEAD above is the checkout's at run time)")
         if info.get("files"):
             print("files: " + info["files"])
+        if info.get("compress"):
+            print("compress: " + info["compress"])
         print()
     cases = [c for c in SPEC if any(k[0] == c for k in data)]
     if cases:
@@ -332,6 +409,10 @@ def main():
         if cases:
             print()
         file_table(data, info)
+    if any(c in COMPRESS_SPEC for (c, p, k) in data):
+        if cases or any(c in FILE_SPEC for (c, p, k) in data):
+            print()
+        compress_table(data, info)
     # What PROXY protocol costs each proxy: a_pp against a_nopp (the same load tool).
     pp = []
     for p in PROXIES:
