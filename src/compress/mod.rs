@@ -20,11 +20,29 @@ pub(crate) use codec::Encoder;
 /// more than it saves.
 const MIN_LENGTH: u64 = 1024;
 
-/// The coding to compress this response with, if any: the client's
-/// favourite (`accepted`, most preferred first) when the response is a 200
-/// to anything but HEAD, of a textual type, not encoded yet, without
-/// `Cache-Control: no-transform`, and at least 1 KiB long (or of unknown
-/// length).
+/// Whether a response is one to compress (for a client that takes a
+/// coding, and a method other than HEAD): a 200 of a textual type, not
+/// encoded yet, without `Cache-Control: no-transform`, and at least 1 KiB
+/// long (or of unknown length). Such a response varies by Accept-Encoding
+/// whoever asks.
+pub(crate) fn eligible(status: StatusCode, headers: &HeaderMap, length: Option<u64>) -> bool {
+    if status != StatusCode::OK
+        || headers.contains_key(header::CONTENT_ENCODING)
+        || headers.contains_key(header::CONTENT_RANGE)
+        || length.is_some_and(|n| n < MIN_LENGTH)
+    {
+        return false;
+    }
+    let textual = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_textual);
+    textual && !no_transform(headers)
+}
+
+/// The coding to compress a response with: the client's favourite
+/// (`accepted`, best first), if the response is [`eligible`] and the
+/// method is not HEAD.
 pub(crate) fn negotiate(
     method: &Method,
     accepted: &[Coding],
@@ -33,29 +51,12 @@ pub(crate) fn negotiate(
     length: Option<u64>,
 ) -> Option<Coding> {
     let coding = *accepted.first()?;
-    if *method == Method::HEAD || status != StatusCode::OK {
-        return None;
-    }
-    if headers.contains_key(header::CONTENT_ENCODING) || headers.contains_key(header::CONTENT_RANGE)
-    {
-        return None;
-    }
-    if length.is_some_and(|n| n < MIN_LENGTH) {
-        return None;
-    }
-    let textual = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_textual);
-    if !textual || no_transform(headers) {
-        return None;
-    }
-    Some(coding)
+    (*method != Method::HEAD && eligible(status, headers, length)).then_some(coding)
 }
 
 /// Whether a Content-Type is text worth compressing: `text/*` but event
 /// streams (which must not be held back), JSON, JavaScript, XML and SVG.
-fn is_textual(content_type: &str) -> bool {
+pub(crate) fn is_textual(content_type: &str) -> bool {
     let media = content_type
         .split(';')
         .next()
@@ -70,7 +71,15 @@ fn is_textual(content_type: &str) -> bool {
         "application" => {
             matches!(
                 sub,
-                "json" | "javascript" | "x-javascript" | "ecmascript" | "xml" | "xhtml+xml"
+                "json"
+                    | "x-ndjson"
+                    | "jsonl"
+                    | "json-seq"
+                    | "javascript"
+                    | "x-javascript"
+                    | "ecmascript"
+                    | "xml"
+                    | "xhtml+xml"
             ) || sub.ends_with("+json")
                 || sub.ends_with("+xml")
         }
@@ -124,6 +133,12 @@ pub(crate) fn apply<B, C>(
             h.insert(header::ETAG, v);
         }
     }
+    add_vary(h);
+    Response::from_parts(parts, wrap(body, encoder))
+}
+
+/// Merges `Accept-Encoding` into Vary (unless it is there, or `*`).
+pub(crate) fn add_vary(h: &mut HeaderMap) {
     let varies = h
         .get_all(header::VARY)
         .iter()
@@ -136,8 +151,10 @@ pub(crate) fn apply<B, C>(
     if !varies {
         h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
-    Response::from_parts(parts, wrap(body, encoder))
 }
+
+/// The least length worth compressing.
+pub(crate) const MIN_LENGTH_BYTES: u64 = MIN_LENGTH;
 
 #[cfg(test)]
 mod tests {

@@ -248,6 +248,13 @@ impl Files {
             Precondition::Proceed => {}
             Precondition::NotModified => {
                 *resp.status_mut() = StatusCode::NOT_MODIFIED;
+                if !head && self.compressed_at_proxy(&found, h) {
+                    // The ETag the 200 would carry (RFC 9110 §15.4.5).
+                    let weak = format!("W/{}", validators.etag);
+                    if let Ok(v) = HeaderValue::try_from(weak) {
+                        resp.headers_mut().insert(header::ETAG, v);
+                    }
+                }
                 return Ok(resp);
             }
             Precondition::Failed => {
@@ -292,6 +299,22 @@ impl Files {
             *resp.body_mut() = FileBody::new(found.file, offset, count)?;
         }
         Ok(resp)
+    }
+}
+
+impl Files {
+    /// Whether a GET of this file is compressed at the proxy (`compress`):
+    /// no sibling was picked, the client takes a coding, and the file is
+    /// textual and long enough.
+    fn compressed_at_proxy(&self, found: &Found, h: &HeaderMap) -> bool {
+        self.compress
+            && found.coding.is_none()
+            && found.meta.len() >= crate::compress::MIN_LENGTH_BYTES
+            && found
+                .content_type
+                .to_str()
+                .is_ok_and(crate::compress::is_textual)
+            && !accept_encoding::preferred(h).is_empty()
     }
 }
 

@@ -168,7 +168,11 @@ fn answered(
     (queue_wait, received, codings): (std::time::Duration, Received, &[Coding]),
 ) -> Response<ResponseBody> {
     server.report_success();
-    let resp = compressed(route, &method, codings, resp);
+    let resp = if route.compress {
+        compressed(route, &method, codings, resp)
+    } else {
+        resp
+    };
     let upstream = Some(server.addr.clone());
     let status = resp.status();
     let mut finish = Finish::new(route.clone(), cx.started, method, status, lease, upstream);

@@ -41,22 +41,27 @@ impl Kept {
     }
 }
 
-/// `resp`, compressed for a client that takes `codings` when the contract's
-/// conditions hold (see [`compress::negotiate`]), and counted.
+/// `resp` of a route that compresses: compressed for a client that takes
+/// `codings` when the contract's conditions hold (see
+/// [`compress::negotiate`]), and counted; told to vary by Accept-Encoding
+/// whenever it could have been.
 pub(super) fn compressed(
     route: &Route,
     method: &Method,
     codings: &[Coding],
     resp: Response<Body>,
 ) -> Response<Body> {
-    if codings.is_empty() {
-        return resp;
-    }
     let length = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .or_else(|| http_body::Body::size_hint(resp.body()).exact());
+    let mut resp = resp;
+    if !compress::eligible(resp.status(), resp.headers(), length) {
+        return resp;
+    }
+    // Compressed or not, it depends on Accept-Encoding (nginx gzip_vary).
+    compress::add_vary(resp.headers_mut());
     let Some(coding) = compress::negotiate(method, codings, resp.status(), resp.headers(), length)
     else {
         return resp;
