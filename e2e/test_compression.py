@@ -173,10 +173,6 @@ def test_identity_and_opt_outs_pass_plain(http2):
         assert "content-encoding" not in r.headers and raw == small, (r.headers, raw)
 
 
-@pytest.mark.xfail(reason="reported to the lead (issue 17): an answer the route could have "
-                          "compressed, sent plain because the client accepts no coding, has no "
-                          "Vary: Accept-Encoding (RFC 9110 12.5.5; nginx gzip_vary adds it)",
-                   strict=False)
 def test_identity_answer_of_a_compress_route_varies_on_accept_encoding():
     with client() as c:
         r, _ = fetch_raw(c, "/catalog?rows=300", "identity")
@@ -236,10 +232,6 @@ def test_static_file_without_sibling_compressed_at_proxy(http2):
         assert raw == css.with_name(css.name + ".gz").read_bytes()   # the sibling, as it is
 
 
-@pytest.mark.xfail(reason="reported to the lead (issue 17): the files route's 304 to a request "
-                          "whose 200 would be compressed carries the strong ETag, not the W/ one "
-                          "the 200 has (RFC 9110 15.4.5: a 304 sends the ETag of that 200)",
-                   strict=False)
 def test_static_304_for_a_compressed_file_has_the_etag_of_its_200():
     with client() as c:
         r, _ = fetch_raw(c, "/static/chatsite/switchyard.svg", "br")
