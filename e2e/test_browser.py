@@ -24,16 +24,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import example_backend, DEV_CA, REPO, SWITCHYARD_BIN, Metrics, scrape, wait_until
+from conftest import example_backend, DEV_CA, REPO, wait_until
+from test_django import django_stack, metrics
 
 EXAMPLE = REPO / "examples" / "django"
-RUN_SH = EXAMPLE / "run.sh"
 RUN_DIR = Path(os.environ.get("RUN_DIR", EXAMPLE / ".run"))
 BROWSER_DIR = REPO / "e2e" / "browser"
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", REPO / "e2e" / "artifacts"))
@@ -74,26 +73,6 @@ def require_tools():
     return node
 
 
-def run_sh(*args: str, timeout: float = 240):
-    env = {**os.environ, "VENV": sys.prefix, "RUN_DIR": str(RUN_DIR),
-           "SWITCHYARD_BIN": str(SWITCHYARD_BIN)}
-    r = subprocess.run([str(RUN_SH), *args], env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, f"run.sh {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-    return r.stdout
-
-
-def metrics() -> Metrics:
-    return scrape(ADMIN)
-
-
-def all_up() -> bool:
-    m = metrics()
-    up = lambda pool, s: m.get("switchyard_upstream_up", site=SITE, pool=pool, server=s)
-    return all(up("django", s) == 1 for s in GUNICORNS.values()) and \
-        all(up("channels", s) == 1 for s in DAPHNES.values())
-
-
 @pytest.fixture(scope="module")
 def node():
     return require_tools()
@@ -101,13 +80,7 @@ def node():
 
 @pytest.fixture(scope="module")
 def stack(node):
-    status = run_sh("status")
-    was_running = "stopped" not in status
-    run_sh("start")
-    wait_until(all_up, 30, "every pool server up")
-    yield
-    if not was_running:
-        run_sh("stop", timeout=60)
+    yield from django_stack()
 
 
 def access_lines(room: str) -> list[dict[str, str]]:

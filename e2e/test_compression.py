@@ -34,7 +34,7 @@ import redis
 import zstandard
 
 from conftest import DEV_CA, wait_until
-from test_django import RUN_DIR, SITE, all_up, client, metrics, run_sh
+from test_django import RUN_DIR, SITE, all_up, client, django_stack, metrics, run_sh
 from test_django_files import STATIC_ROOT
 
 BASE = "https://localhost:18443"
@@ -48,13 +48,7 @@ VIEWS = {"html": ("/catalog", "text/html"), "json": ("/catalog.json", "applicati
 
 @pytest.fixture(scope="module", autouse=True)
 def stack():
-    status = run_sh("status")
-    was_running = "stopped" not in status
-    run_sh("start")
-    wait_until(all_up, 30, "every pool server up")
-    yield
-    if not was_running:
-        run_sh("stop", timeout=60)
+    yield from django_stack()
 
 
 # --- decoders: the whole body, one stream, nothing after it -------------------------

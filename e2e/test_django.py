@@ -98,8 +98,9 @@ def kill_service(name: str):
                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", 10, f"{name} gone")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def stack():
+def django_stack():
+    """The example running for one test module: started unless it runs, every
+    pool server up, stopped afterwards if it was not running before."""
     status = run_sh("status")
     was_running = "stopped" not in status
     run_sh("start")
@@ -107,6 +108,11 @@ def stack():
     yield
     if not was_running:
         run_sh("stop", timeout=60)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stack():
+    yield from django_stack()
 
 
 def csrf_token(c: httpx.Client, path: str) -> str:

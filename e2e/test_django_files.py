@@ -40,7 +40,7 @@ import pytest
 
 from conftest import wait_until
 from test_django import (BASE, EXAMPLE, GUNICORNS, SITE, all_up, client, csrf_token,
-                         ctx, kill_service, metrics, run_sh, ORIGIN)
+                         ctx, django_stack, kill_service, metrics, run_sh, ORIGIN)
 
 DATA = EXAMPLE / ".data"
 STATIC_ROOT = DATA / "static"
@@ -61,13 +61,7 @@ def gunicorn_workers() -> int:
 
 @pytest.fixture(scope="module", autouse=True)
 def stack():
-    status = run_sh("status")
-    was_running = "stopped" not in status
-    run_sh("start")
-    wait_until(all_up, 30, "every pool server up")
-    yield
-    if not was_running:
-        run_sh("stop", timeout=60)
+    yield from django_stack()
 
 
 def sha256_file(path: Path) -> str:
