@@ -647,3 +647,68 @@ pub async fn raw_http(addr: SocketAddr, raw: &[u8]) -> Option<RawResponse> {
     }
     Some(RawResponse::parse(&got, head_request).expect("a whole HTTP/1 response"))
 }
+
+// --- streamed responses ----------------------------------------------------------
+
+impl TlsSite {
+    /// Sends `METHOD path` with these headers (no body) on a new connection
+    /// and returns as soon as the response head is in, its body still
+    /// streaming; panics on no head within `WAIT` or an error.
+    pub async fn open(
+        &self,
+        via: Via,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
+        let host = self.host.as_str();
+        let uri = if via == Via::H2 {
+            format!("https://{host}{path}")
+        } else {
+            path.to_owned()
+        };
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).unwrap();
+        let fut = async {
+            type E = Box<dyn std::error::Error + Send + Sync>;
+            let resp = match via {
+                Via::Plain => {
+                    let tcp = TcpStream::connect(self.proxy.http).await?;
+                    let (mut send, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await?
+                }
+                Via::H1 => {
+                    let tls =
+                        tls_connect(&self.pki, self.proxy.https, host, &[b"http/1.1"]).await?;
+                    let (mut send, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await?
+                }
+                Via::H2 => {
+                    let tls = tls_connect(&self.pki, self.proxy.https, host, &[b"h2"]).await?;
+                    let (mut send, conn) = hyper::client::conn::http2::handshake(
+                        TokioExecutor::new(),
+                        TokioIo::new(tls),
+                    )
+                    .await?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await?
+                }
+            };
+            Ok::<_, E>(resp)
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{via:?} {method} {path}: no head within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("{via:?} {method} {path}: {e}"))
+    }
+}
