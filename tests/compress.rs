@@ -50,12 +50,15 @@ fn chunked(data: &[u8], pieces: usize) -> Out {
     BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)))
 }
 
-/// A body fed by a channel: each received piece is sent at once, and the
-/// body ends when the sender is dropped.
-fn fed(mut rx: mpsc::Receiver<Bytes>) -> Out {
+/// A piece of a fed body, or its failure.
+type Fed = Result<Bytes, &'static str>;
+
+/// A body fed by a channel: each received piece is sent at once (an error
+/// fails the body), and the body ends when the sender is dropped.
+fn fed(mut rx: mpsc::Receiver<Fed>) -> Out {
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
-            .map(|o| o.map(|b| Ok::<_, std::io::Error>(Frame::data(b))))
+            .map(|o| o.map(|r| r.map(Frame::data).map_err(std::io::Error::other)))
     });
     BodyExt::boxed(StreamBody::new(stream))
 }
@@ -132,7 +135,9 @@ impl<W: Write> Incremental<W> {
     fn new(coding: &str, out: W) -> Self {
         match coding {
             "gzip" => Incremental::Gzip(Box::new(flate2::write::GzDecoder::new(out))),
-            "br" => Incremental::Br(Box::new(brotli::DecompressorWriter::new(out, 4096))),
+            // A large output buffer: this writer emits at most one buffer
+            // of output per write or flush.
+            "br" => Incremental::Br(Box::new(brotli::DecompressorWriter::new(out, 1 << 20))),
             "zstd" => Incremental::Zstd(zstd::stream::write::Decoder::new(out).unwrap()),
             other => panic!("unexpected coding {other:?}"),
         }
@@ -250,11 +255,11 @@ impl Bodies {
 /// `json`, `html` (200 KiB, Content-Length, strong ETag, `Vary: Cookie`,
 /// `Accept-Ranges`), `chunked` (the JSON, unknown length), `len/N` and
 /// `chunked-len/N` (N bytes of text), `status/204|206|304`, `no-transform`,
-/// `encoded` (gzip already), `sse`, `png`, and `stream` (pieces from the
-/// test through `feed`).
+/// `encoded` (gzip already), `sse`, `png`, and `stream` or `broken`
+/// (pieces, or a failure, from the test through `feed`).
 fn app(
     bodies: Arc<Bodies>,
-    feed: Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>,
+    feed: Arc<Mutex<Option<mpsc::Receiver<Fed>>>>,
 ) -> impl Fn(&http::request::Parts) -> Response<Out> + Send + Sync + 'static {
     move |parts| {
         let path = parts.uri.path();
@@ -323,7 +328,7 @@ fn app(
             typed("text/event-stream", full(b.text.clone()))
         } else if path.ends_with("/png") {
             typed("image/png", full(b.png.clone()))
-        } else if path.ends_with("/stream") {
+        } else if path.ends_with("/stream") || path.ends_with("/broken") {
             let rx = feed.lock().unwrap().take().expect("a feed for /stream");
             typed("application/json", fed(rx))
         } else {
@@ -366,7 +371,7 @@ async fn ws_echo() -> Upstream {
 struct Fx {
     site: TlsSite,
     bodies: Arc<Bodies>,
-    feed: Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>,
+    feed: Arc<Mutex<Option<mpsc::Receiver<Fed>>>>,
     _app: Upstream,
     _ws: Upstream,
 }
@@ -785,7 +790,7 @@ async fn next_data(body: &mut Incoming, what: &str) -> Option<Bytes> {
 #[tokio::test]
 async fn a_paused_backend_s_first_piece_reaches_the_client_decodable_before_it_goes_on() {
     let fx = fixture().await;
-    let piece1 = json(3000);
+    let piece1 = json(10 * 1024);
     let mut piece2 = b"\n/* piece two */\n".to_vec();
     piece2.extend(html(5000));
     for path in ["/api/stream", "/direct/stream"] {
@@ -794,7 +799,7 @@ async fn a_paused_backend_s_first_piece_reaches_the_client_decodable_before_it_g
                 let what = format!("{via:?} GET {path} ({coding})");
                 let (tx, rx) = mpsc::channel(4);
                 *fx.feed.lock().unwrap() = Some(rx);
-                tx.send(Bytes::from(piece1.clone())).await.unwrap();
+                tx.send(Ok(Bytes::from(piece1.clone()))).await.unwrap();
                 let resp = fx
                     .site
                     .open(via, "GET", path, &[("accept-encoding", coding)])
@@ -816,7 +821,7 @@ async fn a_paused_backend_s_first_piece_reaches_the_client_decodable_before_it_g
                     dec.feed(&data);
                 }
                 assert!(dec.output() == &piece1, "{what}: piece 1 decoded exactly");
-                tx.send(Bytes::from(piece2.clone())).await.unwrap();
+                tx.send(Ok(Bytes::from(piece2.clone()))).await.unwrap();
                 drop(tx);
                 while let Some(data) = next_data(&mut body, &format!("{what}: the rest")).await {
                     dec.feed(&data);
@@ -828,6 +833,52 @@ async fn a_paused_backend_s_first_piece_reaches_the_client_decodable_before_it_g
                         && all[piece1.len()..] == piece2[..],
                     "{what}: decoded {} bytes, want both pieces",
                     all.len()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_backend_failing_mid_body_cuts_the_compressed_response_off_with_an_error() {
+    let fx = fixture().await;
+    let piece = json(8 * 1024);
+    for path in ["/x/broken", "/direct/broken"] {
+        for via in Via::ALL {
+            for coding in CODINGS {
+                let what = format!("{via:?} GET {path} ({coding})");
+                let (tx, rx) = mpsc::channel(4);
+                *fx.feed.lock().unwrap() = Some(rx);
+                tx.send(Ok(Bytes::from(piece.clone()))).await.unwrap();
+                let resp = fx
+                    .site
+                    .open(via, "GET", path, &[("accept-encoding", coding)])
+                    .await;
+                assert_eq!(resp.status(), StatusCode::OK, "{what}");
+                assert_eq!(header_str(resp.headers(), "content-encoding"), coding);
+                let mut body = resp.into_body();
+                let mut dec = Incremental::new(coding, Vec::new());
+                while dec.output().len() < piece.len() {
+                    let Some(data) = next_data(&mut body, &what).await else {
+                        panic!("{what}: the body ended before the backend failed");
+                    };
+                    dec.feed(&data);
+                }
+                // Now the backend dies mid-body.
+                tx.send(Err("backend died mid-body")).await.unwrap();
+                let failed = loop {
+                    let frame = tokio::time::timeout(WAIT, body.frame())
+                        .await
+                        .unwrap_or_else(|_| panic!("{what}: neither data nor an end in time"));
+                    match frame {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => break true,
+                        None => break false,
+                    }
+                };
+                assert!(
+                    failed,
+                    "{what}: the client must see the response fail, not end as if complete"
                 );
             }
         }
