@@ -1209,3 +1209,117 @@ async fn a_64_mib_response_streams_through_gzip_and_decodes_to_the_same_bytes() 
         );
     }
 }
+
+// --- X-Accel-Redirect ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_file_named_by_x_accel_redirect_is_compressed_like_any_file() {
+    let root = tempfile::tempdir().unwrap();
+    let css = html(10 * 1024);
+    write_file(root.path(), "site.css", &css);
+    let backend = upstream(|_| {
+        Response::builder()
+            .header("x-accel-redirect", "/protected/site.css")
+            .header("content-type", "text/css")
+            .body(full(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    let (a, dir) = (backend.addr, root.path().display().to_string());
+    let rest = format!(
+        "[pools.web]\nservers = [\"{a}\"]\n\
+         [[routes]]\nname = \"protected\"\npath = \"/protected/\"\nfiles = {dir:?}\ninternal = true\ncompress = true\n\
+         [[routes]]\nname = \"app\"\npath = \"/\"\npool = \"web\"\ncompress = true\n"
+    );
+    let site = TlsSite::start(HOST, &rest).await;
+    for via in Via::ALL {
+        for coding in CODINGS {
+            let what = format!("{via:?} GET /download ({coding})");
+            let ae = [("accept-encoding", coding)];
+            let r = site.send(via, "GET", "/download", &ae, Bytes::new()).await;
+            assert_compressed(&r, coding, &css, &what);
+            let etag = h(&r, "etag").to_owned();
+            assert!(etag.starts_with("W/\""), "{what}: weak ETag {etag:?}");
+            let cond = [("accept-encoding", coding), ("if-none-match", &etag)];
+            let r = site
+                .send(via, "GET", "/download", &cond, Bytes::new())
+                .await;
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{what}: revalidated");
+            assert_eq!(h(&r, "etag"), etag, "{what}: the 304's ETag");
+        }
+        let r = site.send(via, "GET", "/download", &[], Bytes::new()).await;
+        assert_identity(&r, &css, &format!("{via:?} without Accept-Encoding"));
+    }
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_the_compressed_body_delimited_by_the_close() {
+    let fx = fixture().await;
+    for coding in CODINGS {
+        let raw =
+            format!("GET /x/json HTTP/1.0\r\nHost: {HOST}\r\nAccept-Encoding: {coding}\r\n\r\n");
+        let r = raw_http(fx.site.proxy.http, raw.as_bytes())
+            .await
+            .expect("a response");
+        assert_eq!(r.status, 200, "{coding}: {}", r.head);
+        assert_eq!(r.header("content-encoding"), Some(coding), "{}", r.head);
+        assert_eq!(r.header("transfer-encoding"), None, "HTTP/1.0: {}", r.head);
+        assert_eq!(r.header("content-length"), None, "{}", r.head);
+        assert!(
+            decode(coding, &r.body) == fx.bodies.json.as_ref(),
+            "{coding}: the body up to the close decodes to the original"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_response_keeps_the_backend_s_trailers_over_h2() {
+    let text = html(4 * 1024);
+    let sent = Bytes::from(text.clone());
+    let backend = upstream(move |_| {
+        let frames = vec![
+            Ok::<_, std::io::Error>(Frame::data(sent.slice(..1000))),
+            Ok(Frame::data(sent.slice(1000..))),
+            Ok(Frame::trailers({
+                let mut t = http::HeaderMap::new();
+                t.insert("x-checksum", http::HeaderValue::from_static("abc123"));
+                t
+            })),
+        ];
+        Response::builder()
+            .header("content-type", "text/plain")
+            .header("trailer", "x-checksum")
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
+            .unwrap()
+    })
+    .await;
+    let a = backend.addr;
+    let rest = format!(
+        "[pools.web]\nservers = [\"{a}\"]\n\
+         [pools.direct]\nservers = [\"{a}\"]\nbuffering = false\n\
+         [[routes]]\nname = \"direct\"\npath = \"/direct/\"\npool = \"direct\"\ncompress = true\n\
+         [[routes]]\nname = \"app\"\npath = \"/\"\npool = \"web\"\ncompress = true\n"
+    );
+    let site = TlsSite::start(HOST, &rest).await;
+    for path in ["/t", "/direct/t"] {
+        for coding in CODINGS {
+            let what = format!("H2 GET {path} ({coding})");
+            let headers = [("accept-encoding", coding), ("te", "trailers")];
+            let resp = site.open(Via::H2, "GET", path, &headers).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{what}");
+            assert_eq!(header_str(resp.headers(), "content-encoding"), coding);
+            let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: body in time"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let trailer = body
+                .trailers()
+                .and_then(|t| t.get("x-checksum"))
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(trailer.as_deref(), Some("abc123"), "{what}: trailer");
+            assert!(decode(coding, &body.to_bytes()) == text, "{what}: body");
+        }
+    }
+}
