@@ -9,24 +9,35 @@ Two documents, both of the kind switchyard compresses on the fly:
   html  a Django-admin-like change-list page (71,175 bytes), generated here
         from a fixed seed (the same bytes every run), or --html FILE.
 
-For each codec and level, one whole response is compressed from a fresh
-encoder, as switchyard does per response (gzip via zlib with the gzip
-wrapper, window 2^15; brotli with a 2^18 window, switchyard's; zstd with a
-2^19 window, switchyard's), repeated for at least --secs seconds; the best
-of three such runs gives MB/s of input (1 MB = 10^6 bytes) and
-microseconds per document; ratio = input ÷ output. Every output is
-decompressed once and compared with the input.
+For each codec and level, one whole document is compressed by a fresh
+encoder, as switchyard does per response, repeated for at least --secs
+seconds; --runs rounds each time every codec and level once (interleaved,
+so that a busy moment on a shared machine spreads over all of them), and
+the best round gives microseconds per document and MB/s of input (1 MB =
+10^6 bytes); ratio = input ÷ output. Two
+implementations of each codec:
 
+  switchyard's  bench/tools/target/release/bench-compress-levels: the crates
+                and features switchyard compresses with (flate2 on zlib-rs,
+                Dropbox's brotli in Rust, zstd on libzstd), set up as
+                src/compress/codec.rs does (brotli window 2^18, zstd 2^19);
+  C             Python's zlib (the system's zlib, 1.2.13 on Debian 12: the
+                one nginx's gzip filter uses), brotli (Google's C library)
+                with a 2^18 window, zstandard (libzstd) with a 2^19 window.
+
+Every output is decoded once and compared with the input. The ratio shown
+is switchyard's codec's; the C library's is added in parentheses where it
+differs (zlib and zlib-rs choose different matches at a level).
+
+    cargo build --release --manifest-path bench/tools/Cargo.toml
     .venv-e2e/bin/python bench/compress_levels.py            # needs brotli, zstandard
-    taskset -c 1 .venv-e2e/bin/python bench/compress_levels.py --secs 0.5
-
-Note: Python's zlib is the system's zlib (1.2.13 on Debian 12), the one
-nginx links; switchyard's gzip is flate2 on zlib-rs, which produces about
-the same sizes at a level and runs faster (see the gz64k case).
+    taskset -c 1 .venv-e2e/bin/python bench/compress_levels.py --secs 0.2 --runs 9
 """
 
 import argparse
 import os
+import re
+import tempfile
 import random
 import socket
 import subprocess
@@ -256,45 +267,89 @@ def django_page():
     return "".join(out).encode()
 
 
-def bench(fn, data, secs):
-    best = None
-    for _ in range(3):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            out = fn(data)
-            n += 1
-            t = time.perf_counter() - t0
-            if t >= secs:
-                break
-        per = t / n
-        best = per if best is None else min(best, per)
-    return out, best
+def rust_levels(docs, secs, runs):
+    """{(codec, level, doc): (ratio, µs)} from bench-compress-levels."""
+    exe = os.path.join(ROOT, "bench", "tools", "target", "release", "bench-compress-levels")
+    if not os.path.exists(exe):
+        sys.exit("build bench/tools first (cargo build --release --manifest-path bench/tools/Cargo.toml), or pass --no-rust")
+    with tempfile.TemporaryDirectory() as d:
+        args = [exe, "--secs", str(secs), "--runs", str(runs)]
+        for flag, (name, data) in zip(("--file", "--file2"), docs.items()):
+            path = os.path.join(d, name)
+            open(path, "wb").write(data)
+            args += [flag, "%s=%s" % (name, path)]
+        out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    r = {}
+    for line in out.splitlines():
+        kv = dict(re.findall(r"(\w+)=(\S+)", line))
+        r[(kv["codec"], int(kv["level"]), kv["doc"])] = (int(kv["in"]) / int(kv["out"]), float(kv["us"]))
+    return r
+
+
+def c_levels(docs, secs, runs):
+    """{(codec, level, doc): (ratio, seconds per document)}, the C libraries."""
+    cases = []
+    for codec, levels in LEVELS.items():
+        for lv in levels:
+            for name, data in docs.items():
+                fn = MAKE[codec](lv)
+                out = fn(data)
+                assert DECODE[codec](out) == data, (codec, lv, name)
+                cases.append([(codec, lv, name), fn, data, len(data) / len(out), float("inf")])
+    for _ in range(runs):
+        for c in cases:
+            fn, data = c[1], c[2]
+            n, t0 = 0, time.perf_counter()
+            while True:
+                fn(data)
+                n += 1
+                t = time.perf_counter() - t0
+                if t >= secs:
+                    break
+            c[4] = min(c[4], t / n)
+    return {c[0]: (c[3], c[4]) for c in cases}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="the JSON document (default: fetched from bench-http /json64k)")
     ap.add_argument("--html", help="the HTML page (default: a generated Django admin change list)")
-    ap.add_argument("--secs", type=float, default=0.3, help="seconds per measurement (best of 3)")
+    ap.add_argument("--secs", type=float, default=0.1, help="seconds per measurement")
+    ap.add_argument("--runs", type=int, default=5, help="rounds (the best counts)")
+    ap.add_argument("--no-rust", action="store_true", help="only the C libraries (no bench-compress-levels)")
     a = ap.parse_args()
     docs = {
         "json": open(a.json, "rb").read() if a.json else fetch_json(),
         "html": open(a.html, "rb").read() if a.html else django_page(),
     }
-    print("documents: %s; zlib %s (Python's), brotli %s, zstandard %s (libzstd %s); best of 3 × %.1f s" % (
+    print("documents: %s; zlib %s (Python's), brotli %s, zstandard %s (libzstd %s); best of %d rounds × %.2f s" % (
         ", ".join("%s %d bytes" % (k, len(v)) for k, v in docs.items()), zlib.ZLIB_RUNTIME_VERSION,
         getattr(brotli, "__version__", "?"), zstandard.__version__,
-        ".".join(map(str, getattr(zstandard, "ZSTD_VERSION", ()))), a.secs))
+        ".".join(map(str, getattr(zstandard, "ZSTD_VERSION", ()))), a.runs, a.secs))
+    rust = {} if a.no_rust else rust_levels(docs, a.secs, a.runs)
+    c = c_levels(docs, a.secs, a.runs)
+    print("switchyard's codecs: flate2 1.1 on zlib-rs, brotli 8 (Rust), zstd 0.13 (libzstd 1.5.7)"
+          if rust else "C libraries only")
     print()
-    print("| codec | level | JSON ratio | JSON MB/s | JSON µs | HTML ratio | HTML MB/s | HTML µs |")
-    print("|---|---|---|---|---|---|---|---|")
+    head = []
+    for name in docs:
+        n = name.upper()
+        head += ["%s ratio" % n, "%s µs" % n, "%s MB/s" % n, "%s MB/s, C" % n]
+    print("| codec | level | %s |" % " | ".join(head))
+    print("|---|---|%s" % ("---|" * len(head)))
     for codec, levels in LEVELS.items():
         for lv in levels:
             cells = []
             for name, data in docs.items():
-                out, per = bench(MAKE[codec](lv), data, a.secs)
-                assert DECODE[codec](out) == data, (codec, lv, name)
-                cells += ["%.2f" % (len(data) / len(out)), "%.0f" % (len(data) / per / 1e6), "%.0f" % (per * 1e6)]
+                c_ratio, per = c[(codec, lv, name)]
+                if rust:
+                    ratio, us = rust[(codec, lv, name)]
+                    rc = "%.2f" % ratio
+                    if rc != "%.2f" % c_ratio:
+                        rc += " (%.2f)" % c_ratio
+                    cells += [rc, "%.0f" % us, "%.0f" % (len(data) / us), "%.0f" % (len(data) / per / 1e6)]
+                else:
+                    cells += ["%.2f" % c_ratio, "%.0f" % (per * 1e6), "–", "%.0f" % (len(data) / per / 1e6)]
             mark = "**%d**" % lv if CHOSEN[codec] == lv else str(lv)
             print("| %s | %s | %s |" % (codec, mark, " | ".join(cells)))
             sys.stdout.flush()

@@ -109,14 +109,56 @@ impl Rng {
 }
 
 const FIRST: &[&str] = &[
-    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Dennis",
-    "Frances", "John", "Radia", "Leslie", "Tony", "Niklaus", "Sophie", "Guido", "Linus",
-    "Katherine", "Hedy", "Claude", "Jean", "Fernando", "Annie",
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Margaret",
+    "Ken",
+    "Dennis",
+    "Frances",
+    "John",
+    "Radia",
+    "Leslie",
+    "Tony",
+    "Niklaus",
+    "Sophie",
+    "Guido",
+    "Linus",
+    "Katherine",
+    "Hedy",
+    "Claude",
+    "Jean",
+    "Fernando",
+    "Annie",
 ];
 const LAST: &[&str] = &[
-    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson",
-    "Ritchie", "Allen", "McCarthy", "Perlman", "Lamport", "Hoare", "Wirth", "Wilson",
-    "van Rossum", "Torvalds", "Johnson", "Lamarr", "Shannon", "Bartik", "Corbato", "Easley",
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Hamilton",
+    "Thompson",
+    "Ritchie",
+    "Allen",
+    "McCarthy",
+    "Perlman",
+    "Lamport",
+    "Hoare",
+    "Wirth",
+    "Wilson",
+    "van Rossum",
+    "Torvalds",
+    "Johnson",
+    "Lamarr",
+    "Shannon",
+    "Bartik",
+    "Corbato",
+    "Easley",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
     ("London", "GB", "Europe/London"),
@@ -133,19 +175,59 @@ const CITIES: &[(&str, &str, &str)] = &[
     ("Bangalore", "IN", "Asia/Kolkata"),
 ];
 const STREETS: &[&str] = &[
-    "High Street", "Station Road", "Church Lane", "Mill Road", "Park Avenue", "King Street",
-    "Queen's Road", "Victoria Road", "Green Lane", "Main Street", "Elm Grove", "Oak Drive",
+    "High Street",
+    "Station Road",
+    "Church Lane",
+    "Mill Road",
+    "Park Avenue",
+    "King Street",
+    "Queen's Road",
+    "Victoria Road",
+    "Green Lane",
+    "Main Street",
+    "Elm Grove",
+    "Oak Drive",
 ];
 const TAGS: &[&str] = &[
-    "python", "django", "rust", "postgres", "redis", "frontend", "backend", "devops",
-    "security", "design", "mobile", "data", "ml", "docs", "billing", "support",
+    "python", "django", "rust", "postgres", "redis", "frontend", "backend", "devops", "security",
+    "design", "mobile", "data", "ml", "docs", "billing", "support",
 ];
 const PLANS: &[&str] = &["free", "starter", "pro", "team", "enterprise"];
-const STATUS: &[&str] = &["active", "active", "active", "trial", "past_due", "cancelled"];
+const STATUS: &[&str] = &[
+    "active",
+    "active",
+    "active",
+    "trial",
+    "past_due",
+    "cancelled",
+];
 const WORDS: &[&str] = &[
-    "builds", "maintains", "reviews", "ships", "designs", "tests", "documents", "scales",
-    "the", "a", "our", "internal", "public", "billing", "search", "checkout", "API",
-    "dashboard", "pipeline", "service", "platform", "and", "with", "for", "team", "tools",
+    "builds",
+    "maintains",
+    "reviews",
+    "ships",
+    "designs",
+    "tests",
+    "documents",
+    "scales",
+    "the",
+    "a",
+    "our",
+    "internal",
+    "public",
+    "billing",
+    "search",
+    "checkout",
+    "API",
+    "dashboard",
+    "pipeline",
+    "service",
+    "platform",
+    "and",
+    "with",
+    "for",
+    "team",
+    "tools",
 ];
 
 fn timestamp(r: &mut Rng, year: u64) -> String {
@@ -163,10 +245,16 @@ fn timestamp(r: &mut Rng, year: u64) -> String {
 /// recent activity), as a Django REST Framework list view would render it.
 fn record(r: &mut Rng, id: u64) -> String {
     let (first, last) = (r.pick(FIRST), r.pick(LAST));
-    let login = format!("{}.{}", first.to_lowercase(), last.to_lowercase().replace(' ', ""));
+    let login = format!(
+        "{}.{}",
+        first.to_lowercase(),
+        last.to_lowercase().replace(' ', "")
+    );
     let (city, country, tz) = CITIES[r.below(CITIES.len() as u64) as usize];
     let ntags = 1 + r.below(4);
-    let tags: Vec<String> = (0..ntags).map(|_| format!("\"{}\"", r.pick(TAGS))).collect();
+    let tags: Vec<String> = (0..ntags)
+        .map(|_| format!("\"{}\"", r.pick(TAGS)))
+        .collect();
     let bio: Vec<&str> = (0..6 + r.below(8)).map(|_| r.pick(WORDS)).collect();
     let nevents = r.below(3);
     let events: Vec<String> = (0..nevents)
@@ -174,7 +262,13 @@ fn record(r: &mut Rng, id: u64) -> String {
             format!(
                 "{{\"id\":{},\"type\":\"{}\",\"at\":\"{}\",\"ip\":\"10.{}.{}.{}\"}}",
                 id * 10 + k,
-                r.pick(&["login", "logout", "password_change", "invoice_paid", "export"]),
+                r.pick(&[
+                    "login",
+                    "logout",
+                    "password_change",
+                    "invoice_paid",
+                    "export"
+                ]),
                 timestamp(r, 2026),
                 r.below(256),
                 r.below(256),
