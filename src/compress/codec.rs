@@ -12,7 +12,7 @@ use crate::accept_encoding::Coding;
 
 /// gzip level: 5, as Caddy's default; see bench/README.md, "Compression".
 pub(crate) const GZIP_LEVEL: u32 = 5;
-/// brotli quality: 4, the dynamic-content choice of Cloudflare and Caddy.
+/// brotli quality: 4, the last fast quality (bench/README.md, "Compression").
 pub(crate) const BROTLI_QUALITY: u32 = 4;
 /// brotli window: 2^18 bytes, bounding the encoder's memory per response.
 const BROTLI_WINDOW_LOG: u32 = 18;

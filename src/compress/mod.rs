@@ -124,6 +124,13 @@ pub(crate) fn apply<B, C>(
         header::CONTENT_ENCODING,
         HeaderValue::from_static(coding.token()),
     );
+    weaken_etag(h);
+    add_vary(h);
+    Response::from_parts(parts, wrap(body, encoder))
+}
+
+/// A strong ETag made weak: the encoded bytes are not the ones it named.
+fn weaken_etag(h: &mut HeaderMap) {
     if let Some(etag) = h.get(header::ETAG)
         && !etag.as_bytes().starts_with(b"W/")
     {
@@ -133,8 +140,20 @@ pub(crate) fn apply<B, C>(
             h.insert(header::ETAG, v);
         }
     }
-    add_vary(h);
-    Response::from_parts(parts, wrap(body, encoder))
+}
+
+/// A 304 to a client that takes a coding, on a route that compresses:
+/// the ETag and Vary its 200 would have had (RFC 9110 §15.4.5), as far as
+/// the 304 tells (a textual or absent Content-Type, no `no-transform`, not
+/// encoded), so a cache can match it to the compressed copy it holds.
+pub(crate) fn not_modified(h: &mut HeaderMap) {
+    let textual = h
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.to_str().is_ok_and(is_textual));
+    if textual && !no_transform(h) && !h.contains_key(header::CONTENT_ENCODING) {
+        weaken_etag(h);
+        add_vary(h);
+    }
 }
 
 /// Merges `Accept-Encoding` into Vary (unless it is there, or `*`).

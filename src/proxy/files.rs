@@ -54,7 +54,8 @@ pub(super) fn direct(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             let mut resp = resp.map(Body::from);
-            if files.compress {
+            // A file's 304 already carries what its 200 would (see files::Files).
+            if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
                 let codings = accept_encoding::preferred(req.headers());
                 resp = compressed(route, req.method(), &codings, resp);
             }
@@ -176,7 +177,7 @@ pub(super) fn accel(
         }
     }
     let mut resp = resp.map(Body::from);
-    if files.compress {
+    if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
         resp = compressed(route, &method, &accept_encoding::preferred(saved), resp);
     }
     let addr = Some(server.addr.clone());

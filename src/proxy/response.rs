@@ -57,6 +57,12 @@ pub(super) fn compressed(
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .or_else(|| http_body::Body::size_hint(resp.body()).exact());
     let mut resp = resp;
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        if *method != Method::HEAD && !codings.is_empty() {
+            compress::not_modified(resp.headers_mut());
+        }
+        return resp;
+    }
     if !compress::eligible(resp.status(), resp.headers(), length) {
         return resp;
     }
