@@ -15,6 +15,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::pool::Pool;
 use crate::tls;
 use crate::upstream::Server;
+use rustls::server::ProducesTickets;
 
 /// A route, resolved: its pools and metric handles.
 pub(crate) struct Route {
@@ -77,6 +78,9 @@ impl Site {
 pub(crate) struct Router {
     hosts: HashMap<String, usize>,
     sites: Vec<Arc<Site>>,
+    /// rustls' rotating ticketer, made once and handed from generation to
+    /// generation, for when no `[tls] ticket_keys` are configured.
+    rotating: Arc<dyn ProducesTickets>,
     /// Metrics for requests whose host matches no site.
     pub unknown: Arc<Route>,
 }
@@ -151,16 +155,27 @@ impl Router {
     ) -> Result<Self, BuildError> {
         let mut hosts = HashMap::new();
         let mut sites = Vec::with_capacity(config.sites.len());
+        let rotating = match previous {
+            Some(p) => p.rotating.clone(),
+            None => rustls::crypto::ring::Ticketer::new().map_err(BuildError::Ticketer)?,
+        };
+        let ticketer = ticketer(config, &rotating)?;
         for (i, site) in config.sites.iter().enumerate() {
             for h in &site.hosts {
                 hosts.insert(h.clone(), i);
             }
             let prev = previous.and_then(|p| p.site_named(&site.name));
-            sites.push(Arc::new(build_site(site, prev, metrics, &config.timeouts)?));
+            let cx = SiteCx {
+                metrics,
+                timeouts: &config.timeouts,
+                ticketer: &ticketer,
+            };
+            sites.push(Arc::new(build_site(site, prev, &cx)?));
         }
         Ok(Router {
             hosts,
             sites,
+            rotating,
             unknown: unrouted(
                 metrics,
                 UNMATCHED,
@@ -210,6 +225,12 @@ pub enum BuildError {
         /// The address.
         server: String,
     },
+    /// rustls could not make its ticketer (no randomness).
+    #[error("TLS: cannot create the session ticketer: {0}")]
+    Ticketer(#[source] rustls::Error),
+    /// A `[tls] ticket_keys` key could not be used.
+    #[error("tls.ticket_keys: {0}")]
+    TicketKeys(#[from] tls::TicketKeyError),
     /// rustls refused the certificate.
     #[error("site {site}: TLS: {source}")]
     Tls {
@@ -220,12 +241,38 @@ pub enum BuildError {
     },
 }
 
+/// The ticketer every site of `config` seals its tickets with: the shared
+/// keys if there are any, else the process's rotating one.
+fn ticketer(
+    config: &Config,
+    rotating: &Arc<dyn ProducesTickets>,
+) -> Result<Arc<dyn ProducesTickets>, BuildError> {
+    let keys = &config.tls.ticket_keys;
+    if keys.is_empty() {
+        return Ok(rotating.clone());
+    }
+    Ok(Arc::new(tls::SharedTicketer::new(
+        keys.iter().map(|k| k.material()),
+    )?))
+}
+
+/// What every site of one configuration is built with.
+struct SiteCx<'a> {
+    metrics: &'a Arc<Metrics>,
+    timeouts: &'a Timeouts,
+    ticketer: &'a Arc<dyn ProducesTickets>,
+}
+
 fn build_site(
     site: &SiteConfig,
     previous: Option<&Arc<Site>>,
-    metrics: &Arc<Metrics>,
-    timeouts: &Timeouts,
+    cx: &SiteCx<'_>,
 ) -> Result<Site, BuildError> {
+    let SiteCx {
+        metrics,
+        timeouts,
+        ticketer,
+    } = *cx;
     let mut pools = Vec::with_capacity(site.pools.len());
     for p in &site.pools {
         let prev_pool = previous.and_then(|s| s.pools.iter().find(|q| *q.name == *p.name));
@@ -255,10 +302,12 @@ fn build_site(
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
     let tls = match &site.tls {
         Some(t) => Some(
-            tls::site_server_config(t.certified_key.clone()).map_err(|source| BuildError::Tls {
-                site: site.name.clone(),
-                source,
-            })?,
+            tls::site_server_config(t.certified_key.clone(), ticketer.clone()).map_err(
+                |source| BuildError::Tls {
+                    site: site.name.clone(),
+                    source,
+                },
+            )?,
         ),
         None => None,
     };

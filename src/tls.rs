@@ -5,12 +5,17 @@
 //! The handshake reads the ClientHello first ([`LazyConfigAcceptor`]), so a
 //! name no site claims is refused before any certificate is chosen, and each
 //! failure is classified for `switchyard_tls_handshake_failures_total`.
+//! Session tickets are sealed by the ticketer each configuration is handed:
+//! the shared keys of `[tls] ticket_keys` ([`SharedTicketer`]), else rustls'
+//! own rotating one, kept for the life of the process.
+
+mod tickets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::server::Acceptor;
+use rustls::server::{Acceptor, ProducesTickets};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
@@ -18,13 +23,17 @@ use tokio_rustls::server::TlsStream;
 
 use crate::prefixed::Prefixed;
 
+pub use tickets::{SharedTicketer, TicketKeyError};
+
 /// ALPN protocols offered, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// A rustls server configuration that presents this certificate, offering
-/// TLS 1.2 and 1.3 and ALPN h2 and http/1.1.
+/// TLS 1.2 and 1.3 and ALPN h2 and http/1.1, its session tickets sealed by
+/// `ticketer`.
 pub fn site_server_config(
     key: Arc<rustls::sign::CertifiedKey>,
+    ticketer: Arc<dyn ProducesTickets>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -35,6 +44,12 @@ pub fn site_server_config(
     // WebSocket sessions take their TLS 1.3 keys out of rustls once
     // upgraded (see `websocket::tls_records`).
     config.enable_secret_extraction = true;
+    // Tickets for TLS 1.2 and 1.3; the session cache stays for TLS 1.2
+    // clients that resume by session ID.
+    config.ticketer = ticketer;
+    // No 0-RTT: early data can be replayed, and tickets that every
+    // instance accepts would make replays easy.
+    config.max_early_data_size = 0;
     Ok(Arc::new(config))
 }
 

@@ -32,6 +32,8 @@ pub struct Config {
     pub runtime: Runtime,
     /// Logging settings.
     pub log: Log,
+    /// Process-wide TLS settings.
+    pub tls: Tls,
     /// Sites, sorted by name.
     pub sites: Vec<Site>,
     /// A hash of every file's contents, exported so operators can see what is live.
@@ -126,6 +128,49 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `[tls]` in `switchyard.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// Session-ticket keys shared with other instances, the first issuing;
+    /// empty: each process keeps its own rotating keys.
+    pub ticket_keys: Vec<TicketKey>,
+}
+
+/// One `[tls] ticket_keys` file: 80 random bytes.
+#[derive(Clone)]
+pub struct TicketKey {
+    /// The file, resolved against the config directory.
+    pub path: PathBuf,
+    material: Box<[u8; TicketKey::LEN]>,
+}
+
+impl TicketKey {
+    /// The size of a key file, as nginx and HAProxy use it.
+    pub const LEN: usize = 80;
+
+    /// A key read from `path`.
+    pub fn new(path: PathBuf, material: [u8; TicketKey::LEN]) -> Self {
+        TicketKey {
+            path,
+            material: Box::new(material),
+        }
+    }
+
+    /// The key's bytes.
+    pub fn material(&self) -> &[u8; TicketKey::LEN] {
+        &self.material
+    }
+}
+
+// By hand, so that printing a configuration never prints key material.
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One site: a `sites/NAME.toml` file.

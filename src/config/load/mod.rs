@@ -4,8 +4,9 @@
 //! so that every problem in every file is collected, each with its
 //! `FILE:LINE:COL`, instead of stopping at the first one: `diagnostics`
 //! locates and words the problems, `values` reads typed fields, `process`
-//! checks `switchyard.toml`, `site`, `route`, `tls` and `pages` check the
-//! site files, and `hash` fingerprints everything read.
+//! checks `switchyard.toml` (`ticket_keys` its `[tls]` key files), `site`,
+//! `route`, `tls` and `pages` check the site files, and `hash` fingerprints
+//! everything read.
 
 mod diagnostics;
 mod files;
@@ -16,6 +17,7 @@ mod route;
 mod site;
 #[cfg(test)]
 mod test_support;
+mod ticket_keys;
 mod tls;
 mod values;
 
@@ -194,7 +196,7 @@ fn build(
         hash.file(MAIN_FILE, text.as_bytes());
         let mut cx = Cx::new(path, text, &mut errors);
         if let Some(root) = parse_toml(&mut cx) {
-            process = parse_main(&mut cx, &root);
+            process = parse_main(&mut cx, &root, dir, &mut hash);
         }
     }
 
@@ -237,6 +239,7 @@ fn build(
         limits: process.limits,
         runtime: process.runtime,
         log: process.log,
+        tls: process.tls,
         sites: parsed_sites,
         hash: hash.finish(),
     })

@@ -1,24 +1,27 @@
 //! `switchyard.toml`: the process-wide settings (`[listen]`, `[timeouts]`,
-//! `[limits]`, `[runtime]`, `[log]`), each with its default. The file is
+//! `[limits]`, `[runtime]`, `[log]`, `[tls]`), each with its default. The file is
 //! optional, so [`Process::default`] alone must be a working setup; the
 //! listeners are checked against each other here because a clash would only
 //! show at bind time otherwise.
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::Path;
 use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::super::{Limits, Listen, Log, LogFormat, Runtime, Timeouts, TrustedProxies};
+use super::super::{Limits, Listen, Log, LogFormat, Runtime, Timeouts, Tls, TrustedProxies};
 use super::diagnostics::{Cx, found};
+use super::hash::Fnv;
+use super::ticket_keys::{TLS_FIELDS, parse_ticket_keys};
 use super::values::{
     Table, Val, get_bool, get_duration, get_size, get_str, get_strings, get_usize, parse_cidr,
     socket_addr,
 };
 
-const MAIN_FIELDS: &[&str] = &["listen", "timeouts", "limits", "runtime", "log"];
+const MAIN_FIELDS: &[&str] = &["listen", "timeouts", "limits", "runtime", "log", "tls"];
 const LISTEN_FIELDS: &[&str] = &[
     "https",
     "http",
@@ -44,6 +47,7 @@ pub(super) struct Process {
     pub(super) limits: Limits,
     pub(super) runtime: Runtime,
     pub(super) log: Log,
+    pub(super) tls: Tls,
 }
 
 impl Default for Process {
@@ -72,12 +76,19 @@ impl Default for Process {
                 format: LogFormat::Text,
                 level: "info".to_owned(),
             },
+            tls: Tls::default(),
         }
     }
 }
 
-/// Reads `switchyard.toml`, starting from the defaults.
-pub(super) fn parse_main(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Process {
+/// Reads `switchyard.toml`, starting from the defaults; files it names are
+/// relative to `dir` and feed `hash`.
+pub(super) fn parse_main(
+    cx: &mut Cx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    dir: &Path,
+    hash: &mut Fnv,
+) -> Process {
     let mut p = Process::default();
     let top = Table::open(cx, root.get_ref(), root.span(), String::new(), MAIN_FIELDS);
 
@@ -102,6 +113,12 @@ pub(super) fn parse_main(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Proces
 
     if let Some(t) = top.section(cx, "log", LOG_FIELDS) {
         parse_log(cx, &t, &mut p.log);
+    }
+
+    if let Some(t) = top.section(cx, "tls", TLS_FIELDS)
+        && let Some(v) = t.get("ticket_keys")
+    {
+        p.tls.ticket_keys = parse_ticket_keys(cx, v, &t.child("ticket_keys"), dir, hash);
     }
     p
 }
