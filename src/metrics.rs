@@ -41,6 +41,10 @@ pub const WS_SESSION_DURATION: &str = "switchyard_websocket_session_duration_sec
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 /// TLS handshakes that failed, by listener and reason.
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_tls_handshake_failures_total";
+/// Completed TLS handshakes, by listener, version and resumption.
+pub const TLS_HANDSHAKES_TOTAL: &str = "switchyard_tls_handshakes_total";
+/// A site's leaf certificate's notAfter, as Unix time.
+pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
 /// Connections closed before being served, by listener and reason.
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "switchyard_connections_rejected_total";
 /// Responses compressed at the proxy, by site, route and encoding.
@@ -144,6 +148,16 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         TLS_HANDSHAKE_FAILURES_TOTAL,
         None,
         "TLS handshakes that failed, by listener and reason.",
+    ),
+    (
+        TLS_HANDSHAKES_TOTAL,
+        None,
+        "TLS handshakes completed, by listener, version (TLSv1.2, TLSv1.3) and whether the session was resumed.",
+    ),
+    (
+        TLS_CERT_EXPIRY,
+        Some(Unit::Seconds),
+        "Unix time at which a site's leaf certificate expires (its notAfter).",
     ),
     (
         CONFIG_RELOADS_TOTAL,
@@ -434,6 +448,8 @@ pub struct ListenerMetrics {
     metrics: Arc<Metrics>,
     listener: Arc<str>,
     failures: Arc<[OnceLock<Counter>; TLS_FAILURE_REASONS.len()]>,
+    /// By version (1.2, 1.3) then resumed (false, true).
+    handshakes: Arc<[[OnceLock<Counter>; 2]; 2]>,
     rejected: Arc<[OnceLock<Counter>; REJECT_REASONS.len()]>,
 }
 
@@ -459,6 +475,7 @@ impl ListenerMetrics {
             metrics: metrics.clone(),
             listener: listener.into(),
             failures: Arc::new(Default::default()),
+            handshakes: Arc::new(Default::default()),
             rejected: Arc::new(Default::default()),
         }
     }
@@ -479,6 +496,23 @@ impl ListenerMetrics {
             )
         })
         .increment(1);
+    }
+
+    /// Counts a completed handshake: TLS 1.3 or 1.2, resumed or full.
+    pub fn tls_handshake(&self, tls13: bool, resumed: bool) {
+        let version = usize::from(tls13);
+        self.handshakes[version][usize::from(resumed)]
+            .get_or_init(|| {
+                self.metrics.counter(
+                    TLS_HANDSHAKES_TOTAL,
+                    &[
+                        ("listener", &self.listener),
+                        ("version", ["TLSv1.2", "TLSv1.3"][version]),
+                        ("resumed", if resumed { "true" } else { "false" }),
+                    ],
+                )
+            })
+            .increment(1);
     }
 
     /// Counts a failed handshake; `reason` indexes [`TLS_FAILURE_REASONS`].

@@ -298,4 +298,13 @@ fn publish_config(metrics: &Metrics, config: &Config) {
     metrics
         .gauge(metrics::CONFIG_HASH, &[])
         .set((config.hash & ((1 << 52) - 1)) as f64);
+    // A site a reload removes keeps its last value, like every per-site
+    // series: the exporter has no way to drop one.
+    for site in &config.sites {
+        if let Some(not_after) = site.tls.as_ref().and_then(|t| t.not_after) {
+            metrics
+                .gauge(metrics::TLS_CERT_EXPIRY, &[("site", &site.name)])
+                .set(not_after as f64);
+        }
+    }
 }

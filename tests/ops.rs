@@ -908,6 +908,16 @@ async fn metrics_are_complete_and_pass_promtool() {
             "counter",
             &["listener", "reason"],
         ),
+        (
+            "switchyard_tls_handshakes_total",
+            "counter",
+            &["listener", "version", "resumed"],
+        ),
+        (
+            "switchyard_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            &["site"],
+        ),
         ("switchyard_config_reloads_total", "counter", &["result"]),
         ("switchyard_config_hash", "gauge", &[]),
         ("switchyard_config_loaded_timestamp_seconds", "gauge", &[]),
@@ -951,6 +961,7 @@ async fn metrics_are_complete_and_pass_promtool() {
         "status=\"404\"",
         "result=\"success\"",
         "result=\"failure\"",
+        "version=\"TLSv1.3\",resumed=\"false\"",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }

@@ -121,6 +121,16 @@ async fn visit(
     (kind, version)
 }
 
+async fn handshakes(proxy: &Proxy, version: &str, resumed: bool) -> f64 {
+    proxy
+        .metric(&[
+            "switchyard_tls_handshakes_total",
+            &format!("version=\"{version}\""),
+            &format!("resumed=\"{resumed}\""),
+        ])
+        .await
+}
+
 #[tokio::test]
 async fn instances_sharing_keys_resume_each_others_sessions() {
     let pki = Pki::new();
@@ -145,6 +155,10 @@ async fn instances_sharing_keys_resume_each_others_sessions() {
             HandshakeKind::Resumed,
             "{label} back on A"
         );
+        assert_eq!(handshakes(&a, label, false).await, 1.0, "{label}");
+        assert_eq!(handshakes(&a, label, true).await, 1.0, "{label}");
+        assert_eq!(handshakes(&b, label, true).await, 1.0, "{label}");
+        assert_eq!(handshakes(&b, label, false).await, 0.0, "{label}");
     }
     // Without shared keys, each instance keeps its own: no resumption across.
     let alone = config_dir(&pki, &[]);
@@ -308,4 +322,54 @@ async fn s_client(proxy: &Proxy, version: &str, ca: &Path, extra: &[&str]) -> St
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A self-signed certificate for `shop.test` valid until midnight UTC of
+/// this day; written to `shop.crt` and `shop.key` in `dir`.
+fn expiring_cert(
+    dir: &Path,
+    year: i32,
+    month: u8,
+    day: u8,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec![HOST.to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (crt, keyp) = (dir.join("shop.crt"), dir.join("shop.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&keyp, key.serialize_pem()).unwrap();
+    (crt, keyp)
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_exported_and_follows_reloads() {
+    let certs = tempfile::tempdir().unwrap();
+    let (crt, key) = expiring_cert(certs.path(), 2031, 5, 17);
+    let site = format!(
+        "hosts = [{HOST:?}]\n{}\n[pools.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/\"\npool = \"web\"\n",
+        tls_toml(&crt, &key)
+    );
+    let plain = "hosts = [\"plain.test\"]\n[pools.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/\"\npool = \"web\"\n";
+    let dir = ConfigDir::new(&main_toml(""), &[("shop", site), ("plain", plain.into())]);
+    let proxy = Proxy::start(dir.load()).await;
+    let expiry = "switchyard_tls_certificate_expiry_timestamp_seconds";
+    // 2031-05-17T00:00:00Z.
+    assert_eq!(
+        proxy.metric(&[expiry, "site=\"shop\""]).await,
+        1_936_742_400.0
+    );
+    let text = proxy.metrics().await;
+    assert!(
+        !text.contains("site=\"plain\"} "),
+        "a site without TLS has no expiry:\n{text}"
+    );
+
+    // A renewed certificate shows after the reload.
+    expiring_cert(certs.path(), 2032, 1, 1);
+    proxy.server.reload(dir.load()).await.unwrap();
+    assert_eq!(
+        proxy.metric(&[expiry, "site=\"shop\""]).await,
+        1_956_528_000.0
+    );
 }

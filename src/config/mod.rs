@@ -238,6 +238,8 @@ pub struct SiteTls {
     pub key_path: PathBuf,
     /// The loaded chain and signing key, ready for rustls.
     pub certified_key: Arc<rustls::sign::CertifiedKey>,
+    /// The leaf certificate's notAfter, as Unix time.
+    pub not_after: Option<i64>,
 }
 
 /// `[pools.NAME]`: a set of upstream servers.

@@ -35,6 +35,7 @@ pub(super) fn parse_tls(
     else {
         return None;
     };
+    let not_after = certs.first().and_then(|leaf| not_after(leaf));
     let certified_key = rustls::sign::CertifiedKey::new(certs, signing_key);
     match certified_key.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
@@ -64,7 +65,16 @@ pub(super) fn parse_tls(
         cert_path: cert.path,
         key_path: key.path,
         certified_key: Arc::new(certified_key),
+        not_after,
     })
+}
+
+/// The certificate's notAfter as Unix time; `None` if it does not parse
+/// (rustls has accepted it, so the site serves; only the expiry metric is
+/// missing).
+fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// A PEM file named by `tls.cert` or `tls.key`, read.
@@ -187,6 +197,8 @@ mod tests {
         assert_eq!(tls.cert_path, dir.path().join("sites/../certs/a.crt"));
         assert_eq!(tls.key_path, dir.path().join("sites/../certs/a.key"));
         assert_eq!(tls.certified_key.cert.len(), 1);
+        // rcgen's default validity ends in 4096.
+        assert_eq!(tls.not_after, Some(67_090_118_400));
         assert!(config.sites[0].redirect_https);
     }
 
