@@ -1435,3 +1435,82 @@ async fn sighup_reloads_and_a_broken_config_keeps_serving() {
     drop(ws);
     assert_eq!(bin.wait_exit(WAIT).await.code(), Some(0));
 }
+
+/// One request over a new TLS 1.3 connection keeping its sessions in
+/// `client`; whether the handshake resumed one.
+async fn resumed_visit(client: &Arc<rustls::ClientConfig>, addr: std::net::SocketAddr) -> bool {
+    use tokio::io::AsyncReadExt;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("t.test").unwrap();
+    let connect = tokio_rustls::TlsConnector::from(client.clone()).connect(name, tcp);
+    let mut tls = tokio::time::timeout(WAIT, connect).await.unwrap().unwrap();
+    let kind = tls.get_ref().1.handshake_kind();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: t.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // The whole response, and with it the session tickets.
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 502"), "{response:?}");
+    kind == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn sighup_rereads_ticket_keys_and_a_bad_key_file_keeps_the_old_ones() {
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("t", &["t.test"]);
+    let site = format!(
+        "hosts = [\"t.test\"]\n{}\n[pools.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/\"\npool = \"web\"\n",
+        tls_toml(&crt, &key)
+    );
+    let keys = |list: &str| main_toml(&format!("[tls]\nticket_keys = [{list}]\n"));
+    let cfg = ConfigDir::new(&keys("\"k1.key\""), &[("t", site)]);
+    std::fs::write(cfg.path().join("k1.key"), [0x11; 80]).unwrap();
+    std::fs::write(cfg.path().join("k2.key"), [b'|'; 80]).unwrap();
+    let mut bin = Bin::start(cfg.path()).await;
+    let client = pki.client_config(&[]);
+    assert!(!resumed_visit(&client, bin.https).await);
+    assert!(resumed_visit(&client, bin.https).await);
+
+    // k1 rotated out by SIGHUP: its session takes a full handshake.
+    std::fs::write(cfg.path().join("switchyard.toml"), keys("\"k2.key\"")).unwrap();
+    bin.signal("HUP");
+    bin.wait_line(|l| l.contains("configuration reloaded"))
+        .await;
+    assert!(!resumed_visit(&client, bin.https).await);
+    assert!(resumed_visit(&client, bin.https).await, "a k2 session");
+
+    // A key file of the wrong size: reported, and k2 keeps working.
+    std::fs::write(cfg.path().join("k3.key"), [b'~'; 79]).unwrap();
+    std::fs::write(
+        cfg.path().join("switchyard.toml"),
+        keys("\"k3.key\", \"k2.key\""),
+    )
+    .unwrap();
+    bin.signal("HUP");
+    let error = bin
+        .wait_line(|l| l.contains("tls.ticket_keys[0]: ") && l.contains("k3.key is 79 bytes"))
+        .await;
+    assert!(error.contains("switchyard.toml:"), "{error}");
+    bin.wait_line(|l| l.contains("old configuration keeps serving"))
+        .await;
+    assert!(resumed_visit(&client, bin.https).await, "k2 still accepted");
+    let m = String::from_utf8(bin.admin_get("/metrics").await.body().to_vec()).unwrap();
+    assert_eq!(
+        metric_value(
+            &m,
+            &["switchyard_config_reloads_total", "result=\"failure\""]
+        ),
+        1.0
+    );
+    // Key bytes never reach the output or the metrics (0x33 is '3', 0x22 '"').
+    for text in bin.all_lines().iter().chain([&m]) {
+        assert!(
+            !text.contains("3333") && !text.contains("[34, 34"),
+            "{text}"
+        );
+    }
+}
