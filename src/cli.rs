@@ -89,6 +89,21 @@ pub fn summary(c: &Config) -> String {
         addrs(&c.listen.http),
         c.listen.admin.map_or("off".to_string(), |a| a.to_string())
     );
+    let keys: Vec<String> = c
+        .tls
+        .ticket_keys
+        .iter()
+        .map(|k| k.path.display().to_string())
+        .collect();
+    let _ = if keys.is_empty() {
+        writeln!(s, "session tickets: per-process rotating keys")
+    } else {
+        writeln!(
+            s,
+            "session tickets: shared keys {} (the first issues)",
+            keys.join(", ")
+        )
+    };
     for site in &c.sites {
         let _ = writeln!(
             s,

@@ -33,6 +33,26 @@ fn check_prints_a_summary_for_a_good_config() {
     assert!(stdout.contains("site shop: hosts shop.test"), "{stdout}");
     assert!(stdout.contains("pool web: 127.0.0.1:8000"), "{stdout}");
     assert!(stdout.contains("route sockets /ws/"), "{stdout}");
+    assert!(
+        stdout.contains("session tickets: per-process rotating keys"),
+        "{stdout}"
+    );
+
+    // Shared ticket keys are listed by file, the first issuing.
+    std::fs::write(cfg.path().join("t1.key"), [7u8; 80]).unwrap();
+    std::fs::write(
+        cfg.path().join("switchyard.toml"),
+        main_toml("[tls]\nticket_keys = [\"t1.key\"]"),
+    )
+    .unwrap();
+    let out = switchyard(&["check", "-c", cfg.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = format!(
+        "session tickets: shared keys {} (the first issues)",
+        cfg.path().join("t1.key").display()
+    );
+    assert!(stdout.contains(&line), "{stdout}");
 }
 
 #[test]
