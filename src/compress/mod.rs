@@ -1,15 +1,16 @@
 //! Compression: responses encoded with zstd, br or gzip at the proxy for
 //! routes with `compress = true`, so no worker spends its time on it.
 //!
-//! [`negotiate`] decides from the request's Accept-Encoding and the
-//! response head, under the contract's conditions; [`apply`] rewrites the
-//! head and wraps the body in a [`CompressBody`].
+//! [`eligible`] decides from the response head, under the contract's
+//! conditions (the coding is the client's favourite, see
+//! `accept_encoding`); [`apply`] rewrites the head and wraps the body in a
+//! [`CompressBody`].
 
 mod body;
 mod codec;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 
 use crate::accept_encoding::Coding;
 
@@ -18,7 +19,7 @@ pub(crate) use codec::Encoder;
 
 /// Bodies shorter than this are sent as they are: the encoding would cost
 /// more than it saves.
-const MIN_LENGTH: u64 = 1024;
+pub(crate) const MIN_LENGTH: u64 = 1024;
 
 /// Whether a response is one to compress (for a client that takes a
 /// coding, and a method other than HEAD): a 200 of a textual type, not
@@ -38,20 +39,6 @@ pub(crate) fn eligible(status: StatusCode, headers: &HeaderMap, length: Option<u
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_textual);
     textual && !no_transform(headers)
-}
-
-/// The coding to compress a response with: the client's favourite
-/// (`accepted`, best first), if the response is [`eligible`] and the
-/// method is not HEAD.
-pub(crate) fn negotiate(
-    method: &Method,
-    accepted: &[Coding],
-    status: StatusCode,
-    headers: &HeaderMap,
-    length: Option<u64>,
-) -> Option<Coding> {
-    let coding = *accepted.first()?;
-    (*method != Method::HEAD && eligible(status, headers, length)).then_some(coding)
 }
 
 /// Whether a Content-Type is text worth compressing: `text/*` but event
@@ -172,12 +159,24 @@ pub(crate) fn add_vary(h: &mut HeaderMap) {
     }
 }
 
-/// The least length worth compressing.
-pub(crate) const MIN_LENGTH_BYTES: u64 = MIN_LENGTH;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
+
+    /// The coding to compress a response with: the client's favourite
+    /// (`accepted`, best first), if the response is [`eligible`] and the
+    /// method is not HEAD.
+    fn negotiate(
+        method: &Method,
+        accepted: &[Coding],
+        status: StatusCode,
+        headers: &HeaderMap,
+        length: Option<u64>,
+    ) -> Option<Coding> {
+        let coding = *accepted.first()?;
+        (*method != Method::HEAD && eligible(status, headers, length)).then_some(coding)
+    }
 
     fn head(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use crate::accept_encoding::{self, Coding};
+use crate::accept_encoding::Coding;
 use conditional::{Precondition, Range, Validators};
 
 pub use body::FileBody;
@@ -140,14 +140,16 @@ pub(crate) enum Served {
 
 impl Files {
     /// Serves `path` (percent-encoded, as requested; `query` is kept for a
-    /// redirect) with the conditional, range and Accept-Encoding headers
-    /// in `h`.
+    /// redirect) with the conditional and range headers in `h`, to a client
+    /// that takes `codings` (its Accept-Encoding, parsed once by the caller,
+    /// which compresses with it too).
     pub(crate) fn serve(
         &self,
         method: &Method,
         path: &str,
         query: Option<&str>,
         h: &HeaderMap,
+        codings: &[Coding],
     ) -> Served {
         let head = match *method {
             Method::GET => false,
@@ -179,7 +181,7 @@ impl Files {
         if !meta.is_file() {
             return Served::Missing;
         }
-        let (file, meta, coding) = match sibling(dir, &rel, h) {
+        let (file, meta, coding) = match sibling(dir, &rel, codings) {
             Some((file, meta, coding)) => (file, meta, Some(coding)),
             None => (file, meta, None),
         };
@@ -189,7 +191,7 @@ impl Files {
             coding,
             content_type: content_type(&rel),
         };
-        match self.respond(file, head, h) {
+        match self.respond(file, head, h, codings) {
             Ok(resp) => Served::Response(resp),
             Err(e) => failure(e),
         }
@@ -225,7 +227,13 @@ impl Files {
     }
 
     /// The response for an opened file, after preconditions and Range.
-    fn respond(&self, found: Found, head: bool, h: &HeaderMap) -> io::Result<Response<FileBody>> {
+    fn respond(
+        &self,
+        found: Found,
+        head: bool,
+        h: &HeaderMap,
+        codings: &[Coding],
+    ) -> io::Result<Response<FileBody>> {
         let len = found.meta.len();
         let validators = Validators::new(found.meta.modified()?, len);
         let mut resp = Response::new(FileBody::empty());
@@ -248,7 +256,7 @@ impl Files {
             Precondition::Proceed => {}
             Precondition::NotModified => {
                 *resp.status_mut() = StatusCode::NOT_MODIFIED;
-                if !head && self.compressed_at_proxy(&found, h) {
+                if !head && self.compressed_at_proxy(&found, codings) {
                     // The ETag the 200 would carry (RFC 9110 §15.4.5).
                     let weak = format!("W/{}", validators.etag);
                     if let Ok(v) = HeaderValue::try_from(weak) {
@@ -300,21 +308,19 @@ impl Files {
         }
         Ok(resp)
     }
-}
 
-impl Files {
     /// Whether a GET of this file is compressed at the proxy (`compress`):
     /// no sibling was picked, the client takes a coding, and the file is
     /// textual and long enough.
-    fn compressed_at_proxy(&self, found: &Found, h: &HeaderMap) -> bool {
+    fn compressed_at_proxy(&self, found: &Found, codings: &[Coding]) -> bool {
         self.compress
             && found.coding.is_none()
-            && found.meta.len() >= crate::compress::MIN_LENGTH_BYTES
+            && found.meta.len() >= crate::compress::MIN_LENGTH
             && found
                 .content_type
                 .to_str()
                 .is_ok_and(crate::compress::is_textual)
-            && !accept_encoding::preferred(h).is_empty()
+            && !codings.is_empty()
     }
 }
 
@@ -339,19 +345,14 @@ fn open_file(dir: &rustix::fd::OwnedFd, rel: &Path) -> io::Result<(File, Metadat
 fn sibling(
     dir: &rustix::fd::OwnedFd,
     rel: &Path,
-    h: &HeaderMap,
+    codings: &[Coding],
 ) -> Option<(File, Metadata, Coding)> {
-    if !h.contains_key(header::ACCEPT_ENCODING) {
-        return None;
-    }
-    accept_encoding::preferred(h)
-        .into_iter()
-        .find_map(|coding| {
-            let mut name = rel.as_os_str().to_owned();
-            name.push(coding.suffix());
-            let (file, meta) = open_file(dir, Path::new(&name)).ok()?;
-            meta.is_file().then_some((file, meta, coding))
-        })
+    codings.iter().find_map(|&coding| {
+        let mut name = rel.as_os_str().to_owned();
+        name.push(coding.suffix());
+        let (file, meta) = open_file(dir, Path::new(&name)).ok()?;
+        meta.is_file().then_some((file, meta, coding))
+    })
 }
 
 /// `Content-Type` by the file's extension; text is declared UTF-8, as

@@ -44,7 +44,14 @@ pub(super) fn direct(
         return Direct::Answered(Err(ProxyError::FileNotFound));
     }
     let uri = req.uri();
-    let served = files.serve(req.method(), uri.path(), uri.query(), req.headers());
+    let codings = accept_encoding::preferred(req.headers());
+    let served = files.serve(
+        req.method(),
+        uri.path(),
+        uri.query(),
+        req.headers(),
+        &codings,
+    );
     let result = match served {
         Served::Response(mut resp) => {
             if req.version() < http::Version::HTTP_2 && !http_body::Body::is_end_stream(req.body())
@@ -56,7 +63,6 @@ pub(super) fn direct(
             let mut resp = resp.map(Body::from);
             // A file's 304 already carries what its 200 would (see files::Files).
             if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
-                let codings = accept_encoding::preferred(req.headers());
                 resp = compressed(route, req.method(), &codings, resp);
             }
             let method = req.method().clone();
@@ -162,7 +168,8 @@ pub(super) fn accel(
     };
     let empty = HeaderMap::new();
     let saved = saved.as_ref().unwrap_or(&empty);
-    let mut resp = match files.serve(&method, path, query, saved) {
+    let codings = accept_encoding::preferred(saved);
+    let mut resp = match files.serve(&method, path, query, saved, &codings) {
         Served::Response(resp) => resp,
         other => return Err(refusal(other)),
     };
@@ -178,7 +185,7 @@ pub(super) fn accel(
     }
     let mut resp = resp.map(Body::from);
     if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
-        resp = compressed(route, &method, &accept_encoding::preferred(saved), resp);
+        resp = compressed(route, &method, &codings, resp);
     }
     let addr = Some(server.addr.clone());
     let mut finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, addr);

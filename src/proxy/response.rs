@@ -43,7 +43,7 @@ impl Kept {
 
 /// `resp` of a route that compresses: compressed for a client that takes
 /// `codings` when the contract's conditions hold (see
-/// [`compress::negotiate`]), and counted; told to vary by Accept-Encoding
+/// [`compress::eligible`]), and counted; told to vary by Accept-Encoding
 /// whenever it could have been.
 pub(super) fn compressed(
     route: &Route,
@@ -68,8 +68,8 @@ pub(super) fn compressed(
     }
     // Compressed or not, it depends on Accept-Encoding (nginx gzip_vary).
     compress::add_vary(resp.headers_mut());
-    let Some(coding) = compress::negotiate(method, codings, resp.status(), resp.headers(), length)
-    else {
+    // The client's favourite; never for HEAD, whose head stays the plain one.
+    let Some(&coding) = codings.first().filter(|_| *method != Method::HEAD) else {
         return resp;
     };
     route.metrics.compressed[coding.index()].increment(1);
