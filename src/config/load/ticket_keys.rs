@@ -3,13 +3,12 @@
 //! the field and the file, never the bytes; the hash is fed a digest of
 //! each key rather than the key, since the hash is exported as a metric.
 
-use std::fs;
 use std::path::Path;
 
 use super::super::TicketKey;
 use super::diagnostics::Cx;
 use super::hash::Fnv;
-use super::values::{Val, get_strings};
+use super::values::{Val, get_strings, read_named};
 
 /// The fields of `[tls]`.
 pub(super) const TLS_FIELDS: &[&str] = &["ticket_keys"];
@@ -37,20 +36,8 @@ pub(super) fn parse_ticket_keys(
     }
     let mut keys = Vec::with_capacity(entries.len());
     for (name, item_path, span) in entries {
-        if name.is_empty() {
-            cx.error(span, format!("{item_path}: must not be empty"));
+        let Some((resolved, bytes)) = read_named(cx, span.clone(), name, &item_path, dir) else {
             continue;
-        }
-        let resolved = dir.join(name);
-        let bytes = match fs::read(&resolved) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                cx.error(
-                    span,
-                    format!("{item_path}: cannot read {}: {e}", resolved.display()),
-                );
-                continue;
-            }
         };
         let Ok(material) = <[u8; TicketKey::LEN]>::try_from(bytes.as_slice()) else {
             cx.error(

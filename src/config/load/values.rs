@@ -282,19 +282,31 @@ pub(super) fn read_file(
     hash: &mut Fnv,
 ) -> Option<(PathBuf, Vec<u8>)> {
     let s = get_str(cx, v, path)?;
-    if s.is_empty() {
-        cx.error(v.span(), format!("{path}: must not be empty"));
+    let (resolved, bytes) = read_named(cx, v.span(), s, path, base)?;
+    hash.file(s, &bytes);
+    Some((resolved, bytes))
+}
+
+/// The file `name` (relative to `base`), read whole: its resolved path and
+/// content. An empty name or an unreadable file is reported at `span` as
+/// the field `path`; the caller decides what of it feeds the hash.
+pub(super) fn read_named(
+    cx: &mut Cx<'_>,
+    span: Range<usize>,
+    name: &str,
+    path: &str,
+    base: &Path,
+) -> Option<(PathBuf, Vec<u8>)> {
+    if name.is_empty() {
+        cx.error(span, format!("{path}: must not be empty"));
         return None;
     }
-    let resolved = base.join(s);
+    let resolved = base.join(name);
     match fs::read(&resolved) {
-        Ok(bytes) => {
-            hash.file(s, &bytes);
-            Some((resolved, bytes))
-        }
+        Ok(bytes) => Some((resolved, bytes)),
         Err(e) => {
             cx.error(
-                v.span(),
+                span,
                 format!("{path}: cannot read {}: {e}", resolved.display()),
             );
             None
