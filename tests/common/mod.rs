@@ -512,17 +512,15 @@ impl TlsSite {
         }
     }
 
-    /// Sends `METHOD path` (origin-form; absolute for HTTP/2) with these
-    /// headers and body on a new connection; panics on no answer within
-    /// `WAIT`, an error, or a response in another HTTP version.
-    pub async fn send(
+    /// `METHOD path` for this site: origin-form, absolute for HTTP/2.
+    fn request(
         &self,
         via: Via,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-    ) -> Got {
+    ) -> Request<Full<Bytes>> {
         let host = self.host.as_str();
         let uri = if via == Via::H2 {
             format!("https://{host}{path}")
@@ -536,7 +534,22 @@ impl TlsSite {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(body)).unwrap();
+        b.body(Full::new(body)).unwrap()
+    }
+
+    /// Sends `METHOD path` (origin-form; absolute for HTTP/2) with these
+    /// headers and body on a new connection; panics on no answer within
+    /// `WAIT`, an error, or a response in another HTTP version.
+    pub async fn send(
+        &self,
+        via: Via,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Got {
+        let host = self.host.as_str();
+        let req = self.request(via, method, path, headers, body);
         let p = &self.proxy;
         let fut = async {
             match via {
@@ -662,19 +675,7 @@ impl TlsSite {
         headers: &[(&str, &str)],
     ) -> Response<Incoming> {
         let host = self.host.as_str();
-        let uri = if via == Via::H2 {
-            format!("https://{host}{path}")
-        } else {
-            path.to_owned()
-        };
-        let mut b = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("host", host);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b.body(Full::new(Bytes::new())).unwrap();
+        let req = self.request(via, method, path, headers, Bytes::new());
         let fut = async {
             type E = Box<dyn std::error::Error + Send + Sync>;
             let resp = match via {
