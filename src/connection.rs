@@ -23,7 +23,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::conn::auto::upgrade::downcast;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActiveGuard, Activity};
@@ -32,6 +31,7 @@ use crate::forwarded;
 use crate::prefixed::Prefixed;
 use crate::proxy;
 use crate::routing::Site;
+use crate::tls::TlsRecords;
 use crate::websocket;
 
 /// What a connection knows about itself, shared by its requests.
@@ -81,7 +81,7 @@ impl proxy::Downstream for ConnInfo {
 }
 
 /// What a downstream HTTPS connection is served over (see [`serve`]).
-type ServedTls = TokioIo<Tracked<TlsStream<Prefixed<TcpStream>>>>;
+type ServedTls = TokioIo<Tracked<TlsRecords>>;
 /// What a downstream plain-HTTP connection is served over.
 type ServedPlain = TokioIo<Tracked<Prefixed<TcpStream>>>;
 
@@ -92,7 +92,7 @@ fn upgraded_end(upgraded: Upgraded) -> io::Result<websocket::End> {
     let upgraded = match downcast::<ServedTls>(upgraded) {
         Ok(parts) => {
             let tls = parts.io.into_inner().into_inner();
-            return websocket::End::client_tls(tls, parts.read_buf);
+            return Ok(websocket::End::client_tls(tls, parts.read_buf));
         }
         Err(upgraded) => upgraded,
     };

@@ -16,6 +16,7 @@ mod accept_encoding;
 mod activity;
 mod admin;
 mod buffer;
+mod burst;
 pub mod cli;
 mod compress;
 pub mod config;

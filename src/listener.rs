@@ -234,15 +234,11 @@ async fn handle(
             };
             drop(generation);
             match result {
-                Ok((stream, site)) => {
-                    let tls = stream.get_ref().1;
-                    let tls13 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-                    let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                    metrics.tls_handshake(tls13, resumed);
+                Ok((tls, site)) => {
+                    metrics.tls_handshake(tls.tls13, tls.resumed);
                     let info = ConnInfo::new(client, Some(site), a.https_port);
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let stop = a.stop.clone();
-                    connection::serve(&config, stream, info, h2, stop, handler).await;
+                    connection::serve(&config, tls.records, info, tls.h2, stop, handler).await;
                 }
                 Err(e) => {
                     metrics.tls_failure(e.reason_index());

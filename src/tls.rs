@@ -2,27 +2,32 @@
 //! from the client's SNI through a resolver it is handed (it knows nothing
 //! of sites or routing).
 //!
-//! The handshake reads the ClientHello first ([`LazyConfigAcceptor`]), so a
-//! name no site claims is refused before any certificate is chosen, and each
-//! failure is classified for `switchyard_tls_handshake_failures_total`.
+//! The handshake (`handshake.rs`) reads the ClientHello first, so a name no
+//! site claims is refused before any certificate is chosen, and each
+//! failure is classified for `switchyard_tls_handshake_failures_total`. It
+//! runs on rustls' unbuffered API and hands the finished connection to our
+//! own record layer (`records.rs`): rustls keeps only what derives the next
+//! keys. See `tls/LIFECYCLE.md`.
 //! Session tickets are sealed by the ticketer each configuration is handed:
 //! the shared keys of `[tls] ticket_keys` ([`SharedTicketer`]), else rustls'
 //! own rotating one, kept for the life of the process.
 
+mod handshake;
+mod records;
 mod tickets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::server::{Acceptor, ProducesTickets};
+use rustls::server::ProducesTickets;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::prefixed::Prefixed;
 
+pub(crate) use handshake::Established;
+pub(crate) use records::TlsRecords;
 pub use tickets::{SharedTicketer, TicketKeyError};
 
 /// ALPN protocols offered, in preference order.
@@ -41,8 +46,8 @@ pub fn site_server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    // WebSocket sessions take their TLS 1.3 keys out of rustls once
-    // upgraded (see `websocket::tls_records`).
+    // Every connection's keys leave rustls once the handshake is done
+    // (see `records.rs`).
     config.enable_secret_extraction = true;
     // Tickets for TLS 1.2 and 1.3; the session cache stays for TLS 1.2
     // clients that resume by session ID.
@@ -100,7 +105,7 @@ pub async fn accept<S>(
     mut tcp: Prefixed<TcpStream>,
     resolve: impl Fn(Option<&str>) -> Option<(Arc<ServerConfig>, S)>,
     timeout: Duration,
-) -> Result<(TlsStream<Prefixed<TcpStream>>, S), HandshakeError> {
+) -> Result<(Established, S), HandshakeError> {
     let work = async {
         let mut first = [0u8; 1];
         // Bytes read past a PROXY header already show the first one.
@@ -124,23 +129,13 @@ pub async fn accept<S>(
             }
             return Err(HandshakeError::NotTls);
         }
-        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
-            .await
-            .map_err(|e| classify(&e))?;
-        let hello = start.client_hello();
-        let (config, site) = resolve(hello.server_name()).ok_or(HandshakeError::NoSniMatch)?;
-        let stream = start.into_stream(config).await.map_err(|e| classify(&e))?;
-        Ok((stream, site))
+        let (mut tcp, mut incoming) = tcp.into_parts();
+        let (config, site) = handshake::client_hello(&mut tcp, &mut incoming, resolve).await?;
+        let established = handshake::run(tcp, incoming, config).await?;
+        Ok((established, site))
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(HandshakeError::Timeout),
-    }
-}
-
-fn classify(e: &std::io::Error) -> HandshakeError {
-    match e.kind() {
-        std::io::ErrorKind::InvalidData => HandshakeError::Protocol,
-        _ => HandshakeError::Io,
     }
 }

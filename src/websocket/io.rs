@@ -18,10 +18,9 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_rustls::server::TlsStream;
 
-use super::tls_records::TlsRecords;
 use crate::prefixed::Prefixed;
+use crate::tls::TlsRecords;
 use crate::upstream::Stream;
 
 /// `read`, not tied to hyper's whole read buffer when it is empty (an empty
@@ -32,10 +31,8 @@ fn own(read: Bytes) -> Bytes {
 
 /// The stream under one end of a session.
 enum Inner {
-    /// A downstream TLS 1.3 connection, its records sealed and opened here.
+    /// A downstream TLS connection (our own record layer).
     Records(Box<TlsRecords>),
-    /// A downstream TLS connection left with rustls (TLS 1.2).
-    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
     /// A plain TCP connection (to the backend, or a plain-HTTP client).
     Tcp(TcpStream),
     /// A unix socket connection to the backend.
@@ -52,28 +49,13 @@ pub struct End {
 }
 
 impl End {
-    /// The client's end over TLS (downstream HTTPS): a TLS 1.3 connection's
-    /// record layer is taken over from rustls; `read` is what hyper had
-    /// read past the upgrade.
-    pub(crate) fn client_tls(tls: TlsStream<Prefixed<TcpStream>>, read: Bytes) -> io::Result<Self> {
-        if !TlsRecords::applicable(&tls) {
-            return Ok(End {
-                pre: own(read),
-                inner: Inner::Tls(Box::new(tls)),
-            });
+    /// The client's end over TLS (downstream HTTPS); `read` is what hyper
+    /// had read past the upgrade.
+    pub(crate) fn client_tls(tls: TlsRecords, read: Bytes) -> Self {
+        End {
+            pre: own(read),
+            inner: Inner::Records(Box::new(tls)),
         }
-        let (records, early) = TlsRecords::take_over(tls)?;
-        // What hyper read came before what rustls still held.
-        let pre = match (read.is_empty(), early.is_empty()) {
-            (true, true) => Bytes::new(),
-            (false, true) => read,
-            (true, false) => Bytes::from(early),
-            (false, false) => [&read[..], &early[..]].concat().into(),
-        };
-        Ok(End {
-            pre,
-            inner: Inner::Records(Box::new(records)),
-        })
     }
 
     /// The client's end over plain TCP; `read` is what hyper had read past
@@ -124,7 +106,6 @@ macro_rules! on_inner {
     ($end:expr, $method:ident($($arg:expr),*)) => {
         match &mut $end.get_mut().inner {
             Inner::Records(s) => Pin::new(&mut **s).$method($($arg),*),
-            Inner::Tls(s) => Pin::new(&mut **s).$method($($arg),*),
             Inner::Tcp(s) => Pin::new(s).$method($($arg),*),
             Inner::Unix(s) => Pin::new(s).$method($($arg),*),
             Inner::Upgraded(s) => Pin::new(&mut **s).$method($($arg),*),
@@ -172,7 +153,6 @@ impl AsyncWrite for End {
     fn is_write_vectored(&self) -> bool {
         match &self.inner {
             Inner::Records(s) => s.is_write_vectored(),
-            Inner::Tls(s) => s.is_write_vectored(),
             Inner::Tcp(s) => s.is_write_vectored(),
             Inner::Unix(s) => s.is_write_vectored(),
             Inner::Upgraded(s) => s.is_write_vectored(),

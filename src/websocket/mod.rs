@@ -5,16 +5,16 @@
 //! streams and what the relay needs, by value. See `LIFECYCLE.md`.
 //!
 //! A session is built to cost little while it is idle, since most are:
-//! `io` unwraps hyper's upgraded connections to the streams underneath,
-//! `tls_records` takes a TLS 1.3 client's record layer over from rustls,
-//! and [`relay`] holds buffers only while bytes are in flight. An idle TLS
-//! session holds its two sockets, its two AEAD keys and about 2 KiB of
-//! relay and task state (bench case e: under 5 KiB in all).
+//! `io` unwraps hyper's upgraded connections to the streams underneath
+//! (downstream TLS is our own record layer, `tls::TlsRecords`, with no
+//! rustls buffers), and [`relay`] holds buffers only while bytes are in
+//! flight. An idle TLS session holds its two sockets, its two AEAD keys,
+//! rustls' kernel connection and about 2 KiB of relay and task state
+//! (bench case e: under 5 KiB in all).
 
 pub mod frame;
 mod io;
 pub(crate) mod relay;
-mod tls_records;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
@@ -24,28 +24,6 @@ pub use io::End;
 /// Turns the client's side of hyper's upgrade into a session [`End`]; the
 /// downstream connection knows its own stream types, so it provides this.
 pub type EndFromUpgrade = fn(hyper::upgrade::Upgraded) -> std::io::Result<End>;
-
-/// The smallest buffer a burst gets, and the room it has past what its
-/// first read brought.
-const BURST_MIN: usize = 256;
-const BURST_MARGIN: usize = 64;
-
-/// The buffer for a burst whose first read, into a `probe`-byte stack
-/// buffer, brought `got`: `got` at its front, sized just past it (a cheap
-/// allocation with little to zero), or `bulk` bytes when the probe filled.
-fn burst_buffer(got: &[u8], probe: usize, bulk: usize) -> Vec<u8> {
-    let size = if got.len() >= probe {
-        bulk
-    } else {
-        (got.len() + BURST_MARGIN)
-            .next_power_of_two()
-            .clamp(BURST_MIN, probe)
-    };
-    let mut buf = Vec::with_capacity(size);
-    buf.extend_from_slice(got);
-    buf.resize(size, 0);
-    buf
-}
 
 /// What kind of upgrade a request asks for.
 #[derive(Debug, PartialEq, Eq)]

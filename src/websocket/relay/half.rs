@@ -341,7 +341,12 @@ impl Half {
                 Poll::Ready(Ok(n)) => self.filled += n,
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(direction = ?self.dir, error = %e, "WebSocket read failed");
-                    return Poll::Ready(self.source_ended(HalfEvent::ReadError));
+                    let event = if e.kind() == io::ErrorKind::InvalidData {
+                        HalfEvent::Refused
+                    } else {
+                        HalfEvent::ReadError
+                    };
+                    return Poll::Ready(self.source_ended(event));
                 }
                 Poll::Pending => {
                     if self.filled == 0 && !self.buf.is_empty() {
@@ -473,7 +478,7 @@ impl Half {
                 // A small message gets a buffer just past its size; one
                 // that fills the probe is bulk data (and the buffer grows
                 // further below while bursts keep filling it).
-                self.buf = crate::websocket::burst_buffer(got, PROBE_SIZE, BUF_SIZE);
+                self.buf = crate::burst::buffer(got, PROBE_SIZE, BUF_SIZE);
             }
             return Poll::Ready(Ok(got.len()));
         }

@@ -25,6 +25,9 @@ pub(super) enum HalfEvent {
     Eof,
     /// Reading the source failed.
     ReadError,
+    /// The source's stream refused what it read: a TLS record that does
+    /// not open, or a client past its keys' confidentiality limit.
+    Refused,
     /// Writing the destination failed.
     WriteError,
 }
@@ -256,6 +259,19 @@ impl Plan {
             (true, true) => Plan::client_gone(RelayEnd::CloseHandshake),
             (false, false) => Plan::upstream_gone(RelayEnd::UpstreamGone, draining),
             (false, true) => Plan::upstream_gone_closing(RelayEnd::CloseHandshake),
+        }
+    }
+
+    /// The client's TLS records were refused: the backend gets 1011 (the
+    /// session failed, the client did not leave), the client's socket is
+    /// shut down (its record layer sends the closing alert).
+    pub(super) fn client_refused() -> Self {
+        Plan {
+            to_client: None,
+            to_upstream: Some(CLOSE_INTERNAL_ERROR),
+            await_replies: false,
+            upstream_first: false,
+            end: RelayEnd::ClientGone,
         }
     }
 

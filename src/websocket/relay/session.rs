@@ -291,7 +291,10 @@ impl Session {
                 tracing::debug!(direction = ?dir, %error, "WebSocket protocol violation");
                 Some(Plan::violation(error, dir))
             }
-            HalfEvent::Eof | HalfEvent::ReadError | HalfEvent::WriteError => {
+            HalfEvent::Refused if dir == Direction::ClientToUpstream && at.close.is_none() => {
+                Some(Plan::client_refused())
+            }
+            HalfEvent::Eof | HalfEvent::ReadError | HalfEvent::Refused | HalfEvent::WriteError => {
                 Some(Plan::side_gone(dir, event, at.close.is_some(), draining))
             }
         }
