@@ -965,7 +965,8 @@ async fn messages_of_every_size_class_arrive_intact() {
 
 #[tokio::test]
 async fn tls12_sessions_relay_like_tls13_ones() {
-    // TLS 1.3 sessions leave rustls after the upgrade; TLS 1.2 ones stay.
+    // TLS 1.2 sessions run on the same record layer (keys from rustls,
+    // no key updates in 1.2).
     let _g = EXCLUSIVE.read().await;
     let backend = WsBackend::start().await;
     let s = setup(backend.addr, "").await;
@@ -1873,4 +1874,184 @@ async fn vanished_backend_closes_the_client_with_1011() {
     .await
     .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+}
+
+// ---------------------------------------------------------------------------
+// 5. TLS key updates on relayed sessions (issue 18)
+// ---------------------------------------------------------------------------
+
+/// A client TLS stream that sends a `KeyUpdate` (asking for one in return)
+/// before its next write whenever `refresh` is set: the same thing a
+/// browser's TLS stack does on its own, on demand.
+struct Refreshing {
+    tls: TlsStream,
+    refresh: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncRead for Refreshing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Refreshing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::sync::atomic::Ordering;
+        if self.refresh.swap(false, Ordering::SeqCst) {
+            self.tls.get_mut().1.refresh_traffic_keys().unwrap();
+            self.sent.fetch_add(1, Ordering::SeqCst);
+        }
+        std::pin::Pin::new(&mut self.tls).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Echoes `rounds` messages of varying sizes over `ws`, a key update
+/// asked for before each one (`refresh`), and checks every echo.
+async fn echo_through_key_updates<S>(
+    ws: &mut WebSocketStream<S>,
+    refresh: &std::sync::atomic::AtomicBool,
+    rounds: usize,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for round in 0..rounds {
+        refresh.store(true, std::sync::atomic::Ordering::SeqCst);
+        let b = binary_of(1 + round * 7919 % 70_000);
+        within("send", WAIT, ws.send(Message::binary(b.clone())))
+            .await
+            .unwrap();
+        match recv(ws, WAIT).await {
+            Message::Binary(got) => assert_same(&format!("round {round}"), &got, &b),
+            other => panic!("round {round}: got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_key_updates_mid_session_lose_nothing() {
+    // A TLS 1.3 client that updates its keys (asking for ours too) before
+    // every message, a hundred times in a row: the proxy follows each
+    // update, answers it, and relays every message in order.
+    let _g = EXCLUSIVE.read().await;
+    let backend = WsBackend::start().await;
+    let s = setup(backend.addr, "").await;
+    let tls = within("TLS connect", WAIT, s.tls()).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let refresh = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = Refreshing {
+        tls,
+        refresh: refresh.clone(),
+        sent: sent.clone(),
+    };
+    let req = "wss://ws.test/ws/keys".into_client_request().unwrap();
+    let (mut ws, _) = within(
+        "WebSocket handshake",
+        WAIT,
+        tokio_tungstenite::client_async_with_config(req, io, Some(ws_config())),
+    )
+    .await
+    .unwrap();
+    echo_through_key_updates(&mut ws, &refresh, 100).await;
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 100);
+    assert_eq!(close_with(&mut ws, 1000).await, Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_key_updates_on_an_http2_connection_carrying_websockets() {
+    // RFC 8441: the key updates are the HTTP/2 connection's; two sessions
+    // on it keep relaying through a hundred of them.
+    let _g = EXCLUSIVE.read().await;
+    let backend = WsBackend::start().await;
+    let s = setup(backend.addr, "").await;
+    let tls = within(
+        "TLS connect",
+        WAIT,
+        tls_connect(&s.pki, s.proxy.https, "ws.test", &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    let refresh = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = Refreshing {
+        tls,
+        refresh: refresh.clone(),
+        sent: sent.clone(),
+    };
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut sessions = Vec::new();
+    for path in ["/ws/h2-keys-one", "/ws/h2-keys-two"] {
+        within("ready", WAIT, send.ready()).await.unwrap();
+        let mut resp = within("CONNECT", WAIT, send.send_request(h2_connect_request(path)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let upgraded = within("upgrade", WAIT, hyper::upgrade::on(&mut resp))
+            .await
+            .unwrap();
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Client,
+            Some(ws_config()),
+        )
+        .await;
+        sessions.push(ws);
+    }
+    for ws in sessions.iter_mut() {
+        echo_through_key_updates(ws, &refresh, 50).await;
+    }
+    assert!(sent.load(std::sync::atomic::Ordering::SeqCst) >= 90);
+    for mut ws in sessions {
+        assert_eq!(close_with(&mut ws, 1000).await, Some(1000));
+    }
+}
+
+#[tokio::test]
+async fn a_client_record_that_does_not_open_ends_the_session_with_1011_upstream() {
+    // The record layer refuses the client's bytes: the backend hears 1011
+    // (the session failed), not 1001 (the client left).
+    let _g = EXCLUSIVE.read().await;
+    let backend = WsBackend::start().await;
+    let s = setup(backend.addr, "").await;
+    let mut ws = connect(&s, "/ws/forged").await;
+    within("send", WAIT, ws.send(Message::text("fine")))
+        .await
+        .unwrap();
+    assert!(matches!(recv(&mut ws, WAIT).await, Message::Text(_)));
+    let conn = backend.wait_for(Ev::Text("fine".into())).await;
+    // A forged application-data record, straight onto the TCP stream.
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend([0x5a; 40]);
+    ws.get_mut().get_mut().0.write_all(&forged).await.unwrap();
+    backend.wait_for_on(conn, Ev::Close(Some(1011))).await;
 }
