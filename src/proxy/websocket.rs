@@ -151,7 +151,7 @@ fn accepted(
             max_message_bytes: route.max_message_bytes,
             extensions,
         },
-        record: cx.record.clone(),
+        record: cx.record.detached(),
         method,
         status: rparts.status.as_u16(),
         client_end: cx.conn.upgraded_end(),
