@@ -31,9 +31,11 @@ fn log_lines_with(needle: &str) -> Vec<String> {
 async fn wait_for_log(parts: &[&str]) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
+        // A backend's ephemeral port can be a later proxy's listener port:
+        // that proxy's "listening" line is not about the backend.
         if let Some(l) = log_lines_with(parts[0])
             .into_iter()
-            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .find(|l| !l.contains(" listening ") && parts.iter().all(|p| l.contains(p)))
         {
             return l;
         }
