@@ -47,9 +47,35 @@ impl Coding {
     }
 }
 
+/// The codings a client takes, most preferred first: at most the three
+/// there are, held inline (parsed for every request on a files or
+/// compressing route, so it allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Codings {
+    list: [Coding; 3],
+    len: usize,
+}
+
+impl Default for Codings {
+    fn default() -> Self {
+        Codings {
+            list: Coding::ALL,
+            len: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for Codings {
+    type Target = [Coding];
+
+    fn deref(&self) -> &[Coding] {
+        &self.list[..self.len]
+    }
+}
+
 /// The codings `headers` accepts, most preferred first; empty when the
 /// client sent no Accept-Encoding or accepts none of ours.
-pub(crate) fn preferred(headers: &HeaderMap) -> Vec<Coding> {
+pub(crate) fn preferred(headers: &HeaderMap) -> Codings {
     // Quality of each coding in thousandths (q has three decimals at most),
     // None where the header does not name it.
     let mut q: [Option<u16>; 3] = [None; 3];
@@ -69,25 +95,39 @@ pub(crate) fn preferred(headers: &HeaderMap) -> Vec<Coding> {
                 .unwrap_or(Some(1000));
             // A malformed q refuses the coding rather than guessing.
             let quality = quality.unwrap_or(0);
-            let slot = match name.to_ascii_lowercase().as_str() {
-                "zstd" => &mut q[0],
-                "br" => &mut q[1],
-                "gzip" | "x-gzip" => &mut q[2],
-                "*" => &mut any,
-                _ => continue,
+            let slot = if name.eq_ignore_ascii_case("zstd") {
+                &mut q[0]
+            } else if name.eq_ignore_ascii_case("br") {
+                &mut q[1]
+            } else if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                &mut q[2]
+            } else if name == "*" {
+                &mut any
+            } else {
+                continue;
             };
             *slot = Some(quality);
         }
     }
-    let mut ranked: Vec<(u16, usize)> = (0..3)
-        .filter_map(|i| {
-            let quality = q[i].or(any)?;
-            (quality > 0).then_some((quality, i))
-        })
-        .collect();
-    // Higher quality first; the stable sort keeps zstd, br, gzip among equals.
-    ranked.sort_by_key(|&(quality, _)| std::cmp::Reverse(quality));
-    ranked.into_iter().map(|(_, i)| Coding::ALL[i]).collect()
+    // Higher quality first; ties keep zstd, br, gzip (the order of ALL):
+    // an insertion sort of at most three.
+    let mut out = Codings::default();
+    let mut quals = [0u16; 3];
+    for (i, coding) in Coding::ALL.into_iter().enumerate() {
+        let Some(quality) = q[i].or(any).filter(|&q| q > 0) else {
+            continue;
+        };
+        let mut at = out.len;
+        while at > 0 && quals[at - 1] < quality {
+            out.list[at] = out.list[at - 1];
+            quals[at] = quals[at - 1];
+            at -= 1;
+        }
+        out.list[at] = coding;
+        quals[at] = quality;
+        out.len += 1;
+    }
+    out
 }
 
 /// A qvalue (`0`, `0.5`, `1.000`) in thousandths; None if malformed.
@@ -117,7 +157,7 @@ mod tests {
     fn prefs(v: &str) -> Vec<Coding> {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
-        preferred(&h)
+        preferred(&h).to_vec()
     }
 
     #[test]

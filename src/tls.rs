@@ -129,9 +129,10 @@ pub async fn accept<S>(
             }
             return Err(HandshakeError::NotTls);
         }
-        let (mut tcp, mut incoming) = tcp.into_parts();
-        let (config, site) = handshake::client_hello(&mut tcp, &mut incoming, resolve).await?;
-        let established = handshake::run(tcp, incoming, config).await?;
+        let (mut tcp, ahead) = tcp.into_parts();
+        let mut input = handshake::Incoming::new(ahead);
+        let (config, site) = handshake::client_hello(&mut tcp, &mut input, resolve).await?;
+        let established = handshake::run(tcp, input, config).await?;
         Ok((established, site))
     };
     match tokio::time::timeout(timeout, work).await {

@@ -19,7 +19,7 @@ pub(crate) use codec::Encoder;
 
 /// Bodies shorter than this are sent as they are: the encoding would cost
 /// more than it saves.
-pub(crate) const MIN_LENGTH: u64 = 1024;
+const MIN_LENGTH: u64 = 1024;
 
 /// Whether a response is one to compress (for a client that takes a
 /// coding, and a method other than HEAD): a 200 of a textual type, not
@@ -30,20 +30,24 @@ pub(crate) fn eligible(status: StatusCode, headers: &HeaderMap, length: Option<u
     if status != StatusCode::OK
         || headers.contains_key(header::CONTENT_ENCODING)
         || headers.contains_key(header::CONTENT_RANGE)
-        || length.is_some_and(|n| n < MIN_LENGTH)
     {
         return false;
     }
-    let textual = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_textual);
-    textual && !no_transform(headers)
+    worth_it(headers.get(header::CONTENT_TYPE), length) && !no_transform(headers)
+}
+
+/// Whether a body of this type and length is worth encoding: textual, and
+/// at least [`MIN_LENGTH`] long (or of unknown length).
+pub(crate) fn worth_it(content_type: Option<&HeaderValue>, length: Option<u64>) -> bool {
+    length.is_none_or(|n| n >= MIN_LENGTH)
+        && content_type
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_textual)
 }
 
 /// Whether a Content-Type is text worth compressing: `text/*` but event
 /// streams (which must not be held back), JSON, JavaScript, XML and SVG.
-pub(crate) fn is_textual(content_type: &str) -> bool {
+fn is_textual(content_type: &str) -> bool {
     let media = content_type
         .split(';')
         .next()

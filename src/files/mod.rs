@@ -315,12 +315,8 @@ impl Files {
     fn compressed_at_proxy(&self, found: &Found, codings: &[Coding]) -> bool {
         self.compress
             && found.coding.is_none()
-            && found.meta.len() >= crate::compress::MIN_LENGTH
-            && found
-                .content_type
-                .to_str()
-                .is_ok_and(crate::compress::is_textual)
             && !codings.is_empty()
+            && crate::compress::worth_it(Some(&found.content_type), Some(found.meta.len()))
     }
 }
 

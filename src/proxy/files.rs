@@ -11,10 +11,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use super::response::{compressed, finish_plain};
+use super::response::{Kept, compressed, finish_plain};
 use super::{Ctx, Finish, ProxyError, Received, ResponseBody};
-use crate::accept_encoding;
-use crate::files::{Files, Served};
+use crate::accept_encoding::{self, Coding};
+use crate::files::{FileBody, Files, Served};
 use crate::pool::Lease;
 use crate::routing::Route;
 use crate::upstream::{Body, Pulled, Server};
@@ -54,18 +54,13 @@ pub(super) fn direct(
     );
     let result = match served {
         Served::Response(mut resp) => {
-            if req.version() < http::Version::HTTP_2 && !http_body::Body::is_end_stream(req.body())
-            {
+            if super::body_unread(&req) {
                 // The body is never read: see `handle`'s error path.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            let mut resp = resp.map(Body::from);
-            // A file's 304 already carries what its 200 would (see files::Files).
-            if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
-                resp = compressed(route, req.method(), &codings, resp);
-            }
             let method = req.method().clone();
+            let resp = outgoing(route, files, &method, &codings, resp);
             let finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, None);
             Ok(finish_plain(resp, finish))
         }
@@ -75,6 +70,23 @@ pub(super) fn direct(
         other => Err(refusal(other)),
     };
     Direct::Answered(result)
+}
+
+/// A file response as it goes out: compressed if its files route says so
+/// (a file's 304 already carries what its 200 would, see `files::Files`).
+fn outgoing(
+    route: &Route,
+    files: &Files,
+    method: &Method,
+    codings: &[Coding],
+    resp: Response<FileBody>,
+) -> Response<Body> {
+    let resp = resp.map(Body::from);
+    if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
+        compressed(route, method, codings, resp)
+    } else {
+        resp
+    }
 }
 
 /// The error for a request that was not served from disk.
@@ -87,8 +99,9 @@ fn refusal(served: Served) -> ProxyError {
     }
 }
 
-/// The client's request headers a file response depends on, kept while
-/// the request goes to the pool in case it answers with X-Accel-Redirect.
+/// The client's conditional and range headers, kept while the request
+/// goes to the pool in case it answers with X-Accel-Redirect (its
+/// Accept-Encoding is kept parsed, in [`Kept`]).
 pub(super) fn saved_headers(route: &Route, headers: &HeaderMap) -> Option<HeaderMap> {
     if route.site_files.is_empty() {
         return None;
@@ -101,7 +114,6 @@ pub(super) fn saved_headers(route: &Route, headers: &HeaderMap) -> Option<Header
         header::IF_NONE_MATCH,
         header::IF_MODIFIED_SINCE,
         header::IF_UNMODIFIED_SINCE,
-        header::ACCEPT_ENCODING,
     ] {
         for v in headers.get_all(&name) {
             saved.append(name.clone(), v.clone());
@@ -122,17 +134,18 @@ const KEPT: [HeaderName; 5] = [
 /// Serves the file a pool response named in `X-Accel-Redirect`: the
 /// upstream body is dropped and the slot released first (the worker is
 /// done), then the file comes from the site's files route matching that
-/// path, internal or not, with the client's conditionals and range, under
-/// the pool's own Content-Type, Content-Disposition, Cache-Control,
-/// Set-Cookie and Expires. The last argument holds the queue wait and
-/// request bytes, for the log, and the client's headers ([`saved_headers`]).
+/// path, internal or not, with the client's conditionals and range
+/// (`kept`), under the pool's own Content-Type, Content-Disposition,
+/// Cache-Control, Set-Cookie and Expires. `waited` holds the queue wait and
+/// request bytes, for the log.
 pub(super) fn accel(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     method: &Method,
     server: &Server,
     (resp, lease): (Response<Pulled>, Lease),
-    (queue_wait, received, saved): (Duration, Received, Option<HeaderMap>),
+    (queue_wait, received): (Duration, Received),
+    kept: Kept,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut upstream, body) = resp.into_parts();
     drop(body);
@@ -149,7 +162,6 @@ pub(super) fn accel(
         );
         ProxyError::AccelTarget(target)
     };
-    let target = &target;
     let Ok(target_str) = std::str::from_utf8(target.as_bytes()) else {
         return Err(bad_target());
     };
@@ -166,10 +178,8 @@ pub(super) fn accel(
     } else {
         Method::GET
     };
-    let empty = HeaderMap::new();
-    let saved = saved.as_ref().unwrap_or(&empty);
-    let codings = accept_encoding::preferred(saved);
-    let mut resp = match files.serve(&method, path, query, saved, &codings) {
+    let saved = kept.accel.unwrap_or_default();
+    let mut resp = match files.serve(&method, path, query, &saved, &kept.codings) {
         Served::Response(resp) => resp,
         other => return Err(refusal(other)),
     };
@@ -183,10 +193,7 @@ pub(super) fn accel(
             }
         }
     }
-    let mut resp = resp.map(Body::from);
-    if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
-        resp = compressed(route, &method, &codings, resp);
-    }
+    let resp = outgoing(route, files, &method, &kept.codings, resp);
     let addr = Some(server.addr.clone());
     let mut finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, addr);
     finish.queue_wait = Some(queue_wait);

@@ -97,8 +97,8 @@ pub(super) async fn forward(
         let (e, lease) = match sent {
             Err(e) => (e, Some(lease)),
             Ok(resp) if resp.headers().contains_key(&files::X_ACCEL_REDIRECT) => {
-                let waited = (queue_wait, received, kept.accel);
-                return files::accel(cx, route, &method, &server, (resp, lease), waited);
+                let waited = (queue_wait, received);
+                return files::accel(cx, route, &method, &server, (resp, lease), waited, kept);
             }
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();

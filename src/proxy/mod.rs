@@ -67,8 +67,7 @@ pub async fn handle(
     let generation = shared.generation.load_full();
     let method = req.method().clone();
     let version = req.version();
-    // An HTTP/1.1 request body the proxy may answer without reading.
-    let body_pending = version < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body());
+    let body_pending = body_unread(&req);
     // Identify the client: the real address, for the backend and the log.
     let real = forwarded::real_client(
         req.headers(),
@@ -116,6 +115,13 @@ pub async fn handle(
         finish.record = Some(record);
     }
     resp
+}
+
+/// Whether `req` has an HTTP/1.1 body that an answer given now would leave
+/// unread: hyper then closes the connection (the body would be taken for
+/// the next request), and the answer must say `Connection: close`.
+fn body_unread(req: &Request<Incoming>) -> bool {
+    req.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body())
 }
 
 /// Drops a response's body, keeping its length in `Content-Length`.

@@ -12,7 +12,7 @@ use http::{Method, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 
 use super::access::{self, AccessRecord};
-use crate::accept_encoding::{self, Coding};
+use crate::accept_encoding::{self, Coding, Codings};
 use crate::compress;
 use crate::pool::Lease;
 use crate::routing::Route;
@@ -21,22 +21,25 @@ use crate::upstream::{Body, BoxError};
 /// What a response still depends on of the client's request, kept while
 /// the request itself goes upstream.
 pub(super) struct Kept {
-    /// Headers for a file an `X-Accel-Redirect` may name (sites with files).
+    /// The conditional and range headers for a file an `X-Accel-Redirect`
+    /// may name (sites with files).
     pub(super) accel: Option<HeaderMap>,
-    /// The codings the client takes, best first (routes with `compress`).
-    pub(super) codings: Vec<Coding>,
+    /// The codings the client takes, best first (routes that compress, or
+    /// whose site has files a redirect may name a precompressed copy of).
+    pub(super) codings: Codings,
 }
 
 impl Kept {
     /// What `route`'s responses may need of a request with these headers.
     pub(super) fn new(route: &Route, headers: &HeaderMap) -> Self {
+        let accel = super::files::saved_headers(route, headers);
         Kept {
-            accel: super::files::saved_headers(route, headers),
-            codings: if route.compress {
+            codings: if route.compress || accel.is_some() {
                 accept_encoding::preferred(headers)
             } else {
-                Vec::new()
+                Codings::default()
             },
+            accel,
         }
     }
 }

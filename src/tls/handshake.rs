@@ -39,12 +39,20 @@ pub(crate) struct Established {
 }
 
 /// Bytes read from the client and not yet consumed by rustls.
-struct Incoming {
+pub(super) struct Incoming {
     buf: Vec<u8>,
     filled: usize,
 }
 
 impl Incoming {
+    /// What has been read so far.
+    pub(super) fn new(buf: Vec<u8>) -> Self {
+        Incoming {
+            filled: buf.len(),
+            buf,
+        }
+    }
+
     /// Reads more from the client (end of stream is an error: the
     /// handshake is not done).
     async fn read_more(&mut self, tcp: &mut TcpStream) -> Result<(), HandshakeError> {
@@ -73,19 +81,14 @@ impl Incoming {
 }
 
 /// Reads the ClientHello and asks `resolve` for the configuration its SNI
-/// names. The bytes read stay in `incoming`, for the connection to read
+/// names. The bytes read stay in `input`, for the connection to read
 /// again.
 pub(super) async fn client_hello<S>(
     tcp: &mut TcpStream,
-    incoming: &mut Vec<u8>,
+    input: &mut Incoming,
     resolve: impl Fn(Option<&str>) -> Option<(Arc<ServerConfig>, S)>,
 ) -> Result<(Arc<ServerConfig>, S), HandshakeError> {
     let mut acceptor = Acceptor::default();
-    let mut input = Incoming {
-        buf: std::mem::take(incoming),
-        filled: 0,
-    };
-    input.filled = input.buf.len();
     let mut fed = 0;
     let accepted = loop {
         while fed < input.filled {
@@ -106,24 +109,17 @@ pub(super) async fn client_hello<S>(
             }
         }
     };
-    let chosen = resolve(accepted.client_hello().server_name());
-    input.buf.truncate(input.filled);
-    *incoming = input.buf;
-    chosen.ok_or(HandshakeError::NoSniMatch)
+    resolve(accepted.client_hello().server_name()).ok_or(HandshakeError::NoSniMatch)
 }
 
-/// Runs the handshake under `config`, `incoming` holding what the client
-/// has sent so far.
+/// Runs the handshake under `config`, `input` holding what the client has
+/// sent so far.
 pub(super) async fn run(
     mut tcp: TcpStream,
-    incoming: Vec<u8>,
+    mut input: Incoming,
     config: Arc<ServerConfig>,
 ) -> Result<Established, HandshakeError> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(|_| HandshakeError::Protocol)?;
-    let mut input = Incoming {
-        filled: incoming.len(),
-        buf: incoming,
-    };
     let mut out = Vec::new();
     // Application data the client sent with its last flight.
     let mut plain = Vec::new();
