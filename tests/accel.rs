@@ -40,20 +40,6 @@ const DOC: &[u8] = b"plain document, identity\n";
 const DOC_GZ: &[u8] = b"DOC-GZIP-SIBLING";
 const HUGE_LEN: usize = 16 << 20;
 
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// The X-Accel-Redirect the app sends for a path, if any.
 fn redirect_for(path: &str) -> Option<&'static str> {
     Some(match path {

@@ -480,6 +480,19 @@ fn assert_identity(r: &Got, plain: &[u8], what: &str) {
     );
 }
 
+/// Asserts `r` is a 304 with the ETag (`etag`) and the Vary (Accept-Encoding)
+/// of the compressed 200 it revalidates.
+#[track_caller]
+fn assert_304_as_its_200(r: &Got, etag: &str, what: &str) {
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{what}");
+    assert_eq!(h(r, "etag"), etag, "{what}: the 304's ETag");
+    assert!(
+        vary(r).contains(&"accept-encoding".to_string()),
+        "{what}: the 304's Vary: {:?}",
+        vary(r)
+    );
+}
+
 // --- 1. compressed responses -------------------------------------------------------
 
 #[tokio::test]
@@ -637,15 +650,9 @@ async fn a_304_from_the_pool_on_a_compress_route_carries_the_weak_etag_and_vary_
         let r = fx
             .send(via, "GET", "/x/status/304", Some("gzip"), &inm)
             .await;
-        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{what}");
         // RFC 9110 §15.4.5: the 304 carries the ETag and Vary the 200 would
         // have had, or a cache cannot match it to the stored gzip response.
-        assert_eq!(h(&r, "etag"), weak, "{what}: the 304's ETag");
-        assert!(
-            vary(&r).contains(&"accept-encoding".to_string()),
-            "{what}: the 304's Vary: {:?}",
-            vary(&r)
-        );
+        assert_304_as_its_200(&r, &weak, &what);
     }
 }
 
@@ -933,6 +940,14 @@ async fn files_fixture() -> FilesFx {
     }
 }
 
+impl FilesFx {
+    async fn get(&self, via: Via, path: &str, headers: &[(&str, &str)]) -> Got {
+        self.site
+            .send(via, "GET", path, headers, Bytes::new())
+            .await
+    }
+}
+
 #[tokio::test]
 async fn a_files_route_compresses_a_css_file_without_sibling_and_revalidates_its_weak_etag() {
     let fx = files_fixture().await;
@@ -940,10 +955,7 @@ async fn a_files_route_compresses_a_css_file_without_sibling_and_revalidates_its
         for coding in CODINGS {
             let what = format!("{via:?} /static/site.css ({coding})");
             let ae = [("accept-encoding", coding)];
-            let r = fx
-                .site
-                .send(via, "GET", "/static/site.css", &ae, Bytes::new())
-                .await;
+            let r = fx.get(via, "/static/site.css", &ae).await;
             assert_compressed(&r, coding, &fx.css, &what);
             let etag = h(&r, "etag").to_owned();
             assert!(
@@ -951,10 +963,7 @@ async fn a_files_route_compresses_a_css_file_without_sibling_and_revalidates_its
                 "{what}: a weak ETag, got {etag:?}"
             );
             let cond = [("accept-encoding", coding), ("if-none-match", &etag)];
-            let r = fx
-                .site
-                .send(via, "GET", "/static/site.css", &cond, Bytes::new())
-                .await;
+            let r = fx.get(via, "/static/site.css", &cond).await;
             assert_eq!(
                 r.status(),
                 StatusCode::NOT_MODIFIED,
@@ -972,26 +981,14 @@ async fn a_304_for_a_compressed_file_carries_the_weak_etag_its_200_had() {
     for via in Via::ALL {
         let what = format!("{via:?} /static/site.css (gzip)");
         let ae = [("accept-encoding", "gzip")];
-        let r = fx
-            .site
-            .send(via, "GET", "/static/site.css", &ae, Bytes::new())
-            .await;
+        let r = fx.get(via, "/static/site.css", &ae).await;
         assert_eq!(h(&r, "content-encoding"), "gzip", "{what}");
         let etag = h(&r, "etag").to_owned();
         let cond = [("accept-encoding", "gzip"), ("if-none-match", &etag)];
-        let r = fx
-            .site
-            .send(via, "GET", "/static/site.css", &cond, Bytes::new())
-            .await;
-        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{what}");
+        let r = fx.get(via, "/static/site.css", &cond).await;
         // RFC 9110 §15.4.5: a 304 carries the ETag (and Vary) the 200 would
         // have had, or a cache takes the strong tag for the gzip bytes.
-        assert_eq!(h(&r, "etag"), etag, "{what}: the 304's ETag");
-        assert!(
-            vary(&r).contains(&"accept-encoding".to_string()),
-            "{what}: the 304's Vary: {:?}",
-            vary(&r)
-        );
+        assert_304_as_its_200(&r, &etag, &what);
     }
 }
 
@@ -1090,18 +1087,12 @@ async fn compressed_responses_are_counted_by_site_route_and_encoding() {
     let files = files_fixture().await;
     for coding in CODINGS {
         let ae = [("accept-encoding", coding)];
-        let r = files
-            .site
-            .send(Via::H1, "GET", "/static/site.css", &ae, Bytes::new())
-            .await;
+        let r = files.get(Via::H1, "/static/site.css", &ae).await;
         assert_eq!(h(&r, "content-encoding"), coding);
     }
     // A sibling is sent, not compressed: not counted.
     let ae = [("accept-encoding", "gzip")];
-    files
-        .site
-        .send(Via::H1, "GET", "/static/sib.css", &ae, Bytes::new())
-        .await;
+    files.get(Via::H1, "/static/sib.css", &ae).await;
     let text = files.site.proxy.metrics().await;
     for coding in CODINGS {
         let encoding = format!("encoding=\"{coding}\"");
@@ -1118,6 +1109,19 @@ async fn compressed_responses_are_counted_by_site_route_and_encoding() {
 }
 
 // --- 7. a very large response ---------------------------------------------------------------
+
+/// A proxy for `c.test` (TLS too) in front of the backend at `a`: `/direct/`
+/// through pool `direct` (`buffering = false`), `/` through pool `web`, both
+/// with `compress` and these `route_extra` lines.
+async fn direct_and_web_site(a: SocketAddr, route_extra: &str) -> TlsSite {
+    let rest = format!(
+        "[pools.web]\nservers = [\"{a}\"]\n\
+         [pools.direct]\nservers = [\"{a}\"]\nbuffering = false\n\
+         [[routes]]\nname = \"direct\"\npath = \"/direct/\"\npool = \"direct\"\ncompress = true\n{route_extra}\
+         [[routes]]\nname = \"app\"\npath = \"/\"\npool = \"web\"\ncompress = true\n{route_extra}"
+    );
+    TlsSite::start(HOST, &rest).await
+}
 
 /// Checks what it is written against `pattern` repeated, and counts it.
 struct Repeated {
@@ -1171,14 +1175,7 @@ async fn a_64_mib_response_streams_through_gzip_and_decodes_to_the_same_bytes() 
             .unwrap()
     })
     .await;
-    let a = backend.addr;
-    let rest = format!(
-        "[pools.web]\nservers = [\"{a}\"]\n\
-         [pools.direct]\nservers = [\"{a}\"]\nbuffering = false\n\
-         [[routes]]\nname = \"direct\"\npath = \"/direct/\"\npool = \"direct\"\ncompress = true\nupstream_response = \"120s\"\n\
-         [[routes]]\nname = \"app\"\npath = \"/\"\npool = \"web\"\ncompress = true\nupstream_response = \"120s\"\n"
-    );
-    let site = TlsSite::start(HOST, &rest).await;
+    let site = direct_and_web_site(backend.addr, "upstream_response = \"120s\"\n").await;
     // Through the default (buffering) pool; one route keeps the time down.
     for path in ["/huge"] {
         let started = std::time::Instant::now();
@@ -1295,14 +1292,7 @@ async fn a_compressed_response_keeps_the_backend_s_trailers_over_h2() {
             .unwrap()
     })
     .await;
-    let a = backend.addr;
-    let rest = format!(
-        "[pools.web]\nservers = [\"{a}\"]\n\
-         [pools.direct]\nservers = [\"{a}\"]\nbuffering = false\n\
-         [[routes]]\nname = \"direct\"\npath = \"/direct/\"\npool = \"direct\"\ncompress = true\n\
-         [[routes]]\nname = \"app\"\npath = \"/\"\npool = \"web\"\ncompress = true\n"
-    );
-    let site = TlsSite::start(HOST, &rest).await;
+    let site = direct_and_web_site(backend.addr, "").await;
     for path in ["/t", "/direct/t"] {
         for coding in CODINGS {
             let what = format!("H2 GET {path} ({coding})");

@@ -15,10 +15,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use common::*;
-use http::{Response, StatusCode};
+use http::StatusCode;
 use http_body_util::Full;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const HOST: &str = "f.test";
 /// Every file's modification time (2023-11-14T22:13:20Z).
@@ -116,17 +114,6 @@ impl Fx {
             .await
     }
 
-    async fn send_body(
-        &self,
-        via: Via,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Got {
-        self.site.send(via, method, path, headers, body).await
-    }
-
     async fn get(&self, via: Via, path: &str, headers: &[(&str, &str)]) -> Got {
         self.send(via, "GET", path, headers).await
     }
@@ -219,7 +206,8 @@ async fn other_methods_get_405_on_a_files_route_and_go_to_the_pool_on_a_mixed_on
         for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
             let what = format!("{via:?} {method} /static/a.css");
             let r = fx
-                .send_body(via, method, "/static/a.css", &[], Bytes::from("x=1"))
+                .site
+                .send(via, method, "/static/a.css", &[], Bytes::from("x=1"))
                 .await;
             assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{what}");
             assert_eq!(h(&r, "allow"), "GET, HEAD", "{what}");
@@ -239,7 +227,8 @@ async fn other_methods_get_405_on_a_files_route_and_go_to_the_pool_on_a_mixed_on
     // path that is a file.
     for via in [Via::Plain, Via::H2] {
         let r = fx
-            .send_body(
+            .site
+            .send(
                 via,
                 "POST",
                 "/mixed/exists.txt",
@@ -584,18 +573,11 @@ async fn a_missing_file_on_a_mixed_route_goes_to_the_pool_and_a_file_does_not() 
 #[tokio::test]
 async fn a_file_request_never_takes_a_pool_slot() {
     // The backend holds every request until released.
-    let (tx, mut seen) = mpsc::unbounded_channel::<String>();
-    let release = CancellationToken::new();
-    let token = release.clone();
-    let pool = Backend::with(move |s| {
-        let (tx, token) = (tx.clone(), token.clone());
-        async move {
-            let _ = tx.send(s.uri.path().to_owned());
-            token.cancelled().await;
-            Response::new(Full::new(Bytes::from("late")))
-        }
-    })
-    .await;
+    let Held {
+        backend: pool,
+        mut seen,
+        release,
+    } = Held::new().await;
     // One slot; a queued request would wait far beyond WAIT.
     let fx = fixture(pool.addr, "max_in_flight = 1\nqueue_timeout = \"60s\"").await;
     let held = tokio::spawn({
@@ -681,25 +663,11 @@ async fn head_of_a_missing_file_is_a_404_without_a_body_over_h1_and_h2() {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[tokio::test]
 async fn a_64_mib_file_arrives_whole_over_h1_and_h2() {
     let pool = Backend::named(POOL).await;
     let fx = fixture(pool.addr, "").await;
-    let data = noise(64 << 20);
+    let data = noise(64 << 20, 0x9E37_79B9_7F4A_7C15);
     write_file(fx.root.path(), "big/video.bin", &data);
     for via in ALL {
         let r = fx.get(via, "/static/big/video.bin", &[]).await;
@@ -889,16 +857,7 @@ async fn many_file_responses_share_one_connection_with_correct_framing() {
             .unwrap_or_else(|e| panic!("after {method} {path}: {e}"));
     }
     // HTTP/2: all at once, as concurrent streams on one connection.
-    let tls = tls_connect(&fx.site.pki, fx.site.proxy.https, HOST, &[b"h2"])
-        .await
-        .unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let send = h2_connect(&fx.site.pki, fx.site.proxy.https, HOST).await;
     let mut tasks = Vec::new();
     for (method, path, headers, status, body) in exchanges.iter().filter(|e| e.0 != "HEAD") {
         let mut b = http::Request::builder()

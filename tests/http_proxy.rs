@@ -185,16 +185,7 @@ async fn h1_and_h2_downstream_both_reach_the_pool_over_http1() {
 async fn many_concurrent_h2_streams_on_one_connection_all_complete() {
     let (ar, aa, b) = three().await;
     let s = setup(&ar, &aa, &b, "").await;
-    let tls = tls_connect(&s.pki, s.proxy.https, "a.test", &[b"h2"])
-        .await
-        .unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let send = h2_connect(&s.pki, s.proxy.https, "a.test").await;
     let mut streams = Vec::new();
     for i in 0..200 {
         let mut send = send.clone();
@@ -746,16 +737,7 @@ async fn trailers_pass_through_both_ways() {
             .header("trailer", "x-req-sum")
             .body(StreamBody::new(futures_util::stream::iter(frames)))
             .unwrap();
-        let tls = tls_connect(&pki, proxy.https, "a.test", &[b"h2"])
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2_connect(&pki, proxy.https, "a.test").await;
         let resp = tokio::time::timeout(WAIT, send.send_request(req))
             .await
             .unwrap()

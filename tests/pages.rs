@@ -9,42 +9,13 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const PAGE_502: &str = "<h1>We will be right back</h1>\n";
 const PAGE_503: &str = "<h1>Too busy, try again</h1>\n";
 const HTML: &str = "text/html; charset=utf-8";
 
-/// A backend that answers `late` only once released.
-struct Held {
-    backend: Backend,
-    /// The path of each request it has received.
-    seen: mpsc::UnboundedReceiver<String>,
-    release: CancellationToken,
-}
-
+/// `Held` (common): a backend that answers `late` only once released.
 impl Held {
-    async fn new() -> Held {
-        let (tx, seen) = mpsc::unbounded_channel();
-        let release = CancellationToken::new();
-        let token = release.clone();
-        let backend = Backend::with(move |s| {
-            let (tx, token) = (tx.clone(), token.clone());
-            async move {
-                let _ = tx.send(s.uri.path().to_owned());
-                token.cancelled().await;
-                Response::new(Full::new(Bytes::from("late")))
-            }
-        })
-        .await;
-        Held {
-            backend,
-            seen,
-            release,
-        }
-    }
-
     /// A proxy whose site has the error pages and a pool `held` of this
     /// backend (with `pool_extra`), and these routes.
     async fn proxy(&self, pool_extra: &str, routes: &str) -> (ConfigDir, Proxy) {

@@ -258,16 +258,7 @@ async fn an_http2_websocket_session_relays_to_a_unix_backend() {
     ])
     .await;
 
-    let tls = tls_connect(&s.pki, s.proxy.https, "u.test", &[b"h2"])
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_connect::<Full<Bytes>>(&s.pki, s.proxy.https, "u.test").await;
     // A response first: the server's SETTINGS (extended CONNECT allowed)
     // have been applied once it arrived.
     let probe = Request::get("https://u.test/app/")

@@ -13,6 +13,7 @@ mod common;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -371,10 +372,15 @@ const ROUTE: &str = "route=\"sockets\"";
 impl Setup {
     /// A TLS connection to the proxy's https listener offering http/1.1.
     async fn tls(&self) -> std::io::Result<TlsStream> {
+        self.tls_with(self.h1_tls.clone()).await
+    }
+
+    /// A TLS connection to the proxy's https listener with this client config.
+    async fn tls_with(&self, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsStream> {
         let tcp = TcpStream::connect(self.proxy.https).await?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from("ws.test").unwrap();
-        tokio_rustls::TlsConnector::from(self.h1_tls.clone())
+        tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
     }
@@ -424,6 +430,24 @@ async fn try_connect(
         );
     }
     tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config())).await
+}
+
+/// A tungstenite client handshake for `wss://ws.test{path}` over `io`.
+async fn handshake_over<S>(io: S, path: &str) -> WebSocketStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = format!("wss://ws.test{path}")
+        .into_client_request()
+        .unwrap();
+    within(
+        "WebSocket handshake",
+        WAIT,
+        tokio_tungstenite::client_async_with_config(req, io, Some(ws_config())),
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 async fn connect(s: &Setup, path: &str) -> Client {
@@ -506,6 +530,20 @@ where
 
 fn text_of(n: usize) -> String {
     (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect()
+}
+
+/// Sends `b` as a binary message and checks its echo, each within `limit`.
+async fn echo_binary<S>(ws: &mut WebSocketStream<S>, b: &[u8], what: &str, limit: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    within("send", limit, ws.send(Message::binary(b.to_vec())))
+        .await
+        .unwrap();
+    match recv(ws, limit).await {
+        Message::Binary(got) => assert_same(what, &got, b),
+        other => panic!("{what}: got {other:?}"),
+    }
 }
 
 fn binary_of(n: usize) -> Vec<u8> {
@@ -729,6 +767,16 @@ fn upgrade_request(path: &str, key: Option<&str>, version: &str) -> Request<Full
     b.body(Full::new(Bytes::new())).unwrap()
 }
 
+/// A WebSocket client session on the stream of an extended CONNECT's 200.
+async fn h2_session(
+    resp: &mut http::Response<hyper::body::Incoming>,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let upgraded = within("upgrade", WAIT, hyper::upgrade::on(resp))
+        .await
+        .unwrap();
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, Some(ws_config())).await
+}
+
 /// An HTTP/2 connection to the proxy (ALPN h2) whose SETTINGS allowed
 /// extended CONNECT.
 async fn h2_client(s: &Setup) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
@@ -947,14 +995,7 @@ async fn messages_of_every_size_class_arrive_intact() {
             }
             other => panic!("text of {n}: got {other:?}"),
         }
-        let b = binary_of(n);
-        within("send binary", LONG, ws.send(Message::binary(b.clone())))
-            .await
-            .unwrap();
-        match recv(&mut ws, LONG).await {
-            Message::Binary(got) => assert_same(&format!("binary of {n}"), &got, &b),
-            other => panic!("binary of {n}: got {other:?}"),
-        }
+        echo_binary(&mut ws, &binary_of(n), &format!("binary of {n}"), LONG).await;
     }
     eprintln!(
         "size classes up to 16 MiB echoed in {:?}",
@@ -970,45 +1011,19 @@ async fn tls12_sessions_relay_like_tls13_ones() {
     let _g = EXCLUSIVE.read().await;
     let backend = WsBackend::start().await;
     let s = setup(backend.addr, "").await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(s.pki.ca_der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls12 = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls12.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(s.proxy.https).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("ws.test").unwrap();
-    let tls = within(
-        "TLS 1.2 handshake",
-        WAIT,
-        tokio_rustls::TlsConnector::from(Arc::new(tls12)).connect(name, tcp),
-    )
-    .await
-    .unwrap();
+    let tls12 = s
+        .pki
+        .client_config_for(&[&rustls::version::TLS12], &[b"http/1.1"]);
+    let tls = within("TLS 1.2 handshake", WAIT, s.tls_with(tls12))
+        .await
+        .unwrap();
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    let req = "wss://ws.test/ws/tls12".into_client_request().unwrap();
-    let (mut ws, _) = within(
-        "WebSocket handshake",
-        WAIT,
-        tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config())),
-    )
-    .await
-    .unwrap();
+    let mut ws = handshake_over(tls, "/ws/tls12").await;
     for n in [5, 70_000] {
-        let b = binary_of(n);
-        within("send", WAIT, ws.send(Message::binary(b.clone())))
-            .await
-            .unwrap();
-        match recv(&mut ws, WAIT).await {
-            Message::Binary(got) => assert_same(&format!("binary of {n}"), &got, &b),
-            other => panic!("binary of {n}: got {other:?}"),
-        }
+        echo_binary(&mut ws, &binary_of(n), &format!("binary of {n}"), WAIT).await;
     }
     assert_eq!(close_with(&mut ws, 1000).await, Some(1000));
 }
@@ -1313,16 +1328,7 @@ async fn http2_extended_connect_end_to_end() {
             !h.contains_key("upgrade") && !h.contains_key("connection"),
             "{h:?}"
         );
-        let upgraded = within("upgrade", WAIT, hyper::upgrade::on(&mut resp))
-            .await
-            .unwrap();
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Client,
-            Some(ws_config()),
-        )
-        .await;
-        sessions.push(ws);
+        sessions.push(h2_session(&mut resp).await);
     }
 
     // The backend got ordinary HTTP/1.1 upgrades.
@@ -1885,8 +1891,23 @@ async fn vanished_backend_closes_the_client_with_1011() {
 /// browser's TLS stack does on its own, on demand.
 struct Refreshing {
     tls: TlsStream,
-    refresh: Arc<std::sync::atomic::AtomicBool>,
-    sent: Arc<std::sync::atomic::AtomicUsize>,
+    refresh: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Refreshing {
+    /// `tls`, with the flag that asks for a key update before the next
+    /// write and the count of updates sent.
+    fn new(tls: TlsStream) -> (Refreshing, Arc<AtomicBool>, Arc<AtomicUsize>) {
+        let refresh = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let io = Refreshing {
+            tls,
+            refresh: refresh.clone(),
+            sent: sent.clone(),
+        };
+        (io, refresh, sent)
+    }
 }
 
 impl AsyncRead for Refreshing {
@@ -1905,7 +1926,6 @@ impl AsyncWrite for Refreshing {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::sync::atomic::Ordering;
         if self.refresh.swap(false, Ordering::SeqCst) {
             self.tls.get_mut().1.refresh_traffic_keys().unwrap();
             self.sent.fetch_add(1, Ordering::SeqCst);
@@ -1932,21 +1952,15 @@ impl AsyncWrite for Refreshing {
 /// asked for before each one (`refresh`), and checks every echo.
 async fn echo_through_key_updates<S>(
     ws: &mut WebSocketStream<S>,
-    refresh: &std::sync::atomic::AtomicBool,
+    refresh: &AtomicBool,
     rounds: usize,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for round in 0..rounds {
-        refresh.store(true, std::sync::atomic::Ordering::SeqCst);
+        refresh.store(true, Ordering::SeqCst);
         let b = binary_of(1 + round * 7919 % 70_000);
-        within("send", WAIT, ws.send(Message::binary(b.clone())))
-            .await
-            .unwrap();
-        match recv(ws, WAIT).await {
-            Message::Binary(got) => assert_same(&format!("round {round}"), &got, &b),
-            other => panic!("round {round}: got {other:?}"),
-        }
+        echo_binary(ws, &b, &format!("round {round}"), WAIT).await;
     }
 }
 
@@ -1963,23 +1977,10 @@ async fn client_key_updates_mid_session_lose_nothing() {
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    let refresh = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let io = Refreshing {
-        tls,
-        refresh: refresh.clone(),
-        sent: sent.clone(),
-    };
-    let req = "wss://ws.test/ws/keys".into_client_request().unwrap();
-    let (mut ws, _) = within(
-        "WebSocket handshake",
-        WAIT,
-        tokio_tungstenite::client_async_with_config(req, io, Some(ws_config())),
-    )
-    .await
-    .unwrap();
+    let (io, refresh, sent) = Refreshing::new(tls);
+    let mut ws = handshake_over(io, "/ws/keys").await;
     echo_through_key_updates(&mut ws, &refresh, 100).await;
-    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 100);
+    assert_eq!(sent.load(Ordering::SeqCst), 100);
     assert_eq!(close_with(&mut ws, 1000).await, Some(1000));
 }
 
@@ -1997,13 +1998,7 @@ async fn client_key_updates_on_an_http2_connection_carrying_websockets() {
     )
     .await
     .unwrap();
-    let refresh = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let io = Refreshing {
-        tls,
-        refresh: refresh.clone(),
-        sent: sent.clone(),
-    };
+    let (io, refresh, sent) = Refreshing::new(tls);
     let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
         .await
@@ -2016,21 +2011,12 @@ async fn client_key_updates_on_an_http2_connection_carrying_websockets() {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        let upgraded = within("upgrade", WAIT, hyper::upgrade::on(&mut resp))
-            .await
-            .unwrap();
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Client,
-            Some(ws_config()),
-        )
-        .await;
-        sessions.push(ws);
+        sessions.push(h2_session(&mut resp).await);
     }
     for ws in sessions.iter_mut() {
         echo_through_key_updates(ws, &refresh, 50).await;
     }
-    assert!(sent.load(std::sync::atomic::Ordering::SeqCst) >= 90);
+    assert!(sent.load(Ordering::SeqCst) >= 90);
     for mut ws in sessions {
         assert_eq!(close_with(&mut ws, 1000).await, Some(1000));
     }

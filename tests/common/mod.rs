@@ -62,11 +62,21 @@ impl Pki {
 
     /// A rustls client config trusting this CA, offering these ALPN protocols.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        self.client_config_for(rustls::DEFAULT_VERSIONS, alpn)
+    }
+
+    /// A rustls client config trusting this CA, speaking only these TLS
+    /// versions and offering these ALPN protocols.
+    pub fn client_config_for(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut c = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -320,6 +330,50 @@ impl Backend {
     }
 }
 
+/// A backend that answers `late` to each request only once `release` is
+/// cancelled; `seen` has the path of each request it has received.
+pub struct Held {
+    pub backend: Backend,
+    pub seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub release: tokio_util::sync::CancellationToken,
+}
+
+impl Held {
+    pub async fn new() -> Held {
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        let release = tokio_util::sync::CancellationToken::new();
+        let token = release.clone();
+        let backend = Backend::with(move |s| {
+            let (tx, token) = (tx.clone(), token.clone());
+            async move {
+                let _ = tx.send(s.uri.path().to_owned());
+                token.cancelled().await;
+                Response::new(Full::new(Bytes::from("late")))
+            }
+        })
+        .await;
+        Held {
+            backend,
+            seen,
+            release,
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64 from `seed`).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// A response with its body read whole.
 pub type Got = Response<Bytes>;
 
@@ -341,6 +395,27 @@ pub async fn tls_connect(
     let name = ServerName::try_from(sni.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     connector.connect(name, tcp).await
+}
+
+/// An HTTP/2 client connection over TLS (ALPN h2) with this SNI, its
+/// connection task spawned.
+pub async fn h2_connect<B>(
+    pki: &Pki,
+    addr: SocketAddr,
+    sni: &str,
+) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_connect(pki, addr, sni, &[b"h2"]).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
 }
 
 /// Sends one request over a new HTTPS connection (HTTP/1.1 or HTTP/2).
