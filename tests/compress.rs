@@ -424,6 +424,28 @@ impl Fx {
     }
 }
 
+impl Fx {
+    /// Opens `GET path` (Accept-Encoding: `coding`) on a path the app answers
+    /// with a fed body (`/stream`, `/broken`), `first` already fed; returns
+    /// the sender that feeds the rest and the response, its body streaming.
+    async fn open_fed(
+        &self,
+        via: Via,
+        path: &str,
+        coding: &str,
+        first: &[u8],
+    ) -> (mpsc::Sender<Fed>, Response<Incoming>) {
+        let (tx, rx) = mpsc::channel(4);
+        *self.feed.lock().unwrap() = Some(rx);
+        tx.send(Ok(Bytes::copy_from_slice(first))).await.unwrap();
+        let resp = self
+            .site
+            .open(via, "GET", path, &[("accept-encoding", coding)])
+            .await;
+        (tx, resp)
+    }
+}
+
 fn h<'a>(r: &'a Got, name: &str) -> &'a str {
     header_str(r.headers(), name)
 }
@@ -804,13 +826,7 @@ async fn a_paused_backend_s_first_piece_reaches_the_client_decodable_before_it_g
         for via in Via::ALL {
             for coding in CODINGS {
                 let what = format!("{via:?} GET {path} ({coding})");
-                let (tx, rx) = mpsc::channel(4);
-                *fx.feed.lock().unwrap() = Some(rx);
-                tx.send(Ok(Bytes::from(piece1.clone()))).await.unwrap();
-                let resp = fx
-                    .site
-                    .open(via, "GET", path, &[("accept-encoding", coding)])
-                    .await;
+                let (tx, resp) = fx.open_fed(via, path, coding, &piece1).await;
                 assert_eq!(resp.status(), StatusCode::OK, "{what}");
                 assert_eq!(
                     header_str(resp.headers(), "content-encoding"),
@@ -854,13 +870,7 @@ async fn a_backend_failing_mid_body_cuts_the_compressed_response_off_with_an_err
         for via in Via::ALL {
             for coding in CODINGS {
                 let what = format!("{via:?} GET {path} ({coding})");
-                let (tx, rx) = mpsc::channel(4);
-                *fx.feed.lock().unwrap() = Some(rx);
-                tx.send(Ok(Bytes::from(piece.clone()))).await.unwrap();
-                let resp = fx
-                    .site
-                    .open(via, "GET", path, &[("accept-encoding", coding)])
-                    .await;
+                let (tx, resp) = fx.open_fed(via, path, coding, &piece).await;
                 assert_eq!(resp.status(), StatusCode::OK, "{what}");
                 assert_eq!(header_str(resp.headers(), "content-encoding"), coding);
                 let mut body = resp.into_body();
