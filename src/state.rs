@@ -101,28 +101,34 @@ impl SessionTicket {
     /// Runs the session `relay`, cancelling [`SessionTicket::shutdown`] at
     /// its staggered moment if a reload retires the session's route or pool.
     pub(crate) async fn watch<F: Future>(&self, relay: F) -> F::Output {
-        let retire = async {
-            self.group.retire.cancelled().await;
-            let window = self.group.window_ms.load(Ordering::Relaxed);
-            let delay = if window == 0 {
-                0
-            } else {
-                crate::random::u64() % window
-            };
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            tracing::info!(
-                site = %self.key.site,
-                route = %self.key.route,
-                pool = %self.key.pool,
-                "closing a WebSocket session whose route or pool a reload removed"
-            );
-            self.token.cancel();
-            std::future::pending::<()>().await;
-        };
+        let mut relay = std::pin::pin!(relay);
+        // An idle session waits here, holding only the retire signal's
+        // future: the staggered delay's timer is made (boxed) once a
+        // reload retires the route, so it is not laid out in every
+        // session's task.
         tokio::select! {
-            out = relay => out,
-            () = retire => unreachable!("retire never ends"),
+            out = relay.as_mut() => return out,
+            () = self.group.retire.cancelled() => {}
         }
+        let window = self.group.window_ms.load(Ordering::Relaxed);
+        let delay = if window == 0 {
+            0
+        } else {
+            crate::random::u64() % window
+        };
+        let stagger = Box::pin(tokio::time::sleep(Duration::from_millis(delay)));
+        tokio::select! {
+            out = relay.as_mut() => return out,
+            () = stagger => {}
+        }
+        tracing::info!(
+            site = %self.key.site,
+            route = %self.key.route,
+            pool = %self.key.pool,
+            "closing a WebSocket session whose route or pool a reload removed"
+        );
+        self.token.cancel();
+        relay.await
     }
 }
 

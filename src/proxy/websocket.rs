@@ -254,8 +254,10 @@ impl Session {
         upgrade_timeout: std::time::Duration,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
+            // Boxed: its timer and the upgrades' outputs would otherwise
+            // be laid out in the task for the session's whole life.
             let upgraded = upgrades(on_client, on_upstream, self.client_end, upgrade_timeout);
-            let Some((client, upstream)) = upgraded.await else {
+            let Some((client, upstream)) = Box::pin(upgraded).await else {
                 return;
             };
             let m = &self.route.metrics;
