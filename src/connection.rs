@@ -31,6 +31,7 @@ use crate::forwarded;
 use crate::prefixed::Prefixed;
 use crate::proxy;
 use crate::routing::Site;
+use crate::sendfile::{Spans, Zerocopy};
 use crate::tls::TlsRecords;
 use crate::websocket;
 
@@ -44,6 +45,8 @@ pub struct ConnInfo {
     pub https_port: u16,
     /// The connection's activity record, for its idle timeout.
     activity: Option<Arc<Activity>>,
+    /// Where file bodies queue files for `sendfile` (plain HTTP only).
+    sendfile: Option<Arc<Spans>>,
 }
 
 impl ConnInfo {
@@ -54,6 +57,16 @@ impl ConnInfo {
             tls_site,
             https_port,
             activity: None,
+            sendfile: None,
+        }
+    }
+
+    /// The facts of a plain-HTTP connection served over [`Zerocopy`] with
+    /// these `spans`.
+    pub fn with_sendfile(self, spans: Arc<Spans>) -> Self {
+        ConnInfo {
+            sendfile: Some(spans),
+            ..self
         }
     }
 }
@@ -78,12 +91,16 @@ impl proxy::Downstream for ConnInfo {
     fn upgraded_end(&self) -> websocket::EndFromUpgrade {
         upgraded_end
     }
+
+    fn sendfile(&self) -> Option<&Arc<Spans>> {
+        self.sendfile.as_ref()
+    }
 }
 
 /// What a downstream HTTPS connection is served over (see [`serve`]).
 type ServedTls = TokioIo<Tracked<TlsRecords>>;
 /// What a downstream plain-HTTP connection is served over.
-type ServedPlain = TokioIo<Tracked<Prefixed<TcpStream>>>;
+type ServedPlain = TokioIo<Tracked<Zerocopy<Prefixed<TcpStream>>>>;
 
 /// The client's end of an upgraded connection, taken back to the TLS or
 /// TCP stream underneath (hyper hands it over boxed, with this module's
@@ -98,7 +115,7 @@ fn upgraded_end(upgraded: Upgraded) -> io::Result<websocket::End> {
     };
     Ok(match downcast::<ServedPlain>(upgraded) {
         Ok(parts) => {
-            let stream = parts.io.into_inner().into_inner();
+            let stream = parts.io.into_inner().into_inner().into_inner();
             websocket::End::client_plain(stream, parts.read_buf)
         }
         Err(upgraded) => websocket::End::upgraded(upgraded),
@@ -414,7 +431,14 @@ fn builder(config: &Config, https: bool) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(256)
         .keep_alive_interval(None);
-    if https { b } else { b.http1_only() }
+    if https {
+        b
+    } else {
+        // Queued writes keep each body chunk a slice of its own, which
+        // `sendfile`'s placeholders rely on (see `crate::sendfile`).
+        b.http1().writev(true);
+        b.http1_only()
+    }
 }
 
 /// Serves one accepted (and, for https, handshaken) connection until it

@@ -33,6 +33,7 @@ mod proxy;
 pub mod proxy_protocol;
 mod random;
 pub mod routing;
+mod sendfile;
 pub mod server;
 mod state;
 mod tls;

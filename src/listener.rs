@@ -20,6 +20,7 @@ use crate::metrics::ListenerMetrics;
 use crate::prefixed::Prefixed;
 use crate::proxy;
 use crate::proxy_protocol;
+use crate::sendfile::{Spans, Zerocopy};
 use crate::state::Shared;
 use crate::tls;
 
@@ -221,7 +222,9 @@ async fn handle(
     match kind {
         Kind::Http => {
             drop(generation);
-            let info = ConnInfo::new(client, None, a.https_port);
+            let spans = Spans::new();
+            let info = ConnInfo::new(client, None, a.https_port).with_sendfile(spans.clone());
+            let stream = Zerocopy::new(stream, spans);
             connection::serve(&config, stream, info, false, a.stop.clone(), handler).await;
         }
         Kind::Https => {

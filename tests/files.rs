@@ -1006,3 +1006,119 @@ async fn a_swapped_release_symlink_is_followed_without_a_reload() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Reads one HTTP/1.1 response (head, then Content-Length bytes unless it
+/// answers a HEAD) from `buf` at `*at`; `None` if it is not all there.
+fn next_response(buf: &[u8], at: &mut usize, head_only: bool) -> Option<(String, Vec<u8>)> {
+    let rest = &buf[*at..];
+    let end = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let len = if head_only { 0 } else { len };
+    let body = rest.get(end..end + len)?.to_vec();
+    *at += end + len;
+    Some((head, body))
+}
+
+#[tokio::test]
+async fn pipelined_large_files_over_plain_http_arrive_in_order_and_whole() {
+    // Large files on plain HTTP go by sendfile (`src/sendfile.rs`): each
+    // response's bytes must come from its own file, in request order,
+    // whether whole, ranged, or behind a HEAD that sends none.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pool = Backend::named(POOL).await;
+    let fx = fixture(pool.addr, "").await;
+    let a = noise(300_000, 1);
+    let b = noise(1_500_000, 2);
+    write_file(fx.root.path(), "big/a.bin", &a);
+    write_file(fx.root.path(), "big/b.bin", &b);
+    let (r1, r2) = (70_001, 1_234_566);
+    let reqs = format!(
+        "GET /static/big/a.bin HTTP/1.1\r\nhost: {HOST}\r\n\r\n\
+         GET /static/big/b.bin HTTP/1.1\r\nhost: {HOST}\r\nrange: bytes={r1}-{r2}\r\n\r\n\
+         HEAD /static/big/b.bin HTTP/1.1\r\nhost: {HOST}\r\n\r\n\
+         GET /static/a.css HTTP/1.1\r\nhost: {HOST}\r\n\r\n\
+         GET /static/big/b.bin HTTP/1.1\r\nhost: {HOST}\r\n\r\n\
+         GET /static/big/a.bin HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n"
+    );
+    let mut tcp = tokio::net::TcpStream::connect(fx.site.proxy.http)
+        .await
+        .unwrap();
+    tcp.write_all(reqs.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut got))
+        .await
+        .expect("the pipelined responses within WAIT")
+        .unwrap();
+    let mut at = 0;
+    let mut next = |what: &str, head_only| {
+        next_response(&got, &mut at, head_only)
+            .unwrap_or_else(|| panic!("{what}: response incomplete"))
+    };
+    let (head, body) = next("a.bin", false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body == a, "a.bin differs");
+    let (head, body) = next("b.bin range", false);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(body == b[r1..=r2], "b.bin range differs");
+    // A HEAD's Content-Length names the file's length, but no body follows.
+    let (head, _) = next("HEAD b.bin", true);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", b.len())),
+        "{head}"
+    );
+    let (head, body) = next("a.css", false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, CSS);
+    let (_, body) = next("b.bin", false);
+    assert!(body == b, "b.bin differs");
+    let (_, body) = next("a.bin again", false);
+    assert!(body == a, "a.bin (second) differs");
+    assert_eq!(at, got.len(), "nothing after the last response");
+}
+
+#[tokio::test]
+async fn a_file_truncated_mid_download_over_plain_http_ends_the_connection_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pool = Backend::named(POOL).await;
+    let fx = fixture(pool.addr, "").await;
+    let len = 32 << 20;
+    let path = write_file(fx.root.path(), "big/shrinks.bin", &noise(len, 3));
+    let mut tcp = tokio::net::TcpStream::connect(fx.site.proxy.http)
+        .await
+        .unwrap();
+    let req = format!("GET /static/big/shrinks.bin HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    // The head and the first bytes, then the file is cut to 1 MiB.
+    let mut first = vec![0; 64 * 1024];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    // A reset is as good as a close here: either way the client sees the
+    // response end before its Content-Length.
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the connection closes within WAIT");
+    assert!(
+        first.len() + rest.len() < len,
+        "{} bytes arrived of a {len}-byte response whose file was cut to 1 MiB",
+        first.len() + rest.len()
+    );
+}

@@ -10,10 +10,13 @@
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+
+use crate::sendfile::{self, Spans};
 
 /// Largest chunk read at once.
 const CHUNK: u64 = 64 * 1024;
@@ -22,7 +25,11 @@ const CHUNK: u64 = 64 * 1024;
 #[derive(Debug)]
 pub struct FileBody {
     file: Option<File>,
+    /// Where the next byte is in `file` (its position too, once read from).
+    offset: u64,
     remaining: u64,
+    /// Set: the bytes go by `sendfile`, and this body yields placeholders.
+    zero_copy: Option<Arc<Spans>>,
 }
 
 impl FileBody {
@@ -33,7 +40,9 @@ impl FileBody {
         }
         Ok(FileBody {
             file: (len > 0).then_some(file),
+            offset,
             remaining: len,
+            zero_copy: None,
         })
     }
 
@@ -41,8 +50,35 @@ impl FileBody {
     pub(super) fn empty() -> Self {
         FileBody {
             file: None,
+            offset: 0,
             remaining: 0,
+            zero_copy: None,
         }
+    }
+
+    /// Hands the bytes to the connection's `sendfile` (see
+    /// [`crate::sendfile`]) when the body is big enough to gain from it.
+    /// The caller vouches that every byte of this body reaches that
+    /// connection unchanged (no compression, plain HTTP/1).
+    pub fn send_by(&mut self, spans: &Arc<Spans>) {
+        // A smaller file goes in one read and leaves with its head in one
+        // writev: as few system calls, and one packet, not two.
+        if self.remaining > CHUNK && self.file.is_some() {
+            self.zero_copy = Some(spans.clone());
+        }
+    }
+
+    /// The next placeholder, the file queued for the connection first.
+    fn placeholder(&mut self) -> Option<Bytes> {
+        if let (Some(spans), Some(file)) = (&self.zero_copy, self.file.take()) {
+            spans.push(file, self.offset, self.remaining);
+        }
+        if self.remaining == 0 {
+            return None;
+        }
+        let chunk = sendfile::placeholder(self.remaining);
+        self.remaining -= chunk.len() as u64;
+        Some(chunk)
     }
 
     fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
@@ -70,6 +106,7 @@ impl FileBody {
             ));
         }
         self.remaining -= buf.len() as u64;
+        self.offset += buf.len() as u64;
         if self.remaining == 0 {
             // Close the file as soon as its last byte is read.
             self.file = None;
@@ -87,6 +124,9 @@ impl http_body::Body for FileBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        if this.zero_copy.is_some() {
+            return Poll::Ready(this.placeholder().map(|c| Ok(Frame::data(c))));
+        }
         Poll::Ready(this.read_chunk().transpose().map(|r| r.map(Frame::data)))
     }
 

@@ -60,7 +60,7 @@ pub(super) fn direct(
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             let method = req.method().clone();
-            let resp = outgoing(route, files, &method, &codings, resp);
+            let resp = outgoing(cx, route, files, &method, &codings, resp);
             let finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, None);
             Ok(finish_plain(resp, finish))
         }
@@ -73,20 +73,26 @@ pub(super) fn direct(
 }
 
 /// A file response as it goes out: compressed if its files route says so
-/// (a file's 304 already carries what its 200 would, see `files::Files`).
+/// (a file's 304 already carries what its 200 would, see `files::Files`),
+/// or else handed to the connection's `sendfile` if it has one.
 fn outgoing(
+    cx: &Ctx<'_>,
     route: &Route,
     files: &Files,
     method: &Method,
     codings: &[Coding],
     resp: Response<FileBody>,
 ) -> Response<Body> {
-    let resp = resp.map(Body::from);
     if files.compress && resp.status() != http::StatusCode::NOT_MODIFIED {
-        compressed(route, method, codings, resp)
-    } else {
-        resp
+        return compressed(route, method, codings, resp.map(Body::from));
     }
+    resp.map(|mut body| {
+        // Uncompressed, the bytes reach the connection as they are.
+        if let Some(spans) = cx.conn.sendfile() {
+            body.send_by(spans);
+        }
+        Body::from(body)
+    })
 }
 
 /// The error for a request that was not served from disk.
@@ -193,7 +199,7 @@ pub(super) fn accel(
             }
         }
     }
-    let resp = outgoing(route, files, &method, &kept.codings, resp);
+    let resp = outgoing(cx, route, files, &method, &kept.codings, resp);
     let addr = Some(server.addr.clone());
     let mut finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, addr);
     finish.queue_wait = Some(queue_wait);

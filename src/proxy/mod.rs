@@ -55,6 +55,9 @@ pub trait Downstream: Send + Sync {
     /// Unwraps the client's side of an upgraded connection into the stream
     /// a WebSocket session relays over.
     fn upgraded_end(&self) -> crate::websocket::EndFromUpgrade;
+    /// Where a file body can queue its file for `sendfile`: a plain-HTTP
+    /// connection's (see [`crate::sendfile`]); `None` elsewhere.
+    fn sendfile(&self) -> Option<&Arc<crate::sendfile::Spans>>;
 }
 
 /// Handles one request to completion of its response head.
