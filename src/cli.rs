@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, Config, LogFormat};
 use crate::server::Server;
+use crate::workers::Workers;
 
 /// A TLS-terminating reverse proxy for sync worker pools and async WebSocket backends.
 #[derive(Debug, Parser)]
@@ -173,18 +174,12 @@ fn run(dir: &Path) -> ExitCode {
         }
     };
     init_logging(&config);
-    // One worker: a current-thread runtime does the same work without the
-    // work-stealing scheduler's cross-thread wake-ups.
-    let mut rt = if config.runtime.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if config.runtime.worker_threads > 0 {
-            b.worker_threads(config.runtime.worker_threads);
-        }
-        b
-    };
-    let rt = match rt.enable_all().build() {
+    // One single-threaded runtime per worker (see `crate::workers`): this
+    // one is worker 0, the others start with the server.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -210,7 +205,22 @@ async fn serve(dir: PathBuf, config: Config) -> ExitCode {
         eprintln!("switchyard: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    let server = match Server::start(config).await {
+    let workers = match config.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let workers = if workers > 1 {
+        match Workers::start(workers) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("switchyard: cannot start {workers} worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let server = match Server::start_on(config, workers).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchyard: {e}");

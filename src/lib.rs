@@ -39,6 +39,7 @@ mod state;
 mod tls;
 mod upstream;
 pub mod websocket;
+pub mod workers;
 
 pub use config::Config;
 pub use server::Server;

@@ -23,6 +23,7 @@ use crate::proxy_protocol;
 use crate::sendfile::{Spans, Zerocopy};
 use crate::state::Shared;
 use crate::tls;
+use crate::workers::{self, Workers};
 
 /// Whether a listener terminates TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +74,9 @@ pub struct Accepting {
     pub connections: TaskTracker,
     /// The https port used in redirects.
     pub https_port: u16,
+    /// The workers connections are spread over; `None`: all on the
+    /// runtime that accepts them.
+    pub workers: Option<Arc<Workers>>,
 }
 
 fn is_fd_exhaustion(e: &std::io::Error) -> bool {
@@ -124,18 +128,69 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
             },
         };
         let _ = tcp.set_nodelay(true);
-        let accepting2 = accepting.clone();
-        let metrics = metrics.clone();
-        let kind = listener.kind;
-        let port = listener.addr.port();
-        accepting.connections.spawn(async move {
-            metrics.connections.increment(1.0);
-            memory::connection_opened();
-            handle(tcp, peer, port, kind, &accepting2, &metrics).await;
-            memory::connection_closed();
-            metrics.connections.decrement(1.0);
-            drop(permit);
+        let conn = Accepted {
+            peer,
+            port: listener.addr.port(),
+            kind: listener.kind,
+            accepting: accepting.clone(),
+            metrics: metrics.clone(),
+            permit,
+        };
+        let Some(workers) = &accepting.workers else {
+            accepting.connections.spawn(conn.serve(tcp));
+            continue;
+        };
+        let index = workers.pick();
+        if index == workers::current() {
+            workers.spawn(index, accepting.connections.track_future(conn.serve(tcp)));
+            continue;
+        }
+        // The socket is registered again on the worker that serves it, so
+        // its wake-ups never cross cores.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "accepted socket could not be handed over; closed");
+                continue;
+            }
+        };
+        let task = accepting.connections.track_future(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => conn.serve(tcp).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "accepted socket could not be registered; closed"),
+            }
         });
+        workers.spawn(index, task);
+    }
+}
+
+/// An accepted connection, before it is served (on whichever worker).
+struct Accepted {
+    peer: SocketAddr,
+    port: u16,
+    kind: Kind,
+    accepting: Accepting,
+    metrics: ListenerMetrics,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Accepted {
+    /// Serves the connection to its end, counted while open.
+    async fn serve(self, tcp: TcpStream) {
+        let Accepted {
+            peer,
+            port,
+            kind,
+            accepting,
+            metrics,
+            permit,
+        } = self;
+        metrics.connections.increment(1.0);
+        memory::connection_opened();
+        handle(tcp, peer, port, kind, &accepting, &metrics).await;
+        memory::connection_closed();
+        metrics.connections.decrement(1.0);
+        drop(permit);
     }
 }
 

@@ -16,6 +16,7 @@ use crate::listener::{self, Accepting, Kind};
 use crate::metrics::{self, Metrics};
 use crate::routing::BuildError;
 use crate::state::{Generation, Shared};
+use crate::workers::Workers;
 
 /// Why the proxy could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +116,18 @@ fn unix_now() -> f64 {
 }
 
 impl Server {
-    /// Binds every listener and starts serving `config`.
+    /// Binds every listener and starts serving `config`, every connection
+    /// on the calling runtime.
     pub async fn start(config: Config) -> Result<Arc<Self>, ServerError> {
+        Self::start_on(config, None).await
+    }
+
+    /// As [`Self::start`], with connections spread over `workers` (the
+    /// calling runtime is their worker 0).
+    pub async fn start_on(
+        config: Config,
+        workers: Option<Arc<Workers>>,
+    ) -> Result<Arc<Self>, ServerError> {
         let metrics = Metrics::new();
         let config = Arc::new(config);
         let generation = Generation::build(config.clone(), None, &metrics)?;
@@ -143,6 +154,7 @@ impl Server {
             stop: CancellationToken::new(),
             connections: TaskTracker::new(),
             https_port,
+            workers,
         };
         let mut listeners = HashMap::new();
         for (configured, l) in bound {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::body::Body;
 use super::connect::Stream;
 use super::error::Chain;
+use crate::workers;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
@@ -80,10 +81,19 @@ impl Conn {
     }
 }
 
-/// Idle keep-alive connections to one server, most recently used on top.
-#[derive(Default)]
+/// Idle keep-alive connections to one server, most recently used on top:
+/// one stack per worker (see `crate::workers`), so a connection is only
+/// ever used by the worker whose runtime it is registered with.
 pub(super) struct Connections {
-    stack: Mutex<Stack>,
+    stacks: Box<[Mutex<Stack>]>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            stacks: (0..workers::slots()).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -112,7 +122,7 @@ impl Connections {
     /// Takes the most recently used idle connection, dropping those that sat
     /// idle too long. Whether the server closed it is found by polling it.
     pub(super) fn take(&self, now: Instant) -> Option<Conn> {
-        let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stack = self.mine().1.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(c) = stack.conns.pop() {
             if now.duration_since(c.since) < IDLE_KEEP {
                 return Some(c.conn);
@@ -124,7 +134,8 @@ impl Connections {
     /// Puts an idle connection back (or lets it close when `MAX_KEPT` are
     /// kept already), starting the server's sweeper if it is not running.
     pub(super) fn put(self: &Arc<Self>, conn: Conn, now: Instant) {
-        let mut stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner);
+        let (index, stack) = self.mine();
+        let mut stack = stack.lock().unwrap_or_else(PoisonError::into_inner);
         if stack.conns.len() >= MAX_KEPT {
             return;
         }
@@ -133,33 +144,38 @@ impl Connections {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             stack.sweeping = true;
-            rt.spawn(sweeper(Arc::downgrade(self)));
+            rt.spawn(sweeper(Arc::downgrade(self), index));
         }
+    }
+
+    /// The calling worker's stack, and its index.
+    fn mine(&self) -> (usize, &Mutex<Stack>) {
+        let index = workers::current() % self.stacks.len().max(1);
+        (index, &self.stacks[index])
     }
 
     /// Idle connections kept.
     #[cfg(test)]
     fn kept(&self) -> usize {
-        self.stack
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .conns
-            .len()
+        self.stacks
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).conns.len())
+            .sum()
     }
 }
 
 /// Looks after one server's idle connections until there are none (or the
 /// server is gone from the configuration, and its connections with it).
-async fn sweeper(connections: Weak<Connections>) {
+async fn sweeper(connections: Weak<Connections>, index: usize) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(connections) = connections.upgrade() else {
             return;
         };
-        let mut stack = connections
-            .stack
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let Some(stack) = connections.stacks.get(index) else {
+            return;
+        };
+        let mut stack = stack.lock().unwrap_or_else(PoisonError::into_inner);
         stack.sweep(Instant::now());
         if stack.conns.is_empty() {
             stack.sweeping = false;
@@ -245,7 +261,7 @@ mod tests {
             1,
             "one connection, reused"
         );
-        assert!(server.connections.stack.lock().unwrap().sweeping);
+        assert!(server.connections.mine().1.lock().unwrap().sweeping);
 
         // Idle past IDLE_KEEP: not handed out, dropped.
         let now = Instant::now();
@@ -348,7 +364,8 @@ mod tests {
         for _ in 0..1000 {
             server
                 .connections
-                .stack
+                .mine()
+                .1
                 .lock()
                 .unwrap()
                 .sweep(Instant::now());

@@ -148,7 +148,15 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(config: switchyard::Config) -> Proxy {
-        let server = switchyard::Server::start(config).await.unwrap();
+        Self::start_on(config, None).await
+    }
+
+    /// As `start`, with connections spread over `workers`.
+    pub async fn start_on(
+        config: switchyard::Config,
+        workers: Option<Arc<switchyard::workers::Workers>>,
+    ) -> Proxy {
+        let server = switchyard::Server::start_on(config, workers).await.unwrap();
         let https = server.https_addrs().await[0];
         let http = server.http_addrs().await[0];
         let admin = server.admin_addr().unwrap();
