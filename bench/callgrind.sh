@@ -9,6 +9,7 @@
 #   PROXIES=switchyard CASES="h1 h1nopp h1pp" bench/callgrind.sh   # the cost of PROXY protocol
 #   SWITCHYARD_BIN=/path/to/switchyard SKIP_BUILD=1 bench/callgrind.sh
 #   PROXIES="switchyard nginx" CASES=sf1k bench/callgrind.sh   # a 1 KiB static file (files route vs alias)
+#   WORKERS=2 PROXIES=switchyard CASES="h1 h2" bench/callgrind.sh   # switchyard with two workers (issue 20)
 #
 # Each case runs twice per proxy, with N1 and N2 requests over the same
 # connections; (instructions at N2 - instructions at N1) / (N2 - N1) leaves
@@ -22,6 +23,10 @@ PROXIES=${PROXIES:-"switchyard nginx haproxy"}
 CASES=${CASES:-"h1 h2 ws128"}
 N1=${N1:-1000}
 N2=${N2:-5000}
+# Workers per proxy. callgrind runs one thread at a time, so the count is
+# of instructions (work per request spread over both workers, hand-offs
+# included), not of cache traffic between cores.
+WORKERS=${WORKERS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PORT=${PORT:-28443} HTTP_PORT=${HTTP_PORT:-28080} WS_PORT=${WS_PORT:-28090}
@@ -35,7 +40,7 @@ command -v valgrind >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 }
 # Installs nginx, HAProxy, h2load and the tools, builds, renders the configurations.
-RUN_DIR=$RUN PREPARE_ONLY=1 PORT=$PORT HTTP_PORT=$HTTP_PORT WS_PORT=$WS_PORT "$BENCH/run.sh"
+RUN_DIR=$RUN PREPARE_ONLY=1 WORKERS=$WORKERS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU PORT=$PORT HTTP_PORT=$HTTP_PORT WS_PORT=$WS_PORT "$BENCH/run.sh"
 TOOLS=$BENCH/tools/target/release
 CA=$ROOT/certs/dev-ca.crt
 [ -f "$CA" ] || CA=$RUN/bench.crt
@@ -113,6 +118,7 @@ one() { # proxy case n
     echo "${ir:-0} ${count:-0}"
 }
 
+echo "workers=$WORKERS" >"$RUN/workers.txt"
 printf '| case | unit | %s |\n|---|---|%s\n' "${PROXIES// / | }" "$(printf -- '---|%.0s' $PROXIES)" >"$RUN/table.md"
 for c in $CASES; do
     row="| $c | $( [ "$c" = ws128 ] && echo "instructions per relayed message" || echo "instructions per request") |"

@@ -9,6 +9,7 @@
 #   CASES="a_nopp a_pp" PROXIES=switchyard bench/run.sh   # case a without and with a PROXY header
 #   SKIP_BUILD=1 bench/run.sh files   # only the file-serving cases (issue 16): switchyard, nginx, Caddy; ~3.5 minutes
 #   SKIP_BUILD=1 bench/run.sh compress   # only the compression cases (issue 17): switchyard, nginx; ~4 minutes
+#   SKIP_BUILD=1 bench/run.sh cores2     # two-core mode (issue 20): a, c, d128 with two workers per proxy
 #
 # Every load targets 127.0.0.1 only and is bounded in time and count.
 set -euo pipefail
@@ -34,8 +35,15 @@ if [ "${1:-}" = files ]; then
 elif [ "${1:-}" = compress ]; then
     CASES=${CASES:-$COMPRESS_CASES}
     PROXIES=${PROXIES:-"switchyard nginx"}
+elif [ "${1:-}" = cores2 ]; then
+    # Two workers per proxy (switchyard worker_threads, nginx
+    # worker_processes, HAProxy nbthread), spread over both cores with the
+    # load generators and backends beside them.
+    CASES=${CASES:-"a c d128"}
+    PROXIES=${PROXIES:-"switchyard nginx haproxy"}
+    WORKERS=2
 elif [ $# -gt 0 ]; then
-    echo "usage: bench/run.sh [files|compress]" >&2
+    echo "usage: bench/run.sh [files|compress|cores2]" >&2
     exit 2
 fi
 PROXIES=${PROXIES:-"switchyard nginx haproxy caddy"}
@@ -43,8 +51,14 @@ CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix $FILE_CASES $COMPRES
 SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
 PREPARE_ONLY=${PREPARE_ONLY:-0}  # 1: install, build and render the configurations, then stop (bench/callgrind.sh)
-PROXY_CPU=${PROXY_CPU:-0}        # the core every proxy is pinned to
-LOAD_CPU=${LOAD_CPU:-1}          # the core for load generators and backends
+WORKERS=${WORKERS:-1}            # workers per proxy (cores2: 2)
+if [ "$WORKERS" -gt 1 ]; then
+    PROXY_CPU=${PROXY_CPU:-0-$((WORKERS - 1))}
+    LOAD_CPU=${LOAD_CPU:-0-$((WORKERS - 1))}
+fi
+PROXY_CPU=${PROXY_CPU:-0}        # the core(s) every proxy is pinned to
+LOAD_CPU=${LOAD_CPU:-1}          # the core(s) for load generators and backends
+LOAD_THREADS=$WORKERS            # wrk / h2load threads
 SF_CONNS=${SF_CONNS:-50}         # sf1k: wrk connections, one request in flight on each
 SF_BIG_BYTES=${SF_BIG_BYTES:-1073741824}   # sfdown, sfdown_http: the one-connection download
 SF_RSS_BYTES=${SF_RSS_BYTES:-104857600}    # sfrss: the file all downloads fetch
@@ -199,6 +213,18 @@ derive("nginx.conf", "nginx-pp.conf", " ssl http2 backlog=4096;\n",
        "        set_real_ip_from 127.0.0.1;\n        real_ip_header proxy_protocol;\n")
 derive("haproxy.cfg", "haproxy-pp.cfg", " alpn h2,http/1.1\n", " alpn h2,http/1.1 accept-proxy\n")
 PY
+    if [ "$WORKERS" -gt 1 ]; then
+        # The same configurations with WORKERS workers each.
+        local f
+        for f in "$RUN"/conf/switchyard*/switchyard.toml; do
+            sed -i "s/^worker_threads = 1$/worker_threads = $WORKERS/" "$f"
+            grep -q "^worker_threads = $WORKERS$" "$f" || die "$f: no worker_threads = 1 to change"
+        done
+        sed -i "s/^worker_processes 1;$/worker_processes $WORKERS;/" "$RUN"/conf/nginx*.conf
+        sed -i "s/^    nbthread 1$/    nbthread $WORKERS/" "$RUN"/conf/haproxy*.cfg
+        grep -q "^worker_processes $WORKERS;" "$RUN/conf/nginx.conf" || die "nginx.conf: worker_processes not changed"
+        grep -q "^    nbthread $WORKERS$" "$RUN/conf/haproxy.cfg" || die "haproxy.cfg: nbthread not changed"
+    fi
     local v
     for v in "" -pp; do
         "$RUN/switchyard" check -c "$RUN/conf/switchyard$v" >/dev/null || die "switchyard check failed ($v)"
@@ -375,7 +401,7 @@ WSURL=wss://127.0.0.1:$PORT/ws/echo   # bench-ws-load connects to 127.0.0.1 with
 run_case() { # case proxy rep
     local c=$1 p=$2 r=$3
     case $c in
-    a) measure "$@" -- wrk -t1 -c64 -d"${DUR}s" --timeout 5s --latency "$URL/" ;;
+    a) measure "$@" -- wrk -t"$LOAD_THREADS" -c64 -d"${DUR}s" --timeout 5s --latency "$URL/" ;;
     # Case a's shape from bench-h1-load (wrk cannot send a PROXY header),
     # without and with a PROXY v1 header opening each connection.
     a_nopp) measure "$@" -- "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" --sni localhost \
@@ -383,7 +409,7 @@ run_case() { # case proxy rep
     a_pp) measure "$@" -- "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" --sni localhost \
         --connections 64 --requests 100000000 --duration "$DUR" --proxy-header v1 ;;
     b) measure "$@" -- wrk -t1 -c64 -d"${DUR}s" --timeout 5s --latency -H "Connection: close" "$URL/" ;;
-    c) measure "$@" -- h2load -t1 -c16 -m10 -D "$DUR" "$URL/" ;;
+    c) measure "$@" -- h2load -t"$LOAD_THREADS" -c16 -m10 -D "$DUR" "$URL/" ;;
     d128) measure "$@" -- "$TOOLS/bench-ws-load" --url "$WSURL" --ca "$CA" --sni localhost \
         --sessions 64 --size 128 --duration "$DUR" --max 20000000 ;;
     d64k) measure "$@" -- "$TOOLS/bench-ws-load" --url "$WSURL" --ca "$CA" --sni localhost \
@@ -573,6 +599,7 @@ start_backends
     if [ "$COMPRESS_RUN" = 1 ]; then
         echo "compress=gz_conns=$GZ_CONNS gz_stream_bytes=$GZ_STREAM_BYTES nginx_proxy_buffering=$NGINX_GZ_BUFFERING"
     fi
+    echo "workers=$WORKERS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
     echo "reps=$REPS dur=$DUR idle_sessions=$IDLE_SESSIONS sync_workers=$SYNC_WORKERS sync_conns=$SYNC_CONNS xfer_bytes=$XFER_BYTES"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$RUN/machine.txt"

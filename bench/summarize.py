@@ -368,6 +368,8 @@ def main():
                   info.get("loadavg_end"), info.get("elapsed_s")))
         if info.get("switchyard_bin"):
             print("switchyard binary: built " + info["switchyard_bin"] + " (HEAD above is the checkout's at run time)")
+        if info.get("workers"):
+            print("workers: " + info["workers"])
         if info.get("files"):
             print("files: " + info["files"])
         if info.get("compress"):

@@ -55,7 +55,20 @@ pub struct Workers {
     /// Workers 1.. (worker 0 is the starting runtime).
     added: Vec<Worker>,
     /// Open connections per worker, 0 first.
-    open: Box<[AtomicUsize]>,
+    open: Box<[Count]>,
+}
+
+/// A worker's count, alone on its cache lines (each worker updates its own).
+#[derive(Default)]
+#[repr(align(128))]
+struct Count(AtomicUsize);
+
+impl std::ops::Deref for Count {
+    type Target = AtomicUsize;
+
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
 }
 
 impl Workers {
@@ -85,7 +98,7 @@ impl Workers {
         MOST.fetch_max(n, Ordering::Relaxed);
         Ok(Arc::new(Workers {
             added,
-            open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            open: (0..n).map(|_| Count::default()).collect(),
         }))
     }
 

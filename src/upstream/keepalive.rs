@@ -85,13 +85,27 @@ impl Conn {
 /// one stack per worker (see `crate::workers`), so a connection is only
 /// ever used by the worker whose runtime it is registered with.
 pub(super) struct Connections {
-    stacks: Box<[Mutex<Stack>]>,
+    stacks: Box<[Padded]>,
+}
+
+/// One worker's stack, alone on its cache lines: workers that take and
+/// put connections at once must not contend for a line they share.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Stack>);
+
+impl std::ops::Deref for Padded {
+    type Target = Mutex<Stack>;
+
+    fn deref(&self) -> &Mutex<Stack> {
+        &self.0
+    }
 }
 
 impl Default for Connections {
     fn default() -> Self {
         Connections {
-            stacks: (0..workers::slots()).map(|_| Mutex::default()).collect(),
+            stacks: (0..workers::slots()).map(|_| Padded::default()).collect(),
         }
     }
 }
