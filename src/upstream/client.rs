@@ -50,7 +50,9 @@ impl Pulled {
     /// poll lets hyper finish the exchange's bookkeeping); else closes it.
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut conn) = self.conn.take()
-            && (conn.ready() || (conn.drive(cx) && conn.ready()))
+            && (conn.ready()
+                || conn.poll_folded(cx, |conn, cx| Poll::Ready(conn.drive(cx) && conn.ready()))
+                    == Poll::Ready(true))
         {
             self.server.connections.put(conn, Instant::now());
         }
@@ -72,13 +74,17 @@ impl http_body::Body for Pulled {
         }
         // The body first, so that hyper sees it wanted before the
         // connection is polled to fill it.
-        let mut r = Pin::new(&mut this.body).poll_frame(cx);
-        if r.is_pending()
-            && let Some(conn) = this.conn.as_mut()
-            && conn.drive(cx)
-        {
-            r = Pin::new(&mut this.body).poll_frame(cx);
-        }
+        let body = &mut this.body;
+        let r = match this.conn.as_mut() {
+            Some(conn) => conn.poll_folded(cx, |conn, cx| {
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                if r.is_pending() && conn.drive(cx) {
+                    return Pin::new(&mut *body).poll_frame(cx);
+                }
+                r
+            }),
+            None => Pin::new(body).poll_frame(cx),
+        };
         match &r {
             Poll::Ready(None) => this.release(cx),
             // hyper stops polling once the body says it has ended.
@@ -149,15 +155,21 @@ impl Upstream {
             if !fresh {
                 // One poll finds a connection the server closed while it was
                 // idle, and readies a live one for the next request.
-                let alive = std::future::poll_fn(|cx| Poll::Ready(conn.drive(cx))).await;
+                let alive = std::future::poll_fn(|cx| {
+                    conn.poll_folded(cx, |conn, cx| Poll::Ready(conn.drive(cx)))
+                })
+                .await;
                 if !alive || !conn.ready() {
                     continue;
                 }
             }
-            let mut response = pin!(conn.sender().try_send_request(req));
+            // The driver is polled next, in the same poll: no wake needed.
+            let mut response = pin!(conn.quietly(|sender| sender.try_send_request(req)));
             let result = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                response.as_mut().poll(cx)
+                conn.poll_folded(cx, |conn, cx| {
+                    conn.drive(cx);
+                    response.as_mut().poll(cx)
+                })
             })
             .await;
             match result {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::body::Body;
 use super::connect::Stream;
 use super::error::Chain;
+use super::fold::Folded;
 use crate::workers;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -40,6 +41,8 @@ struct ConnInner {
     sender: SendRequest<Body>,
     /// `None` once the connection has ended.
     driver: Option<Driver>,
+    /// The waker it is polled under; taken out while in use.
+    folded: Option<Folded>,
 }
 
 impl Conn {
@@ -47,7 +50,33 @@ impl Conn {
         Conn(Box::new(ConnInner {
             sender,
             driver: Some(driver),
+            folded: Some(Folded::new()),
         }))
+    }
+
+    /// Runs `f`, which drives the connection and polls what it carries,
+    /// with the task's wakes of itself folded in (see [`super::fold`]).
+    pub(super) fn poll_folded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let Some(folded) = self.0.folded.take() else {
+            // Re-entered (not done anywhere): plain polling is still right.
+            return f(self, cx);
+        };
+        let r = folded.poll(cx, |cx| f(self, cx));
+        self.0.folded = Some(folded);
+        r
+    }
+
+    /// Hands the connection a request (`f` sends it) without waking the
+    /// task, which drives the connection next anyway (see [`super::fold`]).
+    pub(super) fn quietly<R>(&mut self, f: impl FnOnce(&mut SendRequest<Body>) -> R) -> R {
+        match &self.0.folded {
+            Some(folded) => folded.quietly(|| f(&mut self.0.sender)),
+            None => f(&mut self.0.sender),
+        }
     }
 
     /// Moves the connection along (writes the request, reads the response);
@@ -73,11 +102,6 @@ impl Conn {
     /// Whether the connection is idle and can take a request (after a poll).
     pub(super) fn ready(&self) -> bool {
         self.0.driver.is_some() && self.0.sender.is_ready()
-    }
-
-    /// The connection's request sender.
-    pub(super) fn sender(&mut self) -> &mut SendRequest<Body> {
-        &mut self.0.sender
     }
 }
 
@@ -152,6 +176,9 @@ impl Connections {
         let mut stack = stack.lock().unwrap_or_else(PoisonError::into_inner);
         if stack.conns.len() >= MAX_KEPT {
             return;
+        }
+        if let Some(folded) = &conn.0.folded {
+            folded.forget_task();
         }
         stack.conns.push(Pooled { conn, since: now });
         if !stack.sweeping

@@ -22,6 +22,7 @@ mod body;
 mod client;
 mod connect;
 mod error;
+mod fold;
 mod health;
 mod keepalive;
 pub(crate) mod retry;
