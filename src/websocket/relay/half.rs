@@ -82,34 +82,37 @@ pub(super) struct Shared {
 #[derive(Default)]
 pub(super) struct Tally {
     pub(super) total: Counts,
-    unpublished: Counts,
+    /// In 32 bits: they are published before every read, so they never
+    /// hold more than one buffer's worth (64 KiB) of bytes or frames; the
+    /// totals cannot be, and stay 64-bit.
+    unpublished_frames: [u32; 6],
+    unpublished_bytes: u32,
 }
 
 impl Tally {
     fn frame(&mut self, class: usize) {
         self.total.frames[class] += 1;
-        self.unpublished.frames[class] += 1;
+        self.unpublished_frames[class] = self.unpublished_frames[class].saturating_add(1);
     }
 
     fn bytes(&mut self, n: u64) {
         self.total.bytes += n;
-        self.unpublished.bytes += n;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.unpublished_bytes = self.unpublished_bytes.saturating_add(n);
     }
 
     /// Adds what was counted since the last call to the metrics.
     pub(super) fn publish(&mut self, m: &WsDirectionMetrics) {
-        // In place: most calls find one class counted (or none), and
-        // taking the whole tally would copy and clear all of it each time.
-        let pending = &mut self.unpublished;
-        for (counter, n) in m.frames.iter().zip(pending.frames.iter_mut()) {
+        // In place: most calls find one class counted (or none).
+        for (counter, n) in m.frames.iter().zip(self.unpublished_frames.iter_mut()) {
             if *n > 0 {
-                counter.increment(*n);
+                counter.increment(u64::from(*n));
                 *n = 0;
             }
         }
-        if pending.bytes > 0 {
-            m.bytes.increment(pending.bytes);
-            pending.bytes = 0;
+        if self.unpublished_bytes > 0 {
+            m.bytes.increment(u64::from(self.unpublished_bytes));
+            self.unpublished_bytes = 0;
         }
     }
 }

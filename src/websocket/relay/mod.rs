@@ -58,6 +58,39 @@ pub(crate) struct RelaySettings {
     pub(crate) extensions: bool,
 }
 
+impl RelaySettings {
+    /// The idle timeout, unless off (unset or zero).
+    fn idle(&self) -> Option<Duration> {
+        self.idle_timeout.filter(|d| !d.is_zero())
+    }
+
+    /// The ping interval, unless off (unset or zero).
+    fn pings(&self) -> Option<Duration> {
+        self.ping_interval.filter(|d| !d.is_zero())
+    }
+}
+
+/// What tells a relay to close both sides with 1001 (going away): the
+/// proxy's drain deadline, or a reload that retires the session's route.
+pub(crate) trait Shutdown {
+    /// Resolves once the session is to close.
+    fn requested(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether the proxy is shutting down (a backend that goes away then
+    /// gets the client a 1001 rather than a 1011).
+    fn draining(&self) -> bool;
+}
+
+impl Shutdown for CancellationToken {
+    fn requested(&self) -> impl Future<Output = ()> + Send {
+        self.cancelled()
+    }
+
+    fn draining(&self) -> bool {
+        self.is_cancelled()
+    }
+}
+
 /// One `T` for each direction, indexed by [`Direction`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ByDirection<T>([T; 2]);
@@ -158,26 +191,28 @@ pub(crate) enum RelayEnd {
 /// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
 /// outlives the call.
 #[allow(clippy::manual_async_fn)] // see the comment in the body
-pub(crate) fn relay<'a, C, U>(
+pub(crate) fn relay<'a, C, U, S>(
     mut client: C,
     mut upstream: U,
     settings: &'a RelaySettings,
     metrics: &'a RouteMetrics,
-    shutdown: CancellationToken,
-) -> impl Future<Output = RelayOutcome> + use<'a, C, U>
+    shutdown: &'a S,
+) -> impl Future<Output = RelayOutcome> + use<'a, C, U, S>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
+    S: Shutdown,
 {
     // Not an `async fn`: that would copy its arguments into the future's
     // state a second time, and this state sits in every open session.
     async move {
         let mut s = Session::new(settings);
         let plan = s
-            .run(&mut client, &mut upstream, settings, metrics, &shutdown)
+            .run(&mut client, &mut upstream, settings, metrics, shutdown)
             .await;
-        s.terminate(&plan, &mut client, &mut upstream, metrics)
-            .await;
+        // Boxed: the ending's state (its own timers) would otherwise be
+        // laid out beside the relaying's in every open session.
+        Box::pin(s.terminate(&plan, &mut client, &mut upstream, metrics)).await;
         let outcome = s.outcome(plan.end, metrics);
         tracing::debug!(?outcome, "WebSocket relay ended");
         outcome

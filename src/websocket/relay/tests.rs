@@ -183,7 +183,7 @@ where
     let route = RouteMetrics::new(&metrics, "s", "r");
     let token = CancellationToken::new();
     let t = token.clone();
-    let task = tokio::spawn(async move { relay(client, upstream, &settings, &route, t).await });
+    let task = tokio::spawn(async move { relay(client, upstream, &settings, &route, &t).await });
     Running {
         task,
         metrics,
