@@ -95,35 +95,39 @@ pub(crate) struct SessionTicket {
 }
 
 impl crate::websocket::relay::Shutdown for SessionTicket {
-    async fn requested(&self) {
-        // An idle session waits here, on its group's signal alone; the
-        // staggered delay's timer is made (boxed) once a reload retires
-        // the route, so it is not laid out in every session's task.
-        self.group.retire.cancelled().await;
-        let drain = &self.shared.close_websockets;
-        if drain.is_cancelled() {
-            return;
+    // Not an `async fn`, which would hold `self` twice in every session.
+    #[allow(clippy::manual_async_fn)]
+    fn requested(&self) -> impl Future<Output = ()> + Send {
+        async move {
+            // An idle session waits here, on its group's signal alone; the
+            // staggered delay's timer is made (boxed) once a reload retires
+            // the route, so it is not laid out in every session's task.
+            self.group.retire.cancelled().await;
+            let drain = &self.shared.close_websockets;
+            if drain.is_cancelled() {
+                return;
+            }
+            let window = self.group.window_ms.load(Ordering::Relaxed);
+            let delay = if window == 0 {
+                0
+            } else {
+                crate::random::u64() % window
+            };
+            let stagger = Box::pin(tokio::time::sleep(Duration::from_millis(delay)));
+            // The drain deadline may pass during the stagger: close at once.
+            let drained = Box::pin(drain.cancelled());
+            tokio::select! {
+                () = stagger => {}
+                () = drained => return,
+            }
+            let key = &self.group.key;
+            tracing::info!(
+                site = %key.site,
+                route = %key.route,
+                pool = %key.pool,
+                "closing a WebSocket session whose route or pool a reload removed"
+            );
         }
-        let window = self.group.window_ms.load(Ordering::Relaxed);
-        let delay = if window == 0 {
-            0
-        } else {
-            crate::random::u64() % window
-        };
-        let stagger = Box::pin(tokio::time::sleep(Duration::from_millis(delay)));
-        // The drain deadline may pass during the stagger: close at once.
-        let drained = Box::pin(drain.cancelled());
-        tokio::select! {
-            () = stagger => {}
-            () = drained => return,
-        }
-        let key = &self.group.key;
-        tracing::info!(
-            site = %key.site,
-            route = %key.route,
-            pool = %key.pool,
-            "closing a WebSocket session whose route or pool a reload removed"
-        );
     }
 
     fn draining(&self) -> bool {

@@ -38,12 +38,10 @@ mod tests;
 use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::Direction;
-use crate::metrics::RouteMetrics;
-use session::Session;
+pub(crate) use session::relay;
 
 /// How a session is relayed (from the route's configuration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -180,41 +178,4 @@ pub(crate) enum RelayEnd {
     PingTimeout,
     /// The proxy is shutting down; both sides got 1001.
     Shutdown,
-}
-
-/// Relays a WebSocket session between `client` (the downstream connection;
-/// the proxy is its server) and `upstream` (the backend; the proxy is its
-/// client) until it ends, and reports how.
-///
-/// Every wait is bounded: after a close frame the other side has 5 s to
-/// answer; ending then takes at most a few more seconds to flush, shut both
-/// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
-/// outlives the call.
-#[allow(clippy::manual_async_fn)] // see the comment in the body
-pub(crate) fn relay<'a, C, U, S>(
-    mut client: C,
-    mut upstream: U,
-    settings: &'a RelaySettings,
-    metrics: &'a RouteMetrics,
-    shutdown: &'a S,
-) -> impl Future<Output = RelayOutcome> + use<'a, C, U, S>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-    S: Shutdown,
-{
-    // Not an `async fn`: that would copy its arguments into the future's
-    // state a second time, and this state sits in every open session.
-    async move {
-        let mut s = Session::new(settings);
-        let plan = s
-            .run(&mut client, &mut upstream, settings, metrics, shutdown)
-            .await;
-        // Boxed: the ending's state (its own timers) would otherwise be
-        // laid out beside the relaying's in every open session.
-        Box::pin(s.terminate(&plan, &mut client, &mut upstream, metrics)).await;
-        let outcome = s.outcome(plan.end, metrics);
-        tracing::debug!(?outcome, "WebSocket relay ended");
-        outcome
-    }
 }

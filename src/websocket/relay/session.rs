@@ -151,7 +151,62 @@ fn poll_timer(timer: &mut Timer, cx: &mut Context<'_>) -> Poll<()> {
     }
 }
 
-pub(super) struct Session {
+/// Relays a WebSocket session between `client` (the downstream connection;
+/// the proxy is its server) and `upstream` (the backend; the proxy is its
+/// client) until it ends, and reports how.
+///
+/// Every wait is bounded: after a close frame the other side has 5 s to
+/// answer; ending then takes at most a few more seconds to flush, shut both
+/// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
+/// outlives the call.
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub(crate) fn relay<'a, C, U, S>(
+    mut client: C,
+    mut upstream: U,
+    settings: &'a RelaySettings,
+    metrics: &'a RouteMetrics,
+    shutdown: &'a S,
+) -> impl Future<Output = RelayOutcome> + use<'a, C, U, S>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    S: Shutdown,
+{
+    // Not an `async fn`, and the relaying loop not a method's future of its
+    // own: either would keep a second copy of the arguments (or references
+    // to them) in the state every open session holds.
+    async move {
+        let mut s = Session::new(settings);
+        // Relaying, until something ends the session: both halves, the
+        // shutdown signal and the timer, polled in that order.
+        let plan = {
+            let mut at = Deadlines::new(settings);
+            let mut requested = pin!(shutdown.requested());
+            let mut timer: Timer = None;
+            arm(&mut timer, at.next());
+            loop {
+                let tick = tokio::select! {
+                    biased;
+                    () = &mut requested => Tick::Shutdown,
+                    event = poll_fn(|cx| s.pump(cx, &mut client, &mut upstream, metrics, Goal::Run)) => Tick::Pump(event),
+                    () = poll_fn(|cx| poll_timer(&mut timer, cx)) => at.due(Instant::now()),
+                };
+                if let Some(plan) = s.on_tick(tick, &mut at, settings, shutdown) {
+                    break plan;
+                }
+                arm(&mut timer, at.next());
+            }
+        };
+        // Boxed: the ending's state (its own timers) would otherwise be
+        // laid out beside the relaying's in every open session.
+        Box::pin(s.terminate(&plan, &mut client, &mut upstream, metrics)).await;
+        let outcome = s.outcome(plan.end, metrics);
+        tracing::debug!(?outcome, "WebSocket relay ended");
+        outcome
+    }
+}
+
+struct Session {
     halves: ByDirection<Half>,
     shared: Shared,
     /// The direction the pump polls first (alternates, for fairness).
@@ -159,7 +214,7 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(settings: &RelaySettings) -> Self {
+    fn new(settings: &RelaySettings) -> Self {
         Session {
             halves: ByDirection::new(|dir| Half::new(dir, settings)),
             shared: Shared {
@@ -171,7 +226,7 @@ impl Session {
     }
 
     /// Publishes what is still uncounted and reports how the session went.
-    pub(super) fn outcome(&mut self, end: RelayEnd, metrics: &RouteMetrics) -> RelayOutcome {
+    fn outcome(&mut self, end: RelayEnd, metrics: &RouteMetrics) -> RelayOutcome {
         for dir in Direction::ALL {
             self.halves[dir].tally.publish(&metrics.ws[dir.index()]);
         }
@@ -225,44 +280,6 @@ impl Session {
                 u2c.source_finished()
                     && u2c.flushed()
                     && self.halves[Direction::ClientToUpstream].flushed()
-            }
-        }
-    }
-
-    /// Relays until something ends the session; returns how to end it.
-    ///
-    /// Not an `async fn`, which would keep a second copy of its arguments
-    /// in every open session's state.
-    #[allow(clippy::manual_async_fn)] // see above
-    pub(super) fn run<C, U, S>(
-        &mut self,
-        client: &mut C,
-        upstream: &mut U,
-        settings: &RelaySettings,
-        metrics: &RouteMetrics,
-        shutdown: &S,
-    ) -> impl Future<Output = Plan>
-    where
-        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        S: Shutdown,
-    {
-        async move {
-            let mut at = Deadlines::new(settings);
-            let mut requested = pin!(shutdown.requested());
-            let mut timer: Timer = None;
-            arm(&mut timer, at.next());
-            loop {
-                let tick = tokio::select! {
-                    biased;
-                    () = &mut requested => Tick::Shutdown,
-                    event = poll_fn(|cx| self.pump(cx, client, upstream, metrics, Goal::Run)) => Tick::Pump(event),
-                    () = poll_fn(|cx| poll_timer(&mut timer, cx)) => at.due(Instant::now()),
-                };
-                if let Some(plan) = self.on_tick(tick, &mut at, settings, shutdown) {
-                    return plan;
-                }
-                arm(&mut timer, at.next());
             }
         }
     }
@@ -347,7 +364,7 @@ impl Session {
     /// Ends the session as `plan` says: close frames where they can go,
     /// replies awaited if asked, both sockets shut down, peers given a
     /// moment to close their side.
-    pub(super) async fn terminate<C, U>(
+    async fn terminate<C, U>(
         &mut self,
         plan: &Plan,
         client: &mut C,
