@@ -327,9 +327,9 @@ impl Session {
             // Closed by the drain deadline, or by a reload that removes this
             // route or pool (when its site asks for that).
             let ticket = self.shared.session_ticket(&self.route);
-            // Boxed: passed by value through this task, the relay's state
-            // would be laid out several times over in every idle session's
-            // task (measured with massif).
+            // Boxed: inline, it would make the task 1,408 bytes (tokio
+            // aligns a task to 128), against 384 and 904 for the two
+            // allocations (release type sizes, -Zprint-type-sizes).
             let relay = Box::pin(relay::relay(client, upstream, &self.settings, m, &ticket));
             let outcome = relay.await;
             drop(ticket);
