@@ -373,3 +373,38 @@ impl Session {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compact record gives the access log back what the upgrade
+    /// request's own record held: URI, both header values (or their
+    /// absence, and bytes that are not text), client and peer.
+    #[test]
+    fn a_session_record_gives_back_the_upgrade_requests_fields() {
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let uri: Uri = "/ws/chat?room=1".parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("probe/1.0 (x)"),
+        );
+        let back = SessionRecord::new(&AccessRecord::new(client, peer, &uri, &headers)).to_record();
+        assert_eq!((back.client, back.peer), (client, peer));
+        assert_eq!(back.uri, uri);
+        assert_eq!(back.user_agent, headers.get(header::USER_AGENT).cloned());
+        assert_eq!(back.referer, None);
+
+        let mut headers = http::HeaderMap::new();
+        let referer = HeaderValue::from_bytes(b"https://a.example/\xe9").unwrap();
+        headers.insert(header::REFERER, referer.clone());
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(""));
+        let uri: Uri = "https://a.example/ws/".parse().unwrap();
+        let back = SessionRecord::new(&AccessRecord::new(client, peer, &uri, &headers)).to_record();
+        assert_eq!(back.uri, uri);
+        assert_eq!(back.user_agent, Some(HeaderValue::from_static("")));
+        assert_eq!(back.referer, Some(referer));
+    }
+}
