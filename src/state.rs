@@ -72,63 +72,66 @@ struct GroupKey {
     pool: Arc<str>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
+    /// Which route and pool these sessions relay between.
+    key: GroupKey,
     /// Cancelled when a reload removed this route or pool and its site says
-    /// `removed_sessions = "close"`.
+    /// `removed_sessions = "close"`; a child of `Shared::close_websockets`,
+    /// so also cancelled when the drain deadline passes. One per group, not
+    /// one per session: a token per session was a heap node (and an entry
+    /// in the parent's list of children) in every idle session.
     retire: CancellationToken,
     /// The site's `close_window`, in ms, set before `retire` is cancelled.
     window_ms: AtomicU64,
 }
 
-/// One open WebSocket session's registration: its shutdown token is
-/// cancelled when the proxy drains past its deadline, or a random moment
-/// within `close_window` after a reload retired its route or pool.
+/// One open WebSocket session's registration: its relay is told to close
+/// when the proxy drains past its deadline, or a random moment within
+/// `close_window` after a reload retired its route or pool.
 pub(crate) struct SessionTicket {
     shared: Arc<Shared>,
-    key: GroupKey,
     group: Arc<Group>,
-    token: CancellationToken,
 }
 
-impl SessionTicket {
-    /// The token the session's relay watches; cancelled, it closes both
-    /// sides with 1001.
-    pub(crate) fn shutdown(&self) -> CancellationToken {
-        self.token.clone()
+impl crate::websocket::relay::Shutdown for SessionTicket {
+    // Not an `async fn`, which would hold `self` twice in every session.
+    #[allow(clippy::manual_async_fn)]
+    fn requested(&self) -> impl Future<Output = ()> + Send {
+        async move {
+            // An idle session waits here, on its group's signal alone; the
+            // staggered delay's timer is made (boxed) once a reload retires
+            // the route, so it is not laid out in every session's task.
+            self.group.retire.cancelled().await;
+            let drain = &self.shared.close_websockets;
+            if drain.is_cancelled() {
+                return;
+            }
+            let window = self.group.window_ms.load(Ordering::Relaxed);
+            let delay = if window == 0 {
+                0
+            } else {
+                crate::random::u64() % window
+            };
+            let stagger = Box::pin(tokio::time::sleep(Duration::from_millis(delay)));
+            // The drain deadline may pass during the stagger: close at once.
+            let drained = Box::pin(drain.cancelled());
+            tokio::select! {
+                () = stagger => {}
+                () = drained => return,
+            }
+            let key = &self.group.key;
+            tracing::info!(
+                site = %key.site,
+                route = %key.route,
+                pool = %key.pool,
+                "closing a WebSocket session whose route or pool a reload removed"
+            );
+        }
     }
 
-    /// Runs the session `relay`, cancelling [`SessionTicket::shutdown`] at
-    /// its staggered moment if a reload retires the session's route or pool.
-    pub(crate) async fn watch<F: Future>(&self, relay: F) -> F::Output {
-        let mut relay = std::pin::pin!(relay);
-        // An idle session waits here, holding only the retire signal's
-        // future: the staggered delay's timer is made (boxed) once a
-        // reload retires the route, so it is not laid out in every
-        // session's task.
-        tokio::select! {
-            out = relay.as_mut() => return out,
-            () = self.group.retire.cancelled() => {}
-        }
-        let window = self.group.window_ms.load(Ordering::Relaxed);
-        let delay = if window == 0 {
-            0
-        } else {
-            crate::random::u64() % window
-        };
-        let stagger = Box::pin(tokio::time::sleep(Duration::from_millis(delay)));
-        tokio::select! {
-            out = relay.as_mut() => return out,
-            () = stagger => {}
-        }
-        tracing::info!(
-            site = %self.key.site,
-            route = %self.key.route,
-            pool = %self.key.pool,
-            "closing a WebSocket session whose route or pool a reload removed"
-        );
-        self.token.cancel();
-        relay.await
+    fn draining(&self) -> bool {
+        self.shared.close_websockets.is_cancelled()
     }
 }
 
@@ -139,12 +142,12 @@ impl Drop for SessionTicket {
             .groups
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((group, open)) = groups.get_mut(&self.key)
+        if let Some((group, open)) = groups.get_mut(&self.group.key)
             && Arc::ptr_eq(group, &self.group)
         {
             *open -= 1;
             if *open == 0 {
-                groups.remove(&self.key);
+                groups.remove(&self.group.key);
             }
         }
     }
@@ -188,15 +191,20 @@ impl Shared {
                 .map_or_else(|| Arc::from(""), |p| p.name.clone()),
         };
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        let (group, open) = groups.entry(key.clone()).or_default();
+        let (group, open) = groups.entry(key.clone()).or_insert_with(|| {
+            let group = Group {
+                key,
+                retire: self.close_websockets.child_token(),
+                window_ms: AtomicU64::new(0),
+            };
+            (Arc::new(group), 0)
+        });
         *open += 1;
         let group = group.clone();
         drop(groups);
         SessionTicket {
             shared: self.clone(),
-            key,
             group,
-            token: self.close_websockets.child_token(),
         }
     }
 

@@ -37,24 +37,6 @@ impl AccessRecord {
             referer: headers.get(header::REFERER).cloned(),
         }
     }
-
-    /// The same record in allocations of its own. The request's URI and
-    /// header values are slices of hyper's read buffer (8 KiB or more); a
-    /// record that lives as long as a WebSocket session would keep that
-    /// buffer alive for days.
-    pub fn detached(&self) -> Self {
-        let copy = |v: &Option<HeaderValue>| {
-            v.as_ref()
-                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-        };
-        AccessRecord {
-            client: self.client,
-            peer: self.peer,
-            uri: Uri::try_from(self.uri.to_string()).unwrap_or_else(|_| Uri::from_static("/")),
-            user_agent: copy(&self.user_agent),
-            referer: copy(&self.referer),
-        }
-    }
 }
 
 /// How a request or session ended.

@@ -244,7 +244,10 @@ enum State {
 pub struct FrameWalker {
     direction: Direction,
     extensions: bool,
-    max_message: Option<u64>,
+    /// The largest message accepted; `u64::MAX` when there is no limit (no
+    /// message can exceed it, and an `Option` would take 8 bytes more in
+    /// every session's state).
+    max_message: u64,
     state: State,
     /// The header being collected, or the last complete one.
     hdr: [u8; MAX_HEADER_LEN],
@@ -273,7 +276,7 @@ impl FrameWalker {
         FrameWalker {
             direction,
             extensions,
-            max_message: max_message_bytes,
+            max_message: max_message_bytes.unwrap_or(u64::MAX),
             state: State::Header,
             hdr: [0; MAX_HEADER_LEN],
             have: 0,
@@ -471,10 +474,10 @@ impl FrameWalker {
             } else {
                 payload_len
             };
-            if let Some(limit) = self.max_message
-                && total > limit
-            {
-                return Err(FrameError::MessageTooBig { limit });
+            if total > self.max_message {
+                return Err(FrameError::MessageTooBig {
+                    limit: self.max_message,
+                });
             }
             self.in_message = !header.fin;
             self.message_bytes = if header.fin { 0 } else { total };

@@ -82,34 +82,37 @@ pub(super) struct Shared {
 #[derive(Default)]
 pub(super) struct Tally {
     pub(super) total: Counts,
-    unpublished: Counts,
+    /// In 32 bits: they are published before every read, so they never
+    /// hold more than one buffer's worth (64 KiB) of bytes or frames; the
+    /// totals cannot be, and stay 64-bit.
+    unpublished_frames: [u32; 6],
+    unpublished_bytes: u32,
 }
 
 impl Tally {
     fn frame(&mut self, class: usize) {
         self.total.frames[class] += 1;
-        self.unpublished.frames[class] += 1;
+        self.unpublished_frames[class] = self.unpublished_frames[class].saturating_add(1);
     }
 
     fn bytes(&mut self, n: u64) {
         self.total.bytes += n;
-        self.unpublished.bytes += n;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.unpublished_bytes = self.unpublished_bytes.saturating_add(n);
     }
 
     /// Adds what was counted since the last call to the metrics.
     pub(super) fn publish(&mut self, m: &WsDirectionMetrics) {
-        // In place: most calls find one class counted (or none), and
-        // taking the whole tally would copy and clear all of it each time.
-        let pending = &mut self.unpublished;
-        for (counter, n) in m.frames.iter().zip(pending.frames.iter_mut()) {
+        // In place: most calls find one class counted (or none).
+        for (counter, n) in m.frames.iter().zip(self.unpublished_frames.iter_mut()) {
             if *n > 0 {
-                counter.increment(*n);
+                counter.increment(u64::from(*n));
                 *n = 0;
             }
         }
-        if pending.bytes > 0 {
-            m.bytes.increment(pending.bytes);
-            pending.bytes = 0;
+        if self.unpublished_bytes > 0 {
+            m.bytes.increment(u64::from(self.unpublished_bytes));
+            self.unpublished_bytes = 0;
         }
     }
 }
@@ -120,16 +123,17 @@ impl Tally {
 /// `buf[..parsed]`; `buf[out_start..out_end]` is being written; `buf[fwd..]`
 /// has not been queued for writing yet. Between `fwd` and `parsed` there is at
 /// most an incomplete frame header, held back so the destination is never
-/// left inside a header.
+/// left inside a header. The positions are 32-bit (the buffer is at most
+/// `BULK_SIZE`): 20 bytes less in each direction of every session.
 pub(super) struct Half {
     dir: Direction,
     walker: FrameWalker,
     buf: Vec<u8>,
-    filled: usize,
-    parsed: usize,
-    fwd: usize,
-    out_start: usize,
-    out_end: usize,
+    filled: u32,
+    parsed: u32,
+    fwd: u32,
+    out_start: u32,
+    out_end: u32,
     /// Once `buf[out_start..out_end]` is written the destination stream is
     /// between frames.
     out_boundary: bool,
@@ -293,8 +297,8 @@ impl Half {
     /// Queues `buf[from..to]` for writing.
     fn queue(&mut self, from: usize, to: usize, sh: &mut Shared) {
         if to > from {
-            self.out_start = from;
-            self.out_end = to;
+            self.out_start = pos32(from);
+            self.out_end = pos32(to);
             sh.last_activity = Instant::now();
         }
     }
@@ -338,7 +342,7 @@ impl Half {
             self.compact();
             match self.poll_read(cx, src) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(self.source_ended(HalfEvent::Eof)),
-                Poll::Ready(Ok(n)) => self.filled += n,
+                Poll::Ready(Ok(n)) => self.filled += pos32(n),
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(direction = ?self.dir, error = %e, "WebSocket read failed");
                     let event = if e.kind() == io::ErrorKind::InvalidData {
@@ -374,10 +378,10 @@ impl Half {
         D: AsyncWrite + Unpin + ?Sized,
     {
         if self.out_start < self.out_end {
-            let bytes = &self.buf[self.out_start..self.out_end];
+            let bytes = &self.buf[self.out_start as usize..self.out_end as usize];
             return match ready!(Pin::new(&mut *dst).poll_write(cx, bytes)) {
                 Ok(n) if n > 0 => {
-                    self.out_start += n;
+                    self.out_start += pos32(n);
                     self.tally.bytes(n as u64);
                     self.need_flush = true;
                     Poll::Ready(Ok(true))
@@ -452,7 +456,8 @@ impl Half {
     /// Moves a held-back partial header to the front of the buffer.
     fn compact(&mut self) {
         if self.fwd > 0 {
-            self.buf.copy_within(self.fwd..self.filled, 0);
+            self.buf
+                .copy_within(self.fwd as usize..self.filled as usize, 0);
             self.filled -= self.fwd;
             self.parsed -= self.fwd;
             self.fwd = 0;
@@ -482,14 +487,15 @@ impl Half {
             }
             return Poll::Ready(Ok(got.len()));
         }
-        if self.filled >= self.buf.len() {
+        let filled = self.filled as usize;
+        if filled >= self.buf.len() {
             // Cannot happen: at most a 13-byte header is ever held back.
             return Poll::Ready(Err(io::Error::other("relay buffer full")));
         }
-        let mut rb = ReadBuf::new(&mut self.buf[self.filled..]);
+        let mut rb = ReadBuf::new(&mut self.buf[filled..]);
         ready!(Pin::new(src).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
-        if self.filled + n == self.buf.len() && self.buf.len() < BULK_SIZE {
+        if filled + n == self.buf.len() && self.buf.len() < BULK_SIZE {
             // The buffer filled up: bulk data, take a bigger one (it goes
             // when the direction is quiet again).
             let size = if self.buf.len() < BUF_SIZE {
@@ -505,8 +511,11 @@ impl Half {
     /// Walks what was read, queueing the bytes to pass on. Stops early where
     /// something must be written or decided first.
     fn walk_forward(&mut self, sh: &mut Shared) -> Option<HalfEvent> {
-        let mut pos = self.parsed;
-        while let Some(step) = self.walker.next(&self.buf[..self.filled], &mut pos) {
+        let mut pos = self.parsed as usize;
+        while let Some(step) = self
+            .walker
+            .next(&self.buf[..self.filled as usize], &mut pos)
+        {
             let flow = match step {
                 Step::Header {
                     header,
@@ -529,12 +538,12 @@ impl Half {
             self.fwd = self.filled;
         } else {
             // Pass on all but a partial header at the end.
-            let end = self
-                .filled
+            let fwd = self.fwd as usize;
+            let end = (self.filled as usize)
                 .saturating_sub(self.walker.pending_header_len())
-                .max(self.fwd);
-            self.queue(self.fwd, end, sh);
-            self.fwd = end;
+                .max(fwd);
+            self.queue(fwd, end, sh);
+            self.fwd = pos32(end);
             self.out_boundary = !self.walker.in_payload();
         }
         None
@@ -543,8 +552,8 @@ impl Half {
     /// Stops the walk at `pos`, a frame boundary, after the bytes before it
     /// that are passed on.
     fn stop_at(&mut self, pos: usize) {
-        self.fwd = pos;
-        self.parsed = pos;
+        self.fwd = pos32(pos);
+        self.parsed = pos32(pos);
         self.out_boundary = true;
     }
 
@@ -565,7 +574,8 @@ impl Half {
             AtHeader::HoldBack => {
                 // Pass on what precedes it; hold the pong (or a close the
                 // proxy replaces with its own) back.
-                self.queue(self.fwd, start.max(self.fwd), sh);
+                let fwd = self.fwd as usize;
+                self.queue(fwd, start.max(fwd), sh);
                 self.stop_at(pos);
                 self.skipping = true;
                 ControlFlow::Break(None)
@@ -586,19 +596,19 @@ impl Half {
             AtEnd::Walk => ControlFlow::Continue(()),
             AtEnd::PongConsumed => {
                 self.skipping = false;
-                self.fwd = pos;
+                self.fwd = pos32(pos);
                 ControlFlow::Continue(())
             }
             AtEnd::PongPassed => {
                 self.skipping = false;
-                self.fwd = pos;
+                self.fwd = pos32(pos);
                 let Some(frame) = self.walker.reencode_control() else {
                     return ControlFlow::Continue(());
                 };
                 // Not ours after all: pass it on unchanged.
                 self.tally.frame(PONG_CLASS);
                 self.inject = Some(Injection::boxed(frame, InjectKind::Pong));
-                self.parsed = pos;
+                self.parsed = pos32(pos);
                 ControlFlow::Break(None)
             }
             AtEnd::CloseSwallowed => {
@@ -607,13 +617,13 @@ impl Half {
                 ControlFlow::Break(Some(self.closed(pos)))
             }
             AtEnd::Closed => {
-                self.queue(self.fwd, pos, sh);
+                self.queue(self.fwd as usize, pos, sh);
                 self.dst_closed = true;
                 ControlFlow::Break(Some(self.closed(pos)))
             }
             AtEnd::Boundary => {
                 // Let the injection in here.
-                self.queue(self.fwd, pos, sh);
+                self.queue(self.fwd as usize, pos, sh);
                 self.stop_at(pos);
                 ControlFlow::Break(None)
             }
@@ -637,10 +647,11 @@ impl Half {
         pos: usize,
         sh: &mut Shared,
     ) -> ControlFlow<Option<HalfEvent>> {
-        let frame_start = start.max(self.fwd);
-        self.queue(self.fwd, frame_start, sh);
-        self.fwd = frame_start;
-        self.parsed = pos;
+        let fwd = self.fwd as usize;
+        let frame_start = start.max(fwd);
+        self.queue(fwd, frame_start, sh);
+        self.fwd = pos32(frame_start);
+        self.parsed = pos32(pos);
         self.out_boundary = true;
         self.mode = Mode::Off;
         ControlFlow::Break(Some(HalfEvent::Violation(error)))
@@ -648,8 +659,11 @@ impl Half {
 
     /// Walks what was read without passing it on, looking for a close frame.
     fn walk_discard(&mut self) -> Option<HalfEvent> {
-        let mut pos = self.parsed;
-        while let Some(step) = self.walker.next(&self.buf[..self.filled], &mut pos) {
+        let mut pos = self.parsed as usize;
+        while let Some(step) = self
+            .walker
+            .next(&self.buf[..self.filled as usize], &mut pos)
+        {
             let event = match step {
                 Step::End { header } if header.opcode == OP_CLOSE => {
                     self.close_seen = Some(self.walker.close_code().unwrap_or(CLOSE_NO_STATUS));
@@ -659,14 +673,20 @@ impl Half {
                 _ => continue,
             };
             self.mode = Mode::Off;
-            self.parsed = pos;
-            self.fwd = pos;
+            self.parsed = pos32(pos);
+            self.fwd = pos32(pos);
             return Some(event);
         }
         self.parsed = self.filled;
         self.fwd = self.filled;
         None
     }
+}
+
+/// A position in a direction's buffer (at most `BULK_SIZE`), as stored.
+fn pos32(pos: usize) -> u32 {
+    // Cannot saturate: no buffer reaches 4 GiB.
+    u32::try_from(pos).unwrap_or(u32::MAX)
 }
 
 /// Writes more of an injected frame; `Ok(true)` once all of it is out.

@@ -38,12 +38,10 @@ mod tests;
 use std::ops::{Index, IndexMut};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::Direction;
-use crate::metrics::RouteMetrics;
-use session::Session;
+pub(crate) use session::relay;
 
 /// How a session is relayed (from the route's configuration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +54,39 @@ pub(crate) struct RelaySettings {
     pub(crate) max_message_bytes: Option<u64>,
     /// An extension was negotiated, so RSV bits are allowed.
     pub(crate) extensions: bool,
+}
+
+impl RelaySettings {
+    /// The idle timeout, unless off (unset or zero).
+    fn idle(&self) -> Option<Duration> {
+        self.idle_timeout.filter(|d| !d.is_zero())
+    }
+
+    /// The ping interval, unless off (unset or zero).
+    fn pings(&self) -> Option<Duration> {
+        self.ping_interval.filter(|d| !d.is_zero())
+    }
+}
+
+/// What tells a relay to close both sides with 1001 (going away): the
+/// proxy's drain deadline, or a reload that retires the session's route.
+pub(crate) trait Shutdown {
+    /// Resolves once the session is to close.
+    fn requested(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether the proxy is shutting down (a backend that goes away then
+    /// gets the client a 1001 rather than a 1011).
+    fn draining(&self) -> bool;
+}
+
+impl Shutdown for CancellationToken {
+    fn requested(&self) -> impl Future<Output = ()> + Send {
+        self.cancelled()
+    }
+
+    fn draining(&self) -> bool {
+        self.is_cancelled()
+    }
 }
 
 /// One `T` for each direction, indexed by [`Direction`].
@@ -147,39 +178,4 @@ pub(crate) enum RelayEnd {
     PingTimeout,
     /// The proxy is shutting down; both sides got 1001.
     Shutdown,
-}
-
-/// Relays a WebSocket session between `client` (the downstream connection;
-/// the proxy is its server) and `upstream` (the backend; the proxy is its
-/// client) until it ends, and reports how.
-///
-/// Every wait is bounded: after a close frame the other side has 5 s to
-/// answer; ending then takes at most a few more seconds to flush, shut both
-/// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
-/// outlives the call.
-#[allow(clippy::manual_async_fn)] // see the comment in the body
-pub(crate) fn relay<'a, C, U>(
-    mut client: C,
-    mut upstream: U,
-    settings: &'a RelaySettings,
-    metrics: &'a RouteMetrics,
-    shutdown: CancellationToken,
-) -> impl Future<Output = RelayOutcome> + use<'a, C, U>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    // Not an `async fn`: that would copy its arguments into the future's
-    // state a second time, and this state sits in every open session.
-    async move {
-        let mut s = Session::new(settings);
-        let plan = s
-            .run(&mut client, &mut upstream, settings, metrics, &shutdown)
-            .await;
-        s.terminate(&plan, &mut client, &mut upstream, metrics)
-            .await;
-        let outcome = s.outcome(plan.end, metrics);
-        tracing::debug!(?outcome, "WebSocket relay ended");
-        outcome
-    }
 }

@@ -2,18 +2,17 @@
 //! timeout, pings, the close wait, shutdown), and how the session ends
 //! (closes, replies, shutdown, linger).
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, sleep_until, timeout_at};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep, sleep_until, timeout_at};
 
 use super::half::{Half, Shared};
 use super::plan::{HalfEvent, PingDue, Pings, Plan};
-use super::{ByDirection, RelayEnd, RelayOutcome, RelaySettings};
+use super::{ByDirection, RelayEnd, RelayOutcome, RelaySettings, Shutdown};
 use crate::metrics::RouteMetrics;
 use crate::websocket::frame::Direction;
 
@@ -76,46 +75,33 @@ enum Tick {
 }
 
 /// The relay's deadlines, all served by one timer (a `Sleep` per deadline
-/// would sit in every idle session's state).
+/// would sit in every idle session's state), which exists only while one
+/// of them is set.
 struct Deadlines {
-    /// `idle_timeout`, unless off.
-    idle_timeout: Option<Duration>,
-    /// `ping_interval`, unless off.
-    ping_every: Option<Duration>,
-    /// Where the timer waits when nothing is due (a year away).
-    far: Instant,
     /// The close handshake's end, once a close frame was seen.
     close: Option<Instant>,
-    /// When to check for idleness next.
+    /// When to check for idleness next (`idle_timeout` on).
     idle: Option<Instant>,
-    /// When to ping next.
+    /// When to ping next (`ping_interval` on).
     ping: Option<Instant>,
 }
 
 impl Deadlines {
     fn new(settings: &RelaySettings) -> Self {
-        let idle_timeout = settings.idle_timeout.filter(|d| !d.is_zero());
-        let ping_every = settings.ping_interval.filter(|d| !d.is_zero());
         let start = Instant::now();
         Deadlines {
-            idle_timeout,
-            ping_every,
-            far: start + Duration::from_secs(365 * 24 * 3600),
             close: None,
-            idle: idle_timeout.map(|d| start + d),
-            ping: ping_every.map(|d| start + d),
+            idle: settings.idle().map(|d| start + d),
+            ping: settings.pings().map(|d| start + d),
         }
     }
 
     /// The earliest deadline that counts now (only the close wait counts
-    /// while closing), or a far one.
-    fn next(&self) -> Instant {
+    /// while closing), if any.
+    fn next(&self) -> Option<Instant> {
         match self.close {
-            Some(close) => close,
-            None => [self.idle, self.ping]
-                .into_iter()
-                .flatten()
-                .fold(self.far, Instant::min),
+            Some(close) => Some(close),
+            None => [self.idle, self.ping].into_iter().flatten().min(),
         }
     }
 
@@ -138,7 +124,90 @@ impl Deadlines {
     }
 }
 
-pub(super) struct Session {
+/// The relay's one timer: boxed and made only once a deadline is set, so a
+/// session without timeouts holds no timer at all.
+type Timer = Option<Pin<Box<Sleep>>>;
+
+/// Arms `timer` for `next`: made on first need, reset only when the
+/// deadline moved (most wake-ups are relayed bytes, which leave the
+/// deadlines alone), dropped when nothing is due.
+fn arm(timer: &mut Timer, next: Option<Instant>) {
+    match (timer.as_mut(), next) {
+        (_, None) => *timer = None,
+        (None, Some(at)) => *timer = Some(Box::pin(sleep_until(at))),
+        (Some(sleep), Some(at)) => {
+            if sleep.is_elapsed() || sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+        }
+    }
+}
+
+/// Polls `timer`; pending forever when there is none.
+fn poll_timer(timer: &mut Timer, cx: &mut Context<'_>) -> Poll<()> {
+    match timer {
+        Some(sleep) => sleep.as_mut().poll(cx),
+        None => Poll::Pending,
+    }
+}
+
+/// Relays a WebSocket session between `client` (the downstream connection;
+/// the proxy is its server) and `upstream` (the backend; the proxy is its
+/// client) until it ends, and reports how.
+///
+/// Every wait is bounded: after a close frame the other side has 5 s to
+/// answer; ending then takes at most a few more seconds to flush, shut both
+/// sockets down (sending TLS `close_notify`) and let the peers close. Nothing
+/// outlives the call.
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub(crate) fn relay<'a, C, U, S>(
+    mut client: C,
+    mut upstream: U,
+    settings: &'a RelaySettings,
+    metrics: &'a RouteMetrics,
+    shutdown: &'a S,
+) -> impl Future<Output = RelayOutcome> + use<'a, C, U, S>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    S: Shutdown,
+{
+    // Not an `async fn`, and the relaying loop not a method's future of its
+    // own: either would keep a second copy of the arguments (or references
+    // to them) in the state every open session holds.
+    async move {
+        let mut s = Session::new(settings);
+        // Relaying, until something ends the session: the shutdown
+        // signal, both halves and the timer, polled in that order.
+        let plan = {
+            let mut at = Deadlines::new(settings);
+            let mut requested = pin!(shutdown.requested());
+            let mut timer: Timer = None;
+            arm(&mut timer, at.next());
+            loop {
+                let tick = tokio::select! {
+                    biased;
+                    () = &mut requested => Tick::Shutdown,
+                    event = poll_fn(|cx| s.pump(cx, &mut client, &mut upstream, metrics, Goal::Run)) => Tick::Pump(event),
+                    () = poll_fn(|cx| poll_timer(&mut timer, cx)) => at.due(Instant::now()),
+                };
+                if let Some(plan) = s.on_tick(tick, &mut at, settings, shutdown) {
+                    break plan;
+                }
+                arm(&mut timer, at.next());
+            }
+        };
+        // Boxed: the ending's state (392 bytes, its own timers among them)
+        // is larger than what relaying awaits, and inline it would set the
+        // size of every open session's state.
+        Box::pin(s.terminate(&plan, &mut client, &mut upstream, metrics)).await;
+        let outcome = s.outcome(plan.end, metrics);
+        tracing::debug!(?outcome, "WebSocket relay ended");
+        outcome
+    }
+}
+
+struct Session {
     halves: ByDirection<Half>,
     shared: Shared,
     /// The direction the pump polls first (alternates, for fairness).
@@ -146,11 +215,11 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(settings: &RelaySettings) -> Self {
+    fn new(settings: &RelaySettings) -> Self {
         Session {
             halves: ByDirection::new(|dir| Half::new(dir, settings)),
             shared: Shared {
-                pings: Pings::new(settings.ping_interval.is_some_and(|d| !d.is_zero())),
+                pings: Pings::new(settings.pings().is_some()),
                 last_activity: Instant::now(),
             },
             turn: Direction::ClientToUpstream,
@@ -158,7 +227,7 @@ impl Session {
     }
 
     /// Publishes what is still uncounted and reports how the session went.
-    pub(super) fn outcome(&mut self, end: RelayEnd, metrics: &RouteMetrics) -> RelayOutcome {
+    fn outcome(&mut self, end: RelayEnd, metrics: &RouteMetrics) -> RelayOutcome {
         for dir in Direction::ALL {
             self.halves[dir].tally.publish(&metrics.ws[dir.index()]);
         }
@@ -216,57 +285,23 @@ impl Session {
         }
     }
 
-    /// Relays until something ends the session; returns how to end it.
-    pub(super) async fn run<C, U>(
-        &mut self,
-        client: &mut C,
-        upstream: &mut U,
-        settings: &RelaySettings,
-        metrics: &RouteMetrics,
-        shutdown: &CancellationToken,
-    ) -> Plan
-    where
-        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
-        let mut at = Deadlines::new(settings);
-        let mut cancelled = pin!(shutdown.cancelled());
-        let mut timer = pin!(sleep_until(at.next()));
-        loop {
-            let tick = tokio::select! {
-                biased;
-                () = &mut cancelled => Tick::Shutdown,
-                event = poll_fn(|cx| self.pump(cx, client, upstream, metrics, Goal::Run)) => Tick::Pump(event),
-                () = &mut timer => at.due(Instant::now()),
-            };
-            if let Some(plan) = self.on_tick(tick, &mut at, shutdown) {
-                return plan;
-            }
-            // Re-arm only when needed: most wake-ups are relayed bytes,
-            // which leave the deadlines alone.
-            let next = at.next();
-            if timer.is_elapsed() || timer.deadline() != next {
-                timer.as_mut().reset(next);
-            }
-        }
-    }
-
     /// Handles what woke the relay; a plan if the session is to end.
-    fn on_tick(
+    fn on_tick<S: Shutdown>(
         &mut self,
         tick: Tick,
         at: &mut Deadlines,
-        shutdown: &CancellationToken,
+        settings: &RelaySettings,
+        shutdown: &S,
     ) -> Option<Plan> {
         match tick {
             Tick::Pump(PumpEvent::Half(dir, event)) => {
-                self.on_event(dir, event, at, shutdown.is_cancelled())
+                self.on_event(dir, event, at, shutdown.draining())
             }
             Tick::Pump(PumpEvent::Settled) | Tick::Early => None,
             Tick::Shutdown => Some(Plan::going_away(RelayEnd::Shutdown)),
             Tick::CloseWait => Some(Plan::graceful()),
-            Tick::Idle => self.on_idle(at),
-            Tick::Ping => self.on_ping(at),
+            Tick::Idle => self.on_idle(at, settings),
+            Tick::Ping => self.on_ping(at, settings),
         }
     }
 
@@ -303,8 +338,8 @@ impl Session {
     /// The idle deadline passed: the session ends if nothing was relayed
     /// since; otherwise the deadline moves to `idle_timeout` after the last
     /// relayed bytes.
-    fn on_idle(&self, at: &mut Deadlines) -> Option<Plan> {
-        let idle = at.idle_timeout?;
+    fn on_idle(&self, at: &mut Deadlines, settings: &RelaySettings) -> Option<Plan> {
+        let idle = settings.idle()?;
         let due = self.shared.last_activity + idle;
         if Instant::now() >= due {
             return Some(Plan::going_away(RelayEnd::Idle));
@@ -315,8 +350,8 @@ impl Session {
 
     /// The ping interval came round: ping the client, or end the session if
     /// the last ping went unanswered.
-    fn on_ping(&mut self, at: &mut Deadlines) -> Option<Plan> {
-        let every = at.ping_every?;
+    fn on_ping(&mut self, at: &mut Deadlines, settings: &RelaySettings) -> Option<Plan> {
+        let every = settings.pings()?;
         let u2c = &mut self.halves[Direction::UpstreamToClient];
         match self.shared.pings.due(u2c.can_take_ping()) {
             PingDue::Unanswered => return Some(Plan::client_gone(RelayEnd::PingTimeout)),
@@ -330,7 +365,7 @@ impl Session {
     /// Ends the session as `plan` says: close frames where they can go,
     /// replies awaited if asked, both sockets shut down, peers given a
     /// moment to close their side.
-    pub(super) async fn terminate<C, U>(
+    async fn terminate<C, U>(
         &mut self,
         plan: &Plan,
         client: &mut C,

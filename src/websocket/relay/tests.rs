@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 use super::*;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::websocket::frame::{
     Direction, FrameWalker, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Step,
     apply_mask,
@@ -183,7 +183,7 @@ where
     let route = RouteMetrics::new(&metrics, "s", "r");
     let token = CancellationToken::new();
     let t = token.clone();
-    let task = tokio::spawn(async move { relay(client, upstream, &settings, &route, t).await });
+    let task = tokio::spawn(async move { relay(client, upstream, &settings, &route, &t).await });
     Running {
         task,
         metrics,
