@@ -535,6 +535,29 @@ async fn http_01_is_answered_before_redirects_and_unknown_tokens_are_404() {
         1,
         "only the https request reached the pool"
     );
+
+    // A reload that moves [acme] storage (as a switch from a staging
+    // directory to production would) orders anew; the old certificate
+    // serves until then.
+    let main = format!(
+        "{}{}",
+        listen_toml(http, https),
+        pebble.acme_toml("http-01")
+    )
+    .replace("storage = \"acme\"", "storage = \"acme2\"");
+    std::fs::write(cfg.path().join("switchyard.toml"), main).unwrap();
+    proxy.server.reload(cfg.load()).await.unwrap();
+    wait_metric(&proxy, &ISSUED, 2.0, ISSUE_WAIT).await;
+    let moved = cfg
+        .path()
+        .join("acme2")
+        .join(pebble.ca_dir())
+        .join("sites/shop.pem");
+    assert!(moved.exists());
+    let (_, body) = get_over_tls(only(&root), proxy.https, "shop.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(body, "app");
     proxy.server.shutdown().await;
 }
 

@@ -335,11 +335,15 @@ impl SiteTask {
             .increment(1);
     }
 
+    /// The certificate served, if it came from this task's CA: after a
+    /// reload that changed `[acme] directory` the old CA's keeps serving
+    /// until the new CA's arrives, but is not taken for this CA's.
     fn current(&self) -> Option<Stored> {
         self.certs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&self.site)
+            .filter(|c| self.storage.owns(&c.tls.cert_path))
             .cloned()
     }
 

@@ -92,6 +92,13 @@ impl Storage {
         Ok(())
     }
 
+    /// Whether `path` lies in this CA's directory (a certificate from
+    /// another CA, such as staging before a switch to production, is not
+    /// this one's to renew).
+    pub(crate) fn owns(&self, path: &Path) -> bool {
+        path.starts_with(&self.dir)
+    }
+
     /// The account credentials file.
     pub(crate) fn account_path(&self) -> PathBuf {
         self.dir.join("account.json")
@@ -317,6 +324,8 @@ mod tests {
         assert_eq!(mode(&tmp.path().join("acme")), 0o700);
         assert_eq!(mode(&s.dir.join("sites")), 0o700);
         assert!(s.load_site("shop").unwrap().is_none());
+        assert!(s.owns(&s.site_path("shop")));
+        assert!(!s.owns(&tmp.path().join("acme/staging.example/sites/shop.pem")));
 
         let ck = rcgen::generate_simple_self_signed(vec!["B.example".into(), "a.example".into()])
             .unwrap();
