@@ -111,7 +111,13 @@ pub fn summary(c: &Config) -> String {
             "site {}: hosts {}{}{}",
             site.name,
             site.hosts.join(", "),
-            if site.tls.is_some() { "; tls" } else { "" },
+            if site.acme {
+                "; tls acme"
+            } else if site.tls.is_some() {
+                "; tls"
+            } else {
+                ""
+            },
             if site.redirect_https {
                 "; redirect_https"
             } else {

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 mod accept_encoding;
+mod acme;
 mod activity;
 mod admin;
 mod buffer;

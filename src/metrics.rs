@@ -45,6 +45,8 @@ pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_tls_handshake_failure
 pub const TLS_HANDSHAKES_TOTAL: &str = "switchyard_tls_handshakes_total";
 /// A site's leaf certificate's notAfter, as Unix time.
 pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
+/// ACME orders, first or renewal, by site and result (`issued`, `failed`).
+pub const ACME_ORDERS_TOTAL: &str = "switchyard_acme_orders_total";
 /// Connections closed before being served, by listener and reason.
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "switchyard_connections_rejected_total";
 /// Responses compressed at the proxy, by site, route and encoding.
@@ -158,6 +160,11 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         TLS_CERT_EXPIRY,
         Some(Unit::Seconds),
         "Unix time at which a site's leaf certificate expires (its notAfter).",
+    ),
+    (
+        ACME_ORDERS_TOTAL,
+        None,
+        "ACME certificate orders, first or renewal, by site and result (issued, failed).",
     ),
     (
         CONFIG_RELOADS_TOTAL,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acme;
 use crate::config::{Config, ErrorPages, Route as RouteConfig, Site as SiteConfig, Timeouts};
 use crate::files::{Catalog, Files};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -57,6 +58,9 @@ pub(crate) struct Site {
     pub redirect_https: bool,
     /// rustls configuration presenting this site's certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// An ACME site still waiting for its first certificate: its
+    /// handshakes fail and its plain-HTTP requests answer 503.
+    pub acme_pending: bool,
     /// Routes, longest path first.
     routes: Vec<Arc<Route>>,
     /// Pools by name.
@@ -81,6 +85,9 @@ pub(crate) struct Router {
     /// rustls' rotating ticketer, made once and handed from generation to
     /// generation, for when no `[tls] ticket_keys` are configured.
     rotating: Arc<dyn ProducesTickets>,
+    /// The ACME challenges being answered, handed from generation to
+    /// generation like `rotating`, since orders outlive reloads.
+    pub challenges: Arc<acme::Challenges>,
     /// Metrics for requests whose host matches no site.
     pub unknown: Arc<Route>,
 }
@@ -160,6 +167,7 @@ impl Router {
             None => rustls::crypto::ring::Ticketer::new().map_err(BuildError::Ticketer)?,
         };
         let ticketer = ticketer(config, &rotating)?;
+        let challenges = previous.map_or_else(Arc::default, |p| p.challenges.clone());
         for (i, site) in config.sites.iter().enumerate() {
             for h in &site.hosts {
                 hosts.insert(h.clone(), i);
@@ -169,6 +177,7 @@ impl Router {
                 metrics,
                 timeouts: &config.timeouts,
                 ticketer: &ticketer,
+                challenges: &challenges,
             };
             sites.push(Arc::new(build_site(site, prev, &cx)?));
         }
@@ -176,6 +185,7 @@ impl Router {
             hosts,
             sites,
             rotating,
+            challenges,
             unknown: unrouted(
                 metrics,
                 UNMATCHED,
@@ -198,7 +208,10 @@ impl Router {
         let site = match sni {
             Some(name) => self.site(name).filter(|s| s.tls.is_some()),
             None => {
-                let mut it = self.sites.iter().filter(|s| s.tls.is_some());
+                let mut it = self
+                    .sites
+                    .iter()
+                    .filter(|s| s.tls.is_some() && !s.acme_pending);
                 let first = it.next();
                 if it.next().is_some() { None } else { first }
             }
@@ -261,6 +274,7 @@ struct SiteCx<'a> {
     metrics: &'a Arc<Metrics>,
     timeouts: &'a Timeouts,
     ticketer: &'a Arc<dyn ProducesTickets>,
+    challenges: &'a Arc<acme::Challenges>,
 }
 
 fn build_site(
@@ -272,6 +286,7 @@ fn build_site(
         metrics,
         timeouts,
         ticketer,
+        challenges,
     } = *cx;
     let mut pools = Vec::with_capacity(site.pools.len());
     for p in &site.pools {
@@ -300,20 +315,28 @@ fn build_site(
         .map(|(r, files)| build_route(r, files, &shared))
         .collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+    let tls_error = |source| BuildError::Tls {
+        site: site.name.clone(),
+        source,
+    };
     let tls = match &site.tls {
+        // An ACME site always has a configuration: it answers tls-alpn-01
+        // challenges before its first certificate arrives.
+        _ if site.acme => {
+            let key = site.tls.as_ref().map(|t| t.certified_key.clone());
+            let resolver = Arc::new(acme::Resolver::new(key, challenges.clone()));
+            Some(tls::server_config(resolver, ticketer.clone(), &acme::ALPN).map_err(tls_error)?)
+        }
         Some(t) => Some(
-            tls::site_server_config(t.certified_key.clone(), ticketer.clone()).map_err(
-                |source| BuildError::Tls {
-                    site: site.name.clone(),
-                    source,
-                },
-            )?,
+            tls::site_server_config(t.certified_key.clone(), ticketer.clone())
+                .map_err(tls_error)?,
         ),
         None => None,
     };
     Ok(Site {
         name: site.name.as_str().into(),
         redirect_https: site.redirect_https,
+        acme_pending: site.acme && site.tls.is_none(),
         tls,
         routes,
         pools,

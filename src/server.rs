@@ -10,6 +10,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme;
 use crate::admin;
 use crate::config::Config;
 use crate::listener::{self, Accepting, Kind};
@@ -49,6 +50,8 @@ pub struct Server {
     listeners: Mutex<HashMap<(Kind, SocketAddr), ListenerSlot>>,
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
+    /// Certificates of `tls = { acme = true }` sites.
+    acme: acme::Manager,
 }
 
 /// Binds every https and http listener, by configured address.
@@ -125,12 +128,17 @@ impl Server {
     /// As [`Self::start`], with connections spread over `workers` (the
     /// calling runtime is their worker 0).
     pub async fn start_on(
-        config: Config,
+        mut config: Config,
         workers: Option<Arc<Workers>>,
     ) -> Result<Arc<Self>, ServerError> {
         let metrics = Metrics::new();
+        // Stored ACME certificates serve from the first handshake.
+        let (acme, acme_issued) = acme::Manager::new(metrics.clone());
+        acme.preload(&config);
+        acme.fill(&mut config);
         let config = Arc::new(config);
         let generation = Generation::build(config.clone(), None, &metrics)?;
+        acme.attach(generation.router.challenges.clone());
         let shared = Shared::new(generation, metrics.clone());
         publish_config(&metrics, &config);
         for result in ["success", "failure"] {
@@ -172,13 +180,17 @@ impl Server {
         });
         spawn_upkeep(metrics.clone(), admin_stop.clone());
         tokio::spawn(crate::memory::trim_after_bursts(admin_stop.clone()));
-        Ok(Arc::new(Server {
+        let server = Arc::new(Server {
             shared,
             accepting,
             listeners: Mutex::new(listeners),
             admin_addr,
             admin_stop,
-        }))
+            acme,
+        });
+        spawn_acme_installer(&server, acme_issued);
+        server.acme.sync(&config);
+        Ok(server)
     }
 
     /// Bound addresses of the https listeners.
@@ -233,11 +245,13 @@ impl Server {
         result
     }
 
-    async fn try_reload(&self, config: Config) -> Result<(), ServerError> {
-        let config = Arc::new(config);
+    async fn try_reload(&self, mut config: Config) -> Result<(), ServerError> {
         // One reload at a time; new addresses are bound before anything
         // else changes, so a bind failure leaves the old configuration whole.
         let mut listeners = self.listeners.lock().await;
+        // Under the lock, so a certificate swapped in meanwhile is kept.
+        self.acme.fill(&mut config);
+        let config = Arc::new(config);
         let wanted: Vec<(Kind, SocketAddr)> = config
             .listen
             .https
@@ -263,6 +277,7 @@ impl Server {
         self.shared.generation.store(Arc::new(generation));
         publish_config(&self.shared.metrics, &config);
         self.shared.retire_sessions(&config, &previous.config);
+        self.acme.sync(&config);
         listeners.retain(|key, slot| {
             let keep = wanted.contains(key);
             if !keep {
@@ -283,6 +298,7 @@ impl Server {
     /// closed with 1001. Returns when everything has ended.
     pub async fn shutdown(&self) {
         self.shared.set_draining();
+        self.acme.stop();
         self.accepting.stop.cancel();
         let drain = self.shared.generation.load().config.timeouts.drain;
         self.accepting.connections.close();
@@ -300,6 +316,45 @@ impl Server {
         }
         self.admin_stop.cancel();
     }
+}
+
+impl Server {
+    /// Swaps in the configuration as it is with `site`'s new ACME
+    /// certificate: a generation built as a reload builds it, so open
+    /// connections and sessions keep theirs and new handshakes get the new
+    /// certificate.
+    async fn install_acme_certificate(&self, site: &str) {
+        let _one_at_a_time = self.listeners.lock().await;
+        let previous = self.shared.generation.load_full();
+        let mut config = (*previous.config).clone();
+        self.acme.fill(&mut config);
+        match Generation::build(Arc::new(config), Some(&previous), &self.shared.metrics) {
+            Ok(generation) => {
+                self.shared.generation.store(Arc::new(generation));
+                tracing::info!(site, "ACME: new certificate in service");
+            }
+            Err(e) => {
+                tracing::error!(site, error = %e, "ACME: cannot put the new certificate into service");
+            }
+        }
+    }
+}
+
+/// Puts each certificate the ACME tasks announce into service, for as
+/// long as the server lives.
+fn spawn_acme_installer(
+    server: &Arc<Server>,
+    mut issued: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let server = Arc::downgrade(server);
+    tokio::spawn(async move {
+        while let Some(site) = issued.recv().await {
+            let Some(server) = server.upgrade() else {
+                return;
+            };
+            server.install_acme_certificate(&site).await;
+        }
+    });
 }
 
 fn publish_config(metrics: &Metrics, config: &Config) {

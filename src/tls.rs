@@ -40,12 +40,24 @@ pub fn site_server_config(
     key: Arc<rustls::sign::CertifiedKey>,
     ticketer: Arc<dyn ProducesTickets>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(key));
+    server_config(resolver, ticketer, &ALPN)
+}
+
+/// Like [`site_server_config`], the certificate chosen per handshake by
+/// `resolver` (an ACME site's, which answers challenges) and the ALPN
+/// protocols given.
+pub(crate) fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    ticketer: Arc<dyn ProducesTickets>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Every connection's keys leave rustls once the handshake is done
     // (see `records.rs`).
     config.enable_secret_extraction = true;

@@ -34,6 +34,8 @@ pub struct Config {
     pub log: Log,
     /// Process-wide TLS settings.
     pub tls: Tls,
+    /// `[acme]`: automatic certificates; `None` without the table.
+    pub acme: Option<Acme>,
     /// Sites, sorted by name.
     pub sites: Vec<Site>,
     /// A hash of every file's contents, exported so operators can see what is live.
@@ -138,6 +140,32 @@ pub struct Tls {
     pub ticket_keys: Vec<TicketKey>,
 }
 
+/// `[acme]` in `switchyard.toml`: where and how certificates are ordered
+/// for the sites that say `tls = { acme = true }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// Contact address given to the CA; `None`: the account has none.
+    pub email: Option<String>,
+    /// The directory URL, always `https://`. Default Let's Encrypt's.
+    pub directory: String,
+    /// How the CA checks that we control a name.
+    pub challenge: AcmeChallenge,
+    /// Account key and certificates, resolved against the config directory.
+    pub storage: PathBuf,
+    /// Roots trusted for the directory's HTTPS instead of the system's
+    /// (a private or test CA), with the file they came from.
+    pub ca_roots: Option<(PathBuf, Vec<rustls::pki_types::CertificateDer<'static>>)>,
+}
+
+/// `[acme] challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: a special certificate on the https listeners (ALPN `acme-tls/1`).
+    TlsAlpn01,
+    /// RFC 8555 §8.3: a token under `/.well-known/acme-challenge/` on the plain listeners.
+    Http01,
+}
+
 /// One `[tls] ticket_keys` file: 80 random bytes.
 #[derive(Clone)]
 pub struct TicketKey {
@@ -182,8 +210,11 @@ pub struct Site {
     pub file: PathBuf,
     /// Host names, lower-cased, without port.
     pub hosts: Vec<String>,
-    /// The site's certificate and key, loaded and checked to match.
+    /// The site's certificate and key, loaded and checked to match; for an
+    /// ACME site, the certificate obtained so far, if any.
     pub tls: Option<SiteTls>,
+    /// `tls = { acme = true }`: the certificate is ordered from `[acme]`.
+    pub acme: bool,
     /// Plain-HTTP requests get 308 to https.
     pub redirect_https: bool,
     /// What a reload does to open WebSocket sessions of a route or pool it

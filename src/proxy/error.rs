@@ -58,6 +58,12 @@ pub enum ProxyError {
     /// Opening or reading the file failed.
     #[error("the file could not be read: {0}")]
     File(#[source] std::io::Error),
+    /// An ACME site's first certificate has not arrived yet.
+    #[error("this site's certificate has not been issued yet; try again shortly")]
+    CertificatePending,
+    /// An http-01 token no order is waiting on.
+    #[error("no such ACME challenge")]
+    UnknownChallenge,
     /// A pool response's `X-Accel-Redirect` named a path that no files
     /// route of the site serves.
     #[error("the upstream's X-Accel-Redirect to {0:?} matches no files route of this site")]
@@ -71,7 +77,9 @@ impl Failure for ProxyError {
             ProxyError::Upstream(e) => e.fault(),
             ProxyError::Body(e) => e.fault(),
             ProxyError::AccelTarget(_) => Fault::Upstream,
-            ProxyError::FileForbidden | ProxyError::File(_) => Fault::Proxy,
+            ProxyError::FileForbidden | ProxyError::File(_) | ProxyError::CertificatePending => {
+                Fault::Proxy
+            }
             // Everything else is the request itself: a host, path, method
             // or header the configuration does not serve.
             _ => Fault::Client,
@@ -92,9 +100,11 @@ impl ProxyError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UnknownHost | ProxyError::NoRoute | ProxyError::FileNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ProxyError::UnknownHost
+            | ProxyError::NoRoute
+            | ProxyError::FileNotFound
+            | ProxyError::UnknownChallenge => StatusCode::NOT_FOUND,
+            ProxyError::CertificatePending => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::FileForbidden => StatusCode::FORBIDDEN,
             ProxyError::File(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,7 +147,8 @@ impl ProxyError {
                     h.insert(header::LOCATION, v);
                 }
             }
-            ProxyError::Pool(PoolError::QueueTimeout | PoolError::QueueFull) => {
+            ProxyError::Pool(PoolError::QueueTimeout | PoolError::QueueFull)
+            | ProxyError::CertificatePending => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::MethodNotAllowed => {

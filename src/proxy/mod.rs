@@ -2,8 +2,8 @@
 //!
 //! 1. **Identify** the client: [`forwarded::real_client`], kept in an
 //!    [`AccessRecord`] for the backend and the log.
-//! 2. **Route**: refuse ambiguous framing, find the site by host and the
-//!    route by path ([`route`]).
+//! 2. **Route**: refuse ambiguous framing, answer ACME http-01 challenges
+//!    ([`acme`]), find the site by host and the route by path ([`route`]).
 //! 3. **Hand over**: a plain request to its pool ([`forward`]) or to disk
 //!    ([`files`], which also takes a pool's `X-Accel-Redirect`), a
 //!    WebSocket upgrade to its async backend ([`websocket`]).
@@ -15,6 +15,7 @@
 //! proxy does not depend on how connections are served.
 
 mod access;
+mod acme;
 mod error;
 mod files;
 mod forward;
@@ -153,6 +154,9 @@ impl Ctx<'_> {
         &self,
         req: Request<Incoming>,
     ) -> (Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
+        if let Some(answer) = acme::http01(self, &req) {
+            return answer;
+        }
         let routed = match route::route(&self.generation.router, self.conn, &req) {
             Ok(r) => r,
             Err((route, e)) => return (route, Err(e)),

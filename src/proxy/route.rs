@@ -39,6 +39,10 @@ pub(super) fn route(
             return Err((site.unrouted.clone(), ProxyError::Misdirected));
         }
     }
+    if !conn.client().https && site.acme_pending {
+        // Redirecting to https would only lead to a failed handshake.
+        return Err((site.unrouted.clone(), ProxyError::CertificatePending));
+    }
     if !conn.client().https && site.redirect_https {
         let location = redirect_location(host, conn.https_port(), req.uri());
         return Err((site.unrouted.clone(), ProxyError::Redirect(location)));

@@ -243,7 +243,7 @@ websockets = "web"
                 "cfg/switchyard.toml:6:1: unknown field \"max_conections\" in [limits]",
                 "cfg/switchyard.toml:8:1: unknown field \"threads\" in [runtime] (expected one of: worker_threads)",
                 "cfg/switchyard.toml:10:1: unknown field \"colour\" in [log] (expected one of: format, level)",
-                "cfg/switchyard.toml:11:2: unknown field \"extra\" in the top level (expected one of: listen, timeouts, limits, runtime, log, tls)",
+                "cfg/switchyard.toml:11:2: unknown field \"extra\" in the top level (expected one of: listen, timeouts, limits, runtime, log, tls, acme)",
                 "cfg/sites/shop.toml:2:1: unknown field \"tsl\" in the top level (expected one of: hosts, tls, redirect_https, removed_sessions, close_window, error_pages, pools, routes); did you mean \"tls\"?",
                 "cfg/sites/shop.toml:5:1: unknown field \"max_inflight\" in [pools.web] (expected one of: servers, max_in_flight, queue_timeout, max_queue, max_body, buffering, health); did you mean \"max_in_flight\"?",
                 "cfg/sites/shop.toml:6:25: unknown field \"intervall\" in [pools.web.health] (expected one of: path, interval, timeout, rise, fall); did you mean \"interval\"?",

@@ -4,10 +4,12 @@
 //! so that every problem in every file is collected, each with its
 //! `FILE:LINE:COL`, instead of stopping at the first one: `diagnostics`
 //! locates and words the problems, `values` reads typed fields, `process`
-//! checks `switchyard.toml` (`ticket_keys` its `[tls]` key files), `site`,
+//! checks `switchyard.toml` (`ticket_keys` its `[tls]` key files, `acme`
+//! its `[acme]` table and the sites' `tls.acme`), `site`,
 //! `route`, `tls` and `pages` check the site files, and `hash` fingerprints
 //! everything read.
 
+mod acme;
 mod diagnostics;
 mod files;
 mod hash;
@@ -207,7 +209,9 @@ fn build(
         let base = path.parent().unwrap_or(&sites_dir).to_path_buf();
         let mut cx = Cx::new(path, text, &mut errors);
         if let Some(root) = parse_toml(&mut cx) {
-            let site = parse_site(&mut cx, name, &base, &root, &mut claimed, &mut hash);
+            let acme = process.acme.is_some();
+            let mut site = parse_site(&mut cx, name, &base, &root, &mut claimed, &mut hash);
+            acme::check_site(&mut cx, &root, &mut site, acme);
             parsed_sites.push(site);
         }
     }
@@ -240,6 +244,7 @@ fn build(
         runtime: process.runtime,
         log: process.log,
         tls: process.tls,
+        acme: process.acme,
         sites: parsed_sites,
         hash: hash.finish(),
     })

@@ -1,5 +1,5 @@
 //! `switchyard.toml`: the process-wide settings (`[listen]`, `[timeouts]`,
-//! `[limits]`, `[runtime]`, `[log]`, `[tls]`), each with its default. The file is
+//! `[limits]`, `[runtime]`, `[log]`, `[tls]`, `[acme]`), each with its default. The file is
 //! optional, so [`Process::default`] alone must be a working setup; the
 //! listeners are checked against each other here because a clash would only
 //! show at bind time otherwise.
@@ -12,7 +12,8 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::super::{Limits, Listen, Log, LogFormat, Runtime, Timeouts, Tls, TrustedProxies};
+use super::super::{Acme, Limits, Listen, Log, LogFormat, Runtime, Timeouts, Tls, TrustedProxies};
+use super::acme::{ACME_FIELDS, parse_acme};
 use super::diagnostics::{Cx, found};
 use super::hash::Fnv;
 use super::ticket_keys::{TLS_FIELDS, parse_ticket_keys};
@@ -21,7 +22,9 @@ use super::values::{
     socket_addr,
 };
 
-const MAIN_FIELDS: &[&str] = &["listen", "timeouts", "limits", "runtime", "log", "tls"];
+const MAIN_FIELDS: &[&str] = &[
+    "listen", "timeouts", "limits", "runtime", "log", "tls", "acme",
+];
 const LISTEN_FIELDS: &[&str] = &[
     "https",
     "http",
@@ -48,6 +51,7 @@ pub(super) struct Process {
     pub(super) runtime: Runtime,
     pub(super) log: Log,
     pub(super) tls: Tls,
+    pub(super) acme: Option<Acme>,
 }
 
 impl Default for Process {
@@ -77,6 +81,7 @@ impl Default for Process {
                 level: "info".to_owned(),
             },
             tls: Tls::default(),
+            acme: None,
         }
     }
 }
@@ -119,6 +124,10 @@ pub(super) fn parse_main(
         && let Some(v) = t.get("ticket_keys")
     {
         p.tls.ticket_keys = parse_ticket_keys(cx, v, &t.child("ticket_keys"), dir, hash);
+    }
+
+    if let Some(t) = top.section(cx, "acme", ACME_FIELDS) {
+        p.acme = Some(parse_acme(cx, &t, dir, hash));
     }
     p
 }

@@ -51,6 +51,7 @@ pub(super) fn parse_site(
         file: cx.file.to_path_buf(),
         hosts: Vec::new(),
         tls: None,
+        acme: false,
         redirect_https: false,
         removed_sessions: RemovedSessions::Keep,
         close_window: Duration::from_secs(30),

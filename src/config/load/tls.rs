@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use rustls::sign::SigningKey;
+use toml::de::DeValue;
 
 use super::super::SiteTls;
 use super::diagnostics::Cx;
@@ -17,7 +18,7 @@ use super::hash::Fnv;
 use super::values::{Table, read_file};
 
 /// The fields of `tls = { ... }`.
-pub(super) const TLS_FIELDS: &[&str] = &["cert", "key"];
+pub(super) const TLS_FIELDS: &[&str] = &["cert", "key", "acme"];
 
 /// Reads and checks `tls = { cert, key }`; every file read feeds `hash`.
 pub(super) fn parse_tls(
@@ -26,6 +27,13 @@ pub(super) fn parse_tls(
     base: &Path,
     hash: &mut Fnv,
 ) -> Option<SiteTls> {
+    if t.get("acme")
+        .is_some_and(|v| !matches!(v.get_ref(), DeValue::Boolean(false)))
+    {
+        // An ACME site has no files to read; `acme.rs` checks the rest
+        // once `[acme]` is known.
+        return None;
+    }
     let cert = read_pem(cx, t, "cert", base, hash);
     let key = read_pem(cx, t, "key", base, hash);
     let certs = cert.as_ref().and_then(|cert| parse_certs(cx, cert));
@@ -298,7 +306,7 @@ mod tests {
                 "cfg/sites/a.toml:1:18: redirect_https: needs tls = { cert = \"...\", key = \"...\" } in this site",
                 "cfg/sites/b.toml:1:7: tls: missing field \"key\"",
                 "cfg/sites/b.toml:1:16: tls.cert: cannot read cfg/sites/x.crt: ",
-                "cfg/sites/b.toml:1:25: unknown field \"chain\" in [tls] (expected one of: cert, key)",
+                "cfg/sites/b.toml:1:25: unknown field \"chain\" in [tls] (expected one of: cert, key, acme)",
             ],
         );
     }
