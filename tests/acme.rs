@@ -296,19 +296,12 @@ fn only(root: &CertificateDer<'static>) -> rustls::RootCertStore {
 
 /// Waits (bounded) until the metric reaches `at_least`.
 async fn wait_metric(proxy: &Proxy, parts: &[&str], at_least: f64, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = proxy.metric(parts).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{parts:?} stayed at {v} (wanted {at_least}); metrics:\n{}",
-            proxy.metrics().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let v = proxy.metric_until(parts, limit, |v| v >= at_least).await;
+    assert!(
+        v >= at_least,
+        "{parts:?} stayed at {v} (wanted {at_least}); metrics:\n{}",
+        proxy.metrics().await
+    );
 }
 
 const ISSUED: [&str; 3] = [
@@ -321,6 +314,24 @@ const FAILED: [&str; 3] = [
     "site=\"shop\"",
     "result=\"failed\"",
 ];
+
+/// The proxy's configuration: listeners on these ports, `[acme]` at
+/// `pebble` with `challenge`, and one site, `shop`.
+fn acme_config(
+    pebble: &Pebble,
+    (http, https): (u16, u16),
+    challenge: &str,
+    site: String,
+) -> ConfigDir {
+    ConfigDir::new(
+        &format!(
+            "{}{}",
+            listen_toml(http, https),
+            pebble.acme_toml(challenge)
+        ),
+        &[("shop", site)],
+    )
+}
 
 fn listen_toml(http: u16, https: u16) -> String {
     format!(
@@ -391,13 +402,11 @@ async fn tls_alpn_01_issues_then_a_restart_reuses_the_stored_certificate() {
         return;
     };
     let backend = Backend::named("app").await;
-    let cfg = ConfigDir::new(
-        &format!(
-            "{}{}",
-            listen_toml(http, https),
-            pebble.acme_toml("tls-alpn-01")
-        ),
-        &[("shop", shop_site(&backend, ""))],
+    let cfg = acme_config(
+        &pebble,
+        (http, https),
+        "tls-alpn-01",
+        shop_site(&backend, ""),
     );
     let started = Instant::now();
     let proxy = Proxy::start(cfg.load()).await;
@@ -500,13 +509,11 @@ async fn http_01_is_answered_before_redirects_and_unknown_tokens_are_404() {
         return;
     };
     let backend = Backend::named("app").await;
-    let cfg = ConfigDir::new(
-        &format!(
-            "{}{}",
-            listen_toml(http, https),
-            pebble.acme_toml("http-01")
-        ),
-        &[("shop", shop_site(&backend, "redirect_https = true"))],
+    let cfg = acme_config(
+        &pebble,
+        (http, https),
+        "http-01",
+        shop_site(&backend, "redirect_https = true"),
     );
     let started = Instant::now();
     let proxy = Proxy::start(cfg.load()).await;
@@ -574,14 +581,7 @@ async fn short_lived_certificates_renew_while_websockets_and_h2_stay_open() {
         "{}[pools.live]\nservers = [\"{live}\"]\n[[routes]]\npath = \"/ws/\"\nwebsocket = \"live\"\n",
         shop_site(&backend, "")
     );
-    let cfg = ConfigDir::new(
-        &format!(
-            "{}{}",
-            listen_toml(http, https),
-            pebble.acme_toml("tls-alpn-01")
-        ),
-        &[("shop", site)],
-    );
+    let cfg = acme_config(&pebble, (http, https), "tls-alpn-01", site);
     let proxy = Proxy::start(cfg.load()).await;
     wait_metric(&proxy, &ISSUED, 1.0, ISSUE_WAIT).await;
     let root = pebble.issuing_root().await;
@@ -668,14 +668,7 @@ async fn a_rejected_order_is_counted_and_the_site_stays_unserved() {
     let backend = Backend::named("app").await;
     let site =
         shop_site(&backend, "").replace("[\"shop.test\", \"www.shop.test\"]", "[\"blocked.test\"]");
-    let cfg = ConfigDir::new(
-        &format!(
-            "{}{}",
-            listen_toml(http, https),
-            pebble.acme_toml("tls-alpn-01")
-        ),
-        &[("shop", site)],
-    );
+    let cfg = acme_config(&pebble, (http, https), "tls-alpn-01", site);
     let proxy = Proxy::start(cfg.load()).await;
     wait_metric(&proxy, &FAILED, 1.0, ISSUE_WAIT).await;
     assert_eq!(proxy.metric(&ISSUED).await, 0.0);

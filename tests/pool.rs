@@ -64,17 +64,6 @@ async fn site(servers: &[std::net::SocketAddr], pool_extra: &str, main_extra: &s
     Site { _cfg: cfg, proxy }
 }
 
-async fn wait_for_metric(proxy: &Proxy, parts: &[&str], pred: impl Fn(f64) -> bool) -> f64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = proxy.metric(parts).await;
-        if pred(v) || tokio::time::Instant::now() > deadline {
-            return v;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
 #[tokio::test]
 async fn twenty_requests_to_one_slot_all_succeed_one_at_a_time() {
     let w = sync_worker(Duration::from_millis(100)).await;
@@ -90,12 +79,14 @@ async fn twenty_requests_to_one_slot_all_succeed_one_at_a_time() {
             tokio::spawn(async move { plain_request(addr, get("p.test", &format!("/{i}"))).await })
         })
         .collect();
-    let depth = wait_for_metric(
-        &s.proxy,
-        &["switchyard_pool_queue_depth", "pool=\"web\""],
-        |v| v >= 5.0,
-    )
-    .await;
+    let depth = s
+        .proxy
+        .metric_until(
+            &["switchyard_pool_queue_depth", "pool=\"web\""],
+            WAIT,
+            |v| v >= 5.0,
+        )
+        .await;
     assert!(depth >= 5.0, "queue depth rose to {depth}");
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().status(), 200);
@@ -192,31 +183,36 @@ async fn a_client_that_hangs_up_while_queued_never_reaches_the_backend() {
     .await;
     let addr = s.proxy.http;
     let first = tokio::spawn(async move { plain_request(addr, get("p.test", "/first")).await });
-    wait_for_metric(
-        &s.proxy,
-        &["switchyard_upstream_in_flight", "pool=\"web\""],
-        |v| v == 1.0,
-    )
-    .await;
+    s.proxy
+        .metric_until(
+            &["switchyard_upstream_in_flight", "pool=\"web\""],
+            WAIT,
+            |v| v == 1.0,
+        )
+        .await;
     // Second client queues, then hangs up.
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET /second HTTP/1.1\r\nHost: p.test\r\n\r\n")
         .await
         .unwrap();
-    let d = wait_for_metric(
-        &s.proxy,
-        &["switchyard_pool_queue_depth", "pool=\"web\""],
-        |v| v == 1.0,
-    )
-    .await;
+    let d = s
+        .proxy
+        .metric_until(
+            &["switchyard_pool_queue_depth", "pool=\"web\""],
+            WAIT,
+            |v| v == 1.0,
+        )
+        .await;
     assert_eq!(d, 1.0);
     drop(tcp);
-    let d = wait_for_metric(
-        &s.proxy,
-        &["switchyard_pool_queue_depth", "pool=\"web\""],
-        |v| v == 0.0,
-    )
-    .await;
+    let d = s
+        .proxy
+        .metric_until(
+            &["switchyard_pool_queue_depth", "pool=\"web\""],
+            WAIT,
+            |v| v == 0.0,
+        )
+        .await;
     assert_eq!(d, 0.0, "the hung-up request left the queue");
     release_tx.send(true).unwrap();
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
@@ -272,7 +268,10 @@ async fn a_killed_server_is_skipped_marked_down_and_back_up_when_it_returns() {
         );
     }
     let up = format!("server=\"{b_addr}\"");
-    let v = wait_for_metric(&s.proxy, &["switchyard_upstream_up", &up], |v| v == 0.0).await;
+    let v = s
+        .proxy
+        .metric_until(&["switchyard_upstream_up", &up], WAIT, |v| v == 0.0)
+        .await;
     assert_eq!(v, 0.0);
     // POSTs are never retried: with the dead server still listed but down,
     // they all go to the live one; none is sent twice.
@@ -292,7 +291,10 @@ async fn a_killed_server_is_skipped_marked_down_and_back_up_when_it_returns() {
         2,
     )
     .await;
-    let v = wait_for_metric(&s.proxy, &["switchyard_upstream_up", &up], |v| v == 1.0).await;
+    let v = s
+        .proxy
+        .metric_until(&["switchyard_upstream_up", &up], WAIT, |v| v == 1.0)
+        .await;
     assert_eq!(v, 1.0);
     for i in 0..10 {
         assert_eq!(

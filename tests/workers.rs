@@ -27,18 +27,6 @@ fn site_toml(backend: std::net::SocketAddr, extra: &str) -> String {
     )
 }
 
-/// Waits until `metric` satisfies `pred` (bounded by `WAIT`).
-async fn until_metric(proxy: &Proxy, parts: &[&str], pred: impl Fn(f64) -> bool) -> f64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = proxy.metric(parts).await;
-        if pred(v) || tokio::time::Instant::now() > deadline {
-            return v;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
 /// A kept-alive HTTP/1.1 connection to the proxy's plain listener, and
 /// its task (which ends when the proxy closes it).
 async fn connect_with_task(
@@ -107,10 +95,11 @@ async fn one_slot_is_shared_fifo_by_clients_on_both_workers() {
     for _ in 0..N {
         conns.push(connect(&proxy).await);
     }
-    let open = until_metric(&proxy, &["switchyard_connections_active", "http://"], |v| {
-        v == N as f64
-    })
-    .await;
+    let open = proxy
+        .metric_until(&["switchyard_connections_active", "http://"], WAIT, |v| {
+            v == N as f64
+        })
+        .await;
     assert_eq!(open, N as f64);
     assert_eq!(workers.open_connections(), vec![N / 2, N / 2], "spread");
     // Request i is sent once request i-1 is in the backend or queued, so
@@ -121,12 +110,13 @@ async fn one_slot_is_shared_fifo_by_clients_on_both_workers() {
             get_on(&mut send, &format!("/{i}")).await
         }));
         let want = i as f64;
-        let depth = until_metric(
-            &proxy,
-            &["switchyard_pool_queue_depth", "pool=\"web\""],
-            |v| v == want,
-        )
-        .await;
+        let depth = proxy
+            .metric_until(
+                &["switchyard_pool_queue_depth", "pool=\"web\""],
+                WAIT,
+                |v| v == want,
+            )
+            .await;
         assert_eq!(depth, want, "request {i} queued behind the others");
     }
     gate.add_permits(N);

@@ -187,6 +187,24 @@ impl Proxy {
     pub async fn metric(&self, name_and_labels: &[&str]) -> f64 {
         metric_value(&self.metrics().await, name_and_labels)
     }
+
+    /// Scrapes until the metric satisfies `pred` or `limit` has passed;
+    /// returns its last value (a metric changes with no event to wait on).
+    pub async fn metric_until(
+        &self,
+        parts: &[&str],
+        limit: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.metric(parts).await;
+            if pred(v) || tokio::time::Instant::now() > deadline {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 /// Sums the samples whose line starts with the metric name and contains every label.
