@@ -737,3 +737,41 @@ async fn an_unreachable_ca_is_retried_and_the_site_answers_503_meanwhile() {
     assert!(logged, "{:#?}", log_lines());
     proxy.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_renewal_keeps_the_current_certificate_serving() {
+    let (http, https) = (free_port(), free_port());
+    // 15 s certificates: renewal is due 10 s after issue.
+    let Some(pebble) = Pebble::start(http, https, Some(15)) else {
+        return;
+    };
+    let backend = Backend::named("app").await;
+    let cfg = acme_config(
+        &pebble,
+        (http, https),
+        "tls-alpn-01",
+        shop_site(&backend, ""),
+    );
+    let proxy = Proxy::start(cfg.load()).await;
+    wait_metric(&proxy, &ISSUED, 1.0, ISSUE_WAIT).await;
+    let root = pebble.issuing_root().await;
+    let (first, body) = get_over_tls(only(&root), proxy.https, "shop.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(body, "app");
+    // The CA goes away before the renewal is due: the renewal fails...
+    drop(pebble);
+    wait_metric(&proxy, &FAILED, 1.0, ISSUE_WAIT).await;
+    // ...and the certificate it was to replace (valid a few seconds more)
+    // goes on serving.
+    let (now, body) = get_over_tls(only(&root), proxy.https, "shop.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(body, "app");
+    assert_eq!(
+        now, first,
+        "the current certificate was replaced or dropped"
+    );
+    assert_eq!(proxy.metric(&ISSUED).await, 1.0);
+    proxy.server.shutdown().await;
+}
