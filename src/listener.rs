@@ -113,19 +113,30 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
         };
         // At max_connections, the connection just accepted waits for a
         // permit and this listener accepts no more: later clients wait in
-        // the kernel's backlog instead of being served badly. The permit is
-        // taken after accepting, not before, so a listener with no clients
-        // never holds one that another listener's client is waiting for.
+        // the kernel's backlog instead of being served badly (as HAProxy's
+        // maxconn). The wait is bounded by the header timeout, the time the
+        // client would have had to send its request anyway; past it the
+        // connection is closed and counted. The permit is taken after
+        // accepting, not before, so a listener with no clients never holds
+        // one that another listener's client is waiting for.
         let permit = match accepting.limit.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::select! {
-                p = accepting.limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                () = accepting.stop.cancelled() => return,
-                () = stop_this.cancelled() => return,
-            },
+            Err(_) => {
+                let wait = accepting.shared.generation.load().config.timeouts.header;
+                tokio::select! {
+                    p = tokio::time::timeout(wait, accepting.limit.clone().acquire_owned()) => match p {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            metrics.rejected(REJECT_MAX_CONNECTIONS);
+                            tracing::warn!(listener = %label, %peer, "limits.max_connections reached and no connection closed within timeouts.header; closed the waiting one");
+                            continue;
+                        }
+                    },
+                    () = accepting.stop.cancelled() => return,
+                    () = stop_this.cancelled() => return,
+                }
+            }
         };
         let _ = tcp.set_nodelay(true);
         let conn = Accepted {
@@ -255,6 +266,8 @@ async fn identify(
 const REJECT_PROXY_PROTOCOL: usize = 0;
 /// Index of `untrusted_proxy` in [`crate::metrics::REJECT_REASONS`].
 const REJECT_UNTRUSTED_PROXY: usize = 1;
+/// Index of `max_connections` in [`crate::metrics::REJECT_REASONS`].
+const REJECT_MAX_CONNECTIONS: usize = 2;
 
 async fn handle(
     tcp: TcpStream,

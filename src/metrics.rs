@@ -461,9 +461,9 @@ pub struct ListenerMetrics {
 }
 
 /// Why a connection was closed before being served, as metric label
-/// values (`max_connections` is in the contract's list, but a connection
-/// over the limit waits for a slot instead of being refused).
-pub const REJECT_REASONS: [&str; 2] = ["proxy_protocol", "untrusted_proxy"];
+/// values (`max_connections`: it waited for a slot longer than
+/// `timeouts.header`).
+pub const REJECT_REASONS: [&str; 3] = ["proxy_protocol", "untrusted_proxy", "max_connections"];
 
 /// Reasons a TLS handshake fails, as metric label values.
 pub const TLS_FAILURE_REASONS: [&str; 5] = [

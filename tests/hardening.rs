@@ -778,6 +778,57 @@ async fn at_max_connections_new_ones_wait_and_open_ones_keep_working() {
 }
 
 #[tokio::test]
+async fn at_max_connections_a_connection_waiting_past_the_header_timeout_is_closed_and_counted() {
+    let backend = Backend::named("ok").await;
+    let s = one_site(
+        backend.addr,
+        "[limits]\nmax_connections = 1\n[timeouts]\nheader = \"1s\"\n",
+        "",
+    )
+    .await;
+    let req = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let mut open = TcpStream::connect(s.proxy.http).await.unwrap();
+    open.write_all(req).await.unwrap();
+    assert_eq!(read_head(&mut open).await, Answer::Status(200));
+    let started = Instant::now();
+    let mut waiting = TcpStream::connect(s.proxy.http).await.unwrap();
+    waiting.write_all(req).await.unwrap();
+    // Closed without an answer once the header timeout passes.
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), waiting.read(&mut b))
+        .await
+        .expect("the waiting connection was neither served nor closed");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "served beyond max_connections: {read:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?} of a 1 s header timeout"
+    );
+    let rejected = s
+        .proxy
+        .metric_until(
+            &[
+                "switchyard_connections_rejected_total",
+                "reason=\"max_connections\"",
+            ],
+            Duration::from_secs(5),
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(rejected, 1.0);
+    // The open one still works, and a newcomer is served once it leaves.
+    open.write_all(req).await.unwrap();
+    assert_eq!(read_head(&mut open).await, Answer::Status(200));
+    drop(open);
+    let mut next = TcpStream::connect(s.proxy.http).await.unwrap();
+    next.write_all(req).await.unwrap();
+    assert_eq!(read_head(&mut next).await, Answer::Status(200));
+}
+
+#[tokio::test]
 async fn h2_advertises_limits_and_survives_rapid_reset_and_continuation_flood() {
     let backend = Backend::named("ok").await;
     let s = one_site(backend.addr, "[limits]\nmax_header_bytes = 16384\n", "").await;
