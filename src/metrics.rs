@@ -6,6 +6,8 @@
 //! label lookup. The recorder is owned by the proxy instance (not installed
 //! globally), so several proxies in one test process keep separate counts.
 
+mod per_worker;
+
 use std::sync::{Arc, OnceLock};
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
@@ -183,6 +185,10 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Workers recording into the hot path's handles; above one, those
+    /// handles accumulate per worker (see `per_worker`).
+    workers: usize,
+    folds: per_worker::Folds,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,6 +211,12 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 impl Metrics {
     /// A fresh registry with the contract's metrics described and bucketed.
     pub fn new() -> Arc<Self> {
+        Self::for_workers(1)
+    }
+
+    /// As [`Self::new`], for a proxy whose connections run on `workers`
+    /// workers: the hot path's handles then accumulate per worker.
+    pub fn for_workers(workers: usize) -> Arc<Self> {
         let mut builder = PrometheusBuilder::new();
         for name in [REQUEST_DURATION, POOL_QUEUE_WAIT] {
             builder = builder
@@ -219,7 +231,12 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let m = Metrics { recorder, handle };
+        let m = Metrics {
+            recorder,
+            handle,
+            workers: workers.max(1),
+            folds: per_worker::Folds::default(),
+        };
         m.describe();
         Arc::new(m)
     }
@@ -234,11 +251,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.folds.fold_all();
         self.handle.render()
     }
 
-    /// Drains histogram samples into their buckets; call periodically.
+    /// Folds per-worker handles and drains histogram samples into their
+    /// buckets; call periodically.
     pub fn upkeep(&self) {
+        self.folds.fold_all();
         self.handle.run_upkeep();
     }
 
@@ -257,6 +277,46 @@ impl Metrics {
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
         self.recorder
             .register_histogram(&key(name, labels), &METADATA)
+    }
+
+    /// A counter handle for the hot path: per worker when there are several.
+    fn worker_counter(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        let c = self.counter(name, labels);
+        match self.workers {
+            1 => c,
+            n => per_worker::counter(&self.folds, n, c),
+        }
+    }
+
+    /// A gauge handle for the hot path, moved only by increment and
+    /// decrement: per worker when there are several.
+    fn worker_gauge(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
+        let g = self.gauge(name, labels);
+        match self.workers {
+            1 => g,
+            n => per_worker::gauge(&self.folds, n, g),
+        }
+    }
+
+    /// A histogram handle for the hot path: per worker when there are several.
+    fn worker_histogram(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
+        let h = self.histogram(name, labels);
+        match self.workers {
+            1 => h,
+            n => per_worker::histogram(&self.folds, n, h),
+        }
     }
 }
 
@@ -311,7 +371,7 @@ impl RequestCounters {
             self.by_method[m].get_or_init(|| (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect());
         statuses[slot]
             .get_or_init(|| {
-                self.metrics.counter(
+                self.metrics.worker_counter(
                     REQUESTS_TOTAL,
                     &[
                         ("site", &self.site),
@@ -362,7 +422,7 @@ impl RouteMetrics {
         let l = [("site", site), ("route", route)];
         let dir = |d: &'static str| WsDirectionMetrics {
             frames: OPCODES.map(|op| {
-                metrics.counter(
+                metrics.worker_counter(
                     WS_FRAMES_TOTAL,
                     &[
                         ("site", site),
@@ -372,20 +432,20 @@ impl RouteMetrics {
                     ],
                 )
             }),
-            bytes: metrics.counter(
+            bytes: metrics.worker_counter(
                 WS_BYTES_TOTAL,
                 &[("site", site), ("route", route), ("direction", d)],
             ),
         };
         RouteMetrics {
             requests: RequestCounters::new(metrics.clone(), site.into(), route.into()),
-            duration: metrics.histogram(REQUEST_DURATION, &l),
-            ws_active: metrics.gauge(WS_SESSIONS_ACTIVE, &l),
-            ws_total: metrics.counter(WS_SESSIONS_TOTAL, &l),
-            ws_duration: metrics.histogram(WS_SESSION_DURATION, &l),
+            duration: metrics.worker_histogram(REQUEST_DURATION, &l),
+            ws_active: metrics.worker_gauge(WS_SESSIONS_ACTIVE, &l),
+            ws_total: metrics.worker_counter(WS_SESSIONS_TOTAL, &l),
+            ws_duration: metrics.worker_histogram(WS_SESSION_DURATION, &l),
             ws: [dir(DIRECTIONS[0]), dir(DIRECTIONS[1])],
             compressed: ENCODINGS.map(|e| {
-                metrics.counter(
+                metrics.worker_counter(
                     COMPRESSED_RESPONSES_TOTAL,
                     &[("site", site), ("route", route), ("encoding", e)],
                 )
@@ -478,7 +538,7 @@ impl ListenerMetrics {
     /// Resolves the handles for the listener with this label.
     pub fn new(metrics: &Arc<Metrics>, listener: &str) -> Self {
         ListenerMetrics {
-            connections: metrics.gauge(CONNECTIONS_ACTIVE, &[("listener", listener)]),
+            connections: metrics.worker_gauge(CONNECTIONS_ACTIVE, &[("listener", listener)]),
             metrics: metrics.clone(),
             listener: listener.into(),
             failures: Arc::new(Default::default()),

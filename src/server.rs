@@ -131,7 +131,7 @@ impl Server {
         mut config: Config,
         workers: Option<Arc<Workers>>,
     ) -> Result<Arc<Self>, ServerError> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_workers(workers.as_ref().map_or(1, |w| w.count()));
         // Stored ACME certificates serve from the first handshake.
         let (acme, acme_issued) = acme::Manager::new(metrics.clone());
         acme.preload(&config);

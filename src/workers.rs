@@ -6,9 +6,10 @@
 //! read by one thread wakes a task another thread runs, and every wake-up,
 //! timer and socket registration crosses cores. Here a connection, its
 //! requests, its WebSocket session, its timers and the upstream keep-alive
-//! connections it uses all stay on the worker that took it. What must be
-//! global stays global and shared by reference: a pool's admission and
-//! FIFO queue, health, the configuration generation, the metrics, drain.
+//! connections it uses all stay on the worker that took it, and the hot
+//! path's metrics accumulate per worker, folded at scrape time. What must
+//! be global stays global and shared by reference: a pool's admission and
+//! FIFO queue, health, the configuration generation, drain.
 //!
 //! Worker 0 is the runtime that starts the proxy (it also runs the accept
 //! loops, the admin listener and signal handling); [`Workers::start`] adds

@@ -134,6 +134,26 @@ async fn one_slot_is_shared_fifo_by_clients_on_both_workers() {
     ] {
         assert_eq!(metric_value(&m, gauge), 0.0, "{gauge:?}");
     }
+    // Counted on both workers, folded into one exact series per label set.
+    let served = proxy
+        .metric_until(
+            &["switchyard_requests_total", "status=\"200\""],
+            WAIT,
+            |v| v == N as f64,
+        )
+        .await;
+    assert_eq!(served, N as f64);
+    let timed = proxy
+        .metric(&["switchyard_request_duration_seconds_count", "site=\"w\""])
+        .await;
+    assert_eq!(timed, N as f64);
+    // The clients are gone (dropped with their tasks): the gauge is back to 0.
+    let open = proxy
+        .metric_until(&["switchyard_connections_active", "http://"], WAIT, |v| {
+            v == 0.0
+        })
+        .await;
+    assert_eq!(open, 0.0);
 }
 
 #[tokio::test]

@@ -1,0 +1,379 @@
+//! Per-worker accumulation: with several workers, the hot path's counters,
+//! gauges and histograms add into a slot of their own worker (alone on its
+//! cache line), and a scrape folds the slots into the exporter's handles.
+//!
+//! The exporter's handles are shared atomics (a histogram sample is a
+//! contended push onto one lock-free list): every worker recording a
+//! request into the same route's handles would bounce their cache lines
+//! between cores. Folding keeps them exact: a counter's or gauge's slots
+//! sum to every change made through its handle, and a fold adds only what
+//! changed since the last one, so a handle replaced on reload (same labels,
+//! fresh slots) adds to the series instead of resetting it. A handle that
+//! is dropped folds what it still holds.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn};
+
+use crate::workers;
+
+/// Samples a worker keeps before it folds them itself, so a proxy nobody
+/// scrapes holds at most this many per handle and worker.
+const HISTOGRAM_BATCH: usize = 1024;
+
+/// One worker's slot, alone on its cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct Slot<T>(T);
+
+/// Something that folds its slots into the exporter's handle.
+pub(super) trait Fold: Send + Sync {
+    /// Adds what changed since the last fold.
+    fn fold(&self);
+}
+
+/// Every per-worker handle alive, folded before each scrape and on upkeep.
+#[derive(Default)]
+pub(super) struct Folds {
+    handles: Mutex<Vec<Weak<dyn Fold>>>,
+}
+
+impl Folds {
+    /// Keeps `handle` to be folded until it is dropped.
+    fn register(&self, handle: Weak<dyn Fold>) {
+        if let Ok(mut h) = self.handles.lock() {
+            h.push(handle);
+        }
+    }
+
+    /// Folds every live handle and forgets the dropped ones.
+    pub(super) fn fold_all(&self) {
+        let live: Vec<Arc<dyn Fold>> = match self.handles.lock() {
+            Ok(mut h) => {
+                h.retain(|w| w.strong_count() > 0);
+                h.iter().filter_map(Weak::upgrade).collect()
+            }
+            Err(_) => return,
+        };
+        // Folded outside the registry's lock: a fold takes slot locks that
+        // workers take on the hot path.
+        for f in live {
+            f.fold();
+        }
+    }
+}
+
+/// The calling worker's slot among `n`.
+fn slot_index(n: usize) -> usize {
+    workers::current().min(n.saturating_sub(1))
+}
+
+fn slots<T: Default>(n: usize) -> Box<[Slot<T>]> {
+    (0..n.max(1)).map(|_| Slot::default()).collect()
+}
+
+/// A counter: one running total per worker.
+struct PerWorkerCounter {
+    slots: Box<[Slot<AtomicU64>]>,
+    /// The sum already added to `target`.
+    folded: Mutex<u64>,
+    target: Counter,
+}
+
+impl PerWorkerCounter {
+    fn fold_into_target(&self) {
+        // Summed under the lock, so concurrent folds add each change once.
+        let Ok(mut folded) = self.folded.lock() else {
+            return;
+        };
+        let sum = self
+            .slots
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum::<u64>();
+        if sum > *folded {
+            self.target.increment(sum - *folded);
+            *folded = sum;
+        }
+    }
+}
+
+impl CounterFn for PerWorkerCounter {
+    fn increment(&self, value: u64) {
+        if let Some(s) = self.slots.get(slot_index(self.slots.len())) {
+            s.0.fetch_add(value, Ordering::Relaxed);
+        }
+    }
+
+    fn absolute(&self, value: u64) {
+        // Not used on the hot path: the total goes straight to the series.
+        self.fold_into_target();
+        self.target.absolute(value);
+    }
+}
+
+impl Fold for PerWorkerCounter {
+    fn fold(&self) {
+        self.fold_into_target();
+    }
+}
+
+impl Drop for PerWorkerCounter {
+    fn drop(&mut self) {
+        self.fold_into_target();
+    }
+}
+
+/// A gauge that only moves up and down: one net change per worker, in
+/// millionths (the proxy's gauges move by whole units).
+struct PerWorkerGauge {
+    slots: Box<[Slot<AtomicI64>]>,
+    folded: Mutex<i64>,
+    target: Gauge,
+}
+
+/// Gauge changes are kept as integers (exact sums) in these units.
+const GAUGE_SCALE: f64 = 1_000_000.0;
+
+impl PerWorkerGauge {
+    fn add(&self, delta: f64) {
+        if let Some(s) = self.slots.get(slot_index(self.slots.len())) {
+            s.0.fetch_add((delta * GAUGE_SCALE).round() as i64, Ordering::Relaxed);
+        }
+    }
+
+    fn fold_into_target(&self) {
+        let Ok(mut folded) = self.folded.lock() else {
+            return;
+        };
+        let sum = self
+            .slots
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum::<i64>();
+        if sum != *folded {
+            self.target.increment((sum - *folded) as f64 / GAUGE_SCALE);
+            *folded = sum;
+        }
+    }
+}
+
+impl GaugeFn for PerWorkerGauge {
+    fn increment(&self, value: f64) {
+        self.add(value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.add(-value);
+    }
+
+    fn set(&self, value: f64) {
+        // Not used on the hot path: later changes move on from this value.
+        self.fold_into_target();
+        self.target.set(value);
+    }
+}
+
+impl Fold for PerWorkerGauge {
+    fn fold(&self) {
+        self.fold_into_target();
+    }
+}
+
+impl Drop for PerWorkerGauge {
+    fn drop(&mut self) {
+        self.fold_into_target();
+    }
+}
+
+/// A histogram: each worker buffers its samples.
+struct PerWorkerHistogram {
+    slots: Box<[Slot<Mutex<Vec<f64>>>]>,
+    target: Histogram,
+}
+
+impl PerWorkerHistogram {
+    fn drain(&self, slot: &Slot<Mutex<Vec<f64>>>) {
+        let batch = match slot.0.lock() {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(_) => return,
+        };
+        for v in batch {
+            self.target.record(v);
+        }
+    }
+}
+
+impl HistogramFn for PerWorkerHistogram {
+    fn record(&self, value: f64) {
+        let Some(slot) = self.slots.get(slot_index(self.slots.len())) else {
+            return;
+        };
+        let full = match slot.0.lock() {
+            Ok(mut b) => {
+                b.push(value);
+                b.len() >= HISTOGRAM_BATCH
+            }
+            Err(_) => false,
+        };
+        if full {
+            self.drain(slot);
+        }
+    }
+}
+
+impl Fold for PerWorkerHistogram {
+    fn fold(&self) {
+        for s in self.slots.iter() {
+            self.drain(s);
+        }
+    }
+}
+
+impl Drop for PerWorkerHistogram {
+    fn drop(&mut self) {
+        Fold::fold(self);
+    }
+}
+
+/// Wraps `target` so each of `n` workers counts into its own slot.
+pub(super) fn counter(folds: &Folds, n: usize, target: Counter) -> Counter {
+    let c = Arc::new(PerWorkerCounter {
+        slots: slots(n),
+        folded: Mutex::new(0),
+        target,
+    });
+    let weak: Weak<dyn Fold> = Arc::downgrade(&c) as Weak<PerWorkerCounter>;
+    folds.register(weak);
+    Counter::from_arc(c)
+}
+
+/// Wraps `target` (moved only by increment and decrement) per worker.
+pub(super) fn gauge(folds: &Folds, n: usize, target: Gauge) -> Gauge {
+    let g = Arc::new(PerWorkerGauge {
+        slots: slots(n),
+        folded: Mutex::new(0),
+        target,
+    });
+    let weak: Weak<dyn Fold> = Arc::downgrade(&g) as Weak<PerWorkerGauge>;
+    folds.register(weak);
+    Gauge::from_arc(g)
+}
+
+/// Wraps `target` so each of `n` workers buffers its own samples.
+pub(super) fn histogram(folds: &Folds, n: usize, target: Histogram) -> Histogram {
+    let h = Arc::new(PerWorkerHistogram {
+        slots: slots(n),
+        target,
+    });
+    let weak: Weak<dyn Fold> = Arc::downgrade(&h) as Weak<PerWorkerHistogram>;
+    folds.register(weak);
+    Histogram::from_arc(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Metrics, REQUEST_DURATION, WS_SESSIONS_ACTIVE, WS_SESSIONS_TOTAL};
+    use crate::workers::Workers;
+
+    /// The value of the sample line starting with `prefix`.
+    fn sample(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Runs `f` on worker 1 and waits for it.
+    async fn on_worker_1(w: &std::sync::Arc<Workers>, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.spawn(1, async move {
+            assert_eq!(crate::workers::current(), 1);
+            f();
+            let _ = tx.send(());
+        });
+        rx.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_on_two_workers_fold_exactly_and_survive_a_replaced_handle() {
+        let w = Workers::start(2).unwrap();
+        let m = Metrics::for_workers(2);
+        let labels = [("site", "s"), ("route", "r")];
+        let total = m.worker_counter(WS_SESSIONS_TOTAL, &labels);
+        let active = m.worker_gauge(WS_SESSIONS_ACTIVE, &labels);
+        let duration = m.worker_histogram(REQUEST_DURATION, &labels);
+        total.increment(3);
+        active.increment(2.0);
+        for _ in 0..3000 {
+            duration.record(0.002);
+        }
+        let (t, a, d) = (total.clone(), active.clone(), duration.clone());
+        on_worker_1(&w, move || {
+            t.increment(4);
+            a.decrement(1.0);
+            d.record(0.5);
+        })
+        .await;
+        let text = m.render();
+        assert_eq!(
+            sample(&text, "switchyard_websocket_sessions_total{"),
+            7.0,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "switchyard_websocket_sessions_active{"),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "switchyard_request_duration_seconds_count{"),
+            3001.0,
+            "{text}"
+        );
+        // Folding again adds nothing.
+        assert_eq!(
+            sample(&m.render(), "switchyard_websocket_sessions_total{"),
+            7.0
+        );
+
+        // A reload's fresh handles (same labels) add to the series; the old
+        // ones fold what they still held when dropped.
+        let total2 = m.worker_counter(WS_SESSIONS_TOTAL, &labels);
+        let active2 = m.worker_gauge(WS_SESSIONS_ACTIVE, &labels);
+        total.increment(1);
+        active.decrement(1.0);
+        drop((total, active, duration));
+        let (t, a) = (total2.clone(), active2.clone());
+        on_worker_1(&w, move || {
+            t.increment(2);
+            a.increment(1.0);
+        })
+        .await;
+        let text = m.render();
+        assert_eq!(
+            sample(&text, "switchyard_websocket_sessions_total{"),
+            10.0,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "switchyard_websocket_sessions_active{"),
+            1.0,
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_worker_gets_the_exporters_own_handles() {
+        let m = Metrics::new();
+        let c = m.worker_counter(WS_SESSIONS_TOTAL, &[("site", "s"), ("route", "r")]);
+        c.increment(1);
+        assert!(m.folds.handles.lock().unwrap().is_empty());
+        assert_eq!(
+            sample(&m.render(), "switchyard_websocket_sessions_total{"),
+            1.0
+        );
+    }
+}
