@@ -280,11 +280,7 @@ impl Metrics {
     }
 
     /// A counter handle for the hot path: per worker when there are several.
-    fn worker_counter(
-        &self,
-        name: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Counter {
+    fn worker_counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
         let c = self.counter(name, labels);
         match self.workers {
             1 => c,
@@ -294,11 +290,7 @@ impl Metrics {
 
     /// A gauge handle for the hot path, moved only by increment and
     /// decrement: per worker when there are several.
-    fn worker_gauge(
-        &self,
-        name: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Gauge {
+    fn worker_gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
         let g = self.gauge(name, labels);
         match self.workers {
             1 => g,
@@ -307,11 +299,7 @@ impl Metrics {
     }
 
     /// A histogram handle for the hot path: per worker when there are several.
-    fn worker_histogram(
-        &self,
-        name: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> Histogram {
+    fn worker_histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
         let h = self.histogram(name, labels);
         match self.workers {
             1 => h,
@@ -501,7 +489,7 @@ impl ServerMetrics {
     pub fn new(metrics: &Metrics, site: &str, pool: &str, server: &str) -> Self {
         let l = [("site", site), ("pool", pool), ("server", server)];
         ServerMetrics {
-            in_flight: metrics.gauge(UPSTREAM_IN_FLIGHT, &l),
+            in_flight: metrics.worker_gauge(UPSTREAM_IN_FLIGHT, &l),
             up: metrics.gauge(UPSTREAM_UP, &l),
         }
     }

@@ -81,6 +81,10 @@ pub struct Pool {
     pub(crate) name: Arc<str>,
     members: ArcSwap<Members>,
     queue: Mutex<Queue>,
+    /// The queue's length, as of the last change under its lock: lets a
+    /// pool without `max_in_flight` (which never queues) skip the lock,
+    /// which workers on every core would otherwise take per request.
+    queued: AtomicUsize,
     rr: AtomicUsize,
     metrics: PoolMetrics,
 }
@@ -109,6 +113,7 @@ impl Pool {
             metrics: PoolMetrics::new(metrics, site, &settings.name),
             members: ArcSwap::from_pointee(Members { settings, servers }),
             queue: Mutex::new(Queue::default()),
+            queued: AtomicUsize::new(0),
             rr: AtomicUsize::new(0),
         })
     }
@@ -149,7 +154,12 @@ impl Pool {
         let members = self.members.load();
         let servers = &members.servers;
         let n = servers.len();
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        // One server needs no rotation (and no shared write per request).
+        let start = if n > 1 {
+            self.rr.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
         let limit = members.settings.max_in_flight.unwrap_or(usize::MAX);
         let mut best: Option<&Arc<Server>> = None;
         let mut any_available = false;
@@ -176,6 +186,18 @@ impl Pool {
         self: &Arc<Self>,
         exclude: Option<&Arc<Server>>,
     ) -> Result<Lease, PoolError> {
+        if self.unqueued() {
+            // No limit and nobody waiting: nothing to be fair to.
+            match self.pick(exclude) {
+                Pick::Server(server) => return Ok(self.lease(server)),
+                Pick::NoneAvailable => {
+                    self.metrics.rejected_no_healthy.increment(1);
+                    return Err(PoolError::NoHealthyServer);
+                }
+                // A reload set a limit meanwhile: queue as below.
+                Pick::Full => {}
+            }
+        }
         let (id, rx, queue_timeout) = {
             let mut q = self.lock();
             // Someone already waiting goes first: no overtaking the queue.
@@ -202,7 +224,7 @@ impl Pool {
             let id = q.next_id;
             q.next_id += 1;
             q.waiters.push_back(Waiter { id, tx });
-            self.metrics.queue_depth.set(q.waiters.len() as f64);
+            self.queue_changed(&q);
             (id, rx, members.settings.queue_timeout)
         };
         let started = Instant::now();
@@ -235,7 +257,7 @@ impl Pool {
         if let Some(pos) = q.waiters.iter().position(|w| w.id == id) {
             q.waiters.remove(pos);
         }
-        self.metrics.queue_depth.set(q.waiters.len() as f64);
+        self.queue_changed(&q);
     }
 
     fn lease(self: &Arc<Self>, server: Arc<Server>) -> Lease {
@@ -252,8 +274,24 @@ impl Pool {
         self.dispatch();
     }
 
+    /// Whether the pool has no `max_in_flight` and no one waiting, so a
+    /// lease needs no lock: such a pool never makes anyone wait.
+    fn unqueued(&self) -> bool {
+        self.members.load().settings.max_in_flight.is_none()
+            && self.queued.load(Ordering::Acquire) == 0
+    }
+
+    /// Publishes the queue's new length (the lock is held).
+    fn queue_changed(&self, q: &Queue) {
+        self.queued.store(q.waiters.len(), Ordering::Release);
+        self.metrics.queue_depth.set(q.waiters.len() as f64);
+    }
+
     /// Hands free slots to waiters, first come first served.
     fn dispatch(self: &Arc<Self>) {
+        if self.unqueued() {
+            return;
+        }
         let mut q = self.lock();
         while !q.waiters.is_empty() {
             let server = match self.pick(None) {
@@ -263,7 +301,7 @@ impl Pool {
             let Some(w) = q.waiters.pop_front() else {
                 break;
             };
-            self.metrics.queue_depth.set(q.waiters.len() as f64);
+            self.queue_changed(&q);
             let lease = self.lease(server);
             match w.tx.send(lease) {
                 Ok(()) => {}
@@ -343,5 +381,63 @@ mod tests {
             assert_eq!(e.fault(), Fault::Upstream, "{e}");
             assert!(!e.retry_safe(), "{e}");
         }
+    }
+
+    fn settings(max_in_flight: Option<usize>) -> config::Pool {
+        config::Pool {
+            name: "web".into(),
+            servers: vec!["127.0.0.1:9".into()],
+            sockets: Default::default(),
+            max_in_flight,
+            queue_timeout: std::time::Duration::from_secs(5),
+            max_queue: None,
+            max_body: 1 << 20,
+            buffering: false,
+            health: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unlimited_pool_leases_without_queueing_and_a_reload_to_a_limit_queues_fifo() {
+        let metrics = Metrics::new();
+        let server = Server::new("127.0.0.1:9", None, &metrics, "s", "web").unwrap();
+        let pool = Pool::new("s", settings(None), vec![server.clone()], &metrics);
+        let mut leases = Vec::new();
+        for _ in 0..3 {
+            leases.push(pool.acquire(None).await.unwrap());
+        }
+        assert_eq!(server.in_flight(), 3);
+        assert!(pool.unqueued());
+
+        // A limit below what is in flight: newcomers wait, in order.
+        pool.update(settings(Some(2)), vec![server.clone()]);
+        assert!(!pool.unqueued());
+        let (p1, p2) = (pool.clone(), pool.clone());
+        let first = tokio::spawn(async move { p1.acquire(None).await.map(|_| 1) });
+        let order = {
+            // Wait (bounded) until the first is in the queue, then queue a second.
+            let mut tries = 0;
+            while pool.queued.load(Ordering::Acquire) < 1 && tries < 1000 {
+                tokio::task::yield_now().await;
+                tries += 1;
+            }
+            assert_eq!(pool.queued.load(Ordering::Acquire), 1);
+            let second = tokio::spawn(async move { p2.acquire(None).await.map(|_| 2) });
+            let mut tries = 0;
+            while pool.queued.load(Ordering::Acquire) < 2 && tries < 1000 {
+                tokio::task::yield_now().await;
+                tries += 1;
+            }
+            assert_eq!(pool.queued.load(Ordering::Acquire), 2);
+            // Leases back: the waiters are served in the order they came.
+            drop(leases.pop());
+            drop(leases.pop());
+            let a = first.await.unwrap().unwrap();
+            drop(leases.pop());
+            let b = second.await.unwrap().unwrap();
+            vec![a, b]
+        };
+        assert_eq!(order, vec![1, 2]);
+        assert_eq!(pool.queued.load(Ordering::Acquire), 0);
     }
 }

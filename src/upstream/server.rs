@@ -127,7 +127,11 @@ impl Server {
 
     /// Records a good exchange: clears any passive backoff.
     pub(crate) fn report_success(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) != 0 {
+        // Read first: a write per request would move this cache line
+        // between the cores of every worker using the server.
+        if self.failures.load(Ordering::Relaxed) != 0
+            && self.failures.swap(0, Ordering::Relaxed) != 0
+        {
             self.down_until_ms.store(0, Ordering::Relaxed);
             self.refresh_up_gauge();
         }
@@ -140,13 +144,13 @@ impl Server {
 
     /// Counts a request leased to this server (the pool's lease).
     pub(crate) fn add_in_flight(&self) {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.in_flight.set(n as f64);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.increment(1.0);
     }
 
     /// Counts a lease on this server given back.
     pub(crate) fn sub_in_flight(&self) {
-        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.metrics.in_flight.set(n as f64);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.decrement(1.0);
     }
 }
