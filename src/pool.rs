@@ -186,30 +186,20 @@ impl Pool {
         self: &Arc<Self>,
         exclude: Option<&Arc<Server>>,
     ) -> Result<Lease, PoolError> {
-        if self.unqueued() {
-            // No limit and nobody waiting: nothing to be fair to.
-            match self.pick(exclude) {
-                Pick::Server(server) => return Ok(self.lease(server)),
-                Pick::NoneAvailable => {
-                    self.metrics.rejected_no_healthy.increment(1);
-                    return Err(PoolError::NoHealthyServer);
-                }
-                // A reload set a limit meanwhile: queue as below.
-                Pick::Full => {}
-            }
+        // No limit and nobody waiting: nothing to be fair to, no lock. (A
+        // reload that set a limit meanwhile makes it Full: queue below.)
+        if self.unqueued()
+            && let Some(now) = self.lease_now(exclude)
+        {
+            return now;
         }
         let (id, rx, queue_timeout) = {
             let mut q = self.lock();
             // Someone already waiting goes first: no overtaking the queue.
-            if q.waiters.is_empty() {
-                match self.pick(exclude) {
-                    Pick::Server(server) => return Ok(self.lease(server)),
-                    Pick::NoneAvailable => {
-                        self.metrics.rejected_no_healthy.increment(1);
-                        return Err(PoolError::NoHealthyServer);
-                    }
-                    Pick::Full => {}
-                }
+            if q.waiters.is_empty()
+                && let Some(now) = self.lease_now(exclude)
+            {
+                return now;
             }
             let members = self.members.load();
             if members
@@ -272,6 +262,21 @@ impl Pool {
     fn release(self: &Arc<Self>, server: Arc<Server>) {
         server.sub_in_flight();
         self.dispatch();
+    }
+
+    /// A lease or a refusal now, or `None` when every server is full.
+    fn lease_now(
+        self: &Arc<Self>,
+        exclude: Option<&Arc<Server>>,
+    ) -> Option<Result<Lease, PoolError>> {
+        match self.pick(exclude) {
+            Pick::Server(server) => Some(Ok(self.lease(server))),
+            Pick::NoneAvailable => {
+                self.metrics.rejected_no_healthy.increment(1);
+                Some(Err(PoolError::NoHealthyServer))
+            }
+            Pick::Full => None,
+        }
     }
 
     /// Whether the pool has no `max_in_flight` and no one waiting, so a

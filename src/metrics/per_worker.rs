@@ -11,7 +11,7 @@
 //! fresh slots) adds to the series instead of resetting it. A handle that
 //! is dropped folds what it still holds.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn};
@@ -73,119 +73,113 @@ fn slots<T: Default>(n: usize) -> Box<[Slot<T>]> {
     (0..n.max(1)).map(|_| Slot::default()).collect()
 }
 
-/// A counter: one running total per worker.
-struct PerWorkerCounter {
-    slots: Box<[Slot<AtomicU64>]>,
-    /// The sum already added to `target`.
-    folded: Mutex<u64>,
-    target: Counter,
+/// One running sum per worker, and what of it was folded already.
+struct Sums {
+    slots: Box<[Slot<AtomicI64>]>,
+    folded: Mutex<i64>,
 }
 
-impl PerWorkerCounter {
-    fn fold_into_target(&self) {
-        // Summed under the lock, so concurrent folds add each change once.
-        let Ok(mut folded) = self.folded.lock() else {
-            return;
-        };
+impl Sums {
+    fn new(n: usize) -> Self {
+        Sums {
+            slots: slots(n),
+            folded: Mutex::new(0),
+        }
+    }
+
+    /// Adds `delta` to the calling worker's slot.
+    fn add(&self, delta: i64) {
+        if let Some(s) = self.slots.get(slot_index(self.slots.len())) {
+            s.0.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// What changed since the last call, if anything; summed under the
+    /// lock, so concurrent folds take each change once.
+    fn change(&self) -> Option<i64> {
+        let mut folded = self.folded.lock().ok()?;
         let sum = self
             .slots
             .iter()
             .map(|s| s.0.load(Ordering::Relaxed))
-            .sum::<u64>();
-        if sum > *folded {
-            self.target.increment(sum - *folded);
-            *folded = sum;
-        }
+            .sum::<i64>();
+        let change = sum - *folded;
+        *folded = sum;
+        (change != 0).then_some(change)
     }
+}
+
+/// A counter: one running total per worker.
+struct PerWorkerCounter {
+    sums: Sums,
+    target: Counter,
 }
 
 impl CounterFn for PerWorkerCounter {
     fn increment(&self, value: u64) {
-        if let Some(s) = self.slots.get(slot_index(self.slots.len())) {
-            s.0.fetch_add(value, Ordering::Relaxed);
-        }
+        self.sums.add(i64::try_from(value).unwrap_or(i64::MAX));
     }
 
     fn absolute(&self, value: u64) {
         // Not used on the hot path: the total goes straight to the series.
-        self.fold_into_target();
+        self.fold();
         self.target.absolute(value);
     }
 }
 
 impl Fold for PerWorkerCounter {
     fn fold(&self) {
-        self.fold_into_target();
-    }
-}
-
-impl Drop for PerWorkerCounter {
-    fn drop(&mut self) {
-        self.fold_into_target();
+        if let Some(n) = self.sums.change() {
+            self.target.increment(n.unsigned_abs());
+        }
     }
 }
 
 /// A gauge that only moves up and down: one net change per worker, in
 /// millionths (the proxy's gauges move by whole units).
 struct PerWorkerGauge {
-    slots: Box<[Slot<AtomicI64>]>,
-    folded: Mutex<i64>,
+    sums: Sums,
     target: Gauge,
 }
 
 /// Gauge changes are kept as integers (exact sums) in these units.
 const GAUGE_SCALE: f64 = 1_000_000.0;
 
-impl PerWorkerGauge {
-    fn add(&self, delta: f64) {
-        if let Some(s) = self.slots.get(slot_index(self.slots.len())) {
-            s.0.fetch_add((delta * GAUGE_SCALE).round() as i64, Ordering::Relaxed);
-        }
-    }
-
-    fn fold_into_target(&self) {
-        let Ok(mut folded) = self.folded.lock() else {
-            return;
-        };
-        let sum = self
-            .slots
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum::<i64>();
-        if sum != *folded {
-            self.target.increment((sum - *folded) as f64 / GAUGE_SCALE);
-            *folded = sum;
-        }
-    }
-}
-
 impl GaugeFn for PerWorkerGauge {
     fn increment(&self, value: f64) {
-        self.add(value);
+        self.sums.add((value * GAUGE_SCALE).round() as i64);
     }
 
     fn decrement(&self, value: f64) {
-        self.add(-value);
+        self.sums.add((-value * GAUGE_SCALE).round() as i64);
     }
 
     fn set(&self, value: f64) {
         // Not used on the hot path: later changes move on from this value.
-        self.fold_into_target();
+        self.fold();
         self.target.set(value);
     }
 }
 
 impl Fold for PerWorkerGauge {
     fn fold(&self) {
-        self.fold_into_target();
+        if let Some(n) = self.sums.change() {
+            self.target.increment(n as f64 / GAUGE_SCALE);
+        }
     }
 }
 
-impl Drop for PerWorkerGauge {
-    fn drop(&mut self) {
-        self.fold_into_target();
-    }
+/// A handle dropped (a reload replaced its route) folds what it still holds.
+macro_rules! fold_on_drop {
+    ($($t:ty),*) => {$(
+        impl Drop for $t {
+            fn drop(&mut self) {
+                Fold::fold(self);
+            }
+        }
+    )*};
 }
+fold_on_drop!(PerWorkerCounter, PerWorkerGauge, PerWorkerHistogram);
 
 /// A histogram: each worker buffers its samples.
 struct PerWorkerHistogram {
@@ -231,17 +225,10 @@ impl Fold for PerWorkerHistogram {
     }
 }
 
-impl Drop for PerWorkerHistogram {
-    fn drop(&mut self) {
-        Fold::fold(self);
-    }
-}
-
 /// Wraps `target` so each of `n` workers counts into its own slot.
 pub(super) fn counter(folds: &Folds, n: usize, target: Counter) -> Counter {
     let c = Arc::new(PerWorkerCounter {
-        slots: slots(n),
-        folded: Mutex::new(0),
+        sums: Sums::new(n),
         target,
     });
     let weak: Weak<dyn Fold> = Arc::downgrade(&c) as Weak<PerWorkerCounter>;
@@ -252,8 +239,7 @@ pub(super) fn counter(folds: &Folds, n: usize, target: Counter) -> Counter {
 /// Wraps `target` (moved only by increment and decrement) per worker.
 pub(super) fn gauge(folds: &Folds, n: usize, target: Gauge) -> Gauge {
     let g = Arc::new(PerWorkerGauge {
-        slots: slots(n),
-        folded: Mutex::new(0),
+        sums: Sums::new(n),
         target,
     });
     let weak: Weak<dyn Fold> = Arc::downgrade(&g) as Weak<PerWorkerGauge>;
@@ -286,6 +272,17 @@ mod tests {
             .unwrap_or(f64::NAN)
     }
 
+    /// Asserts each (sample prefix, value) in one scrape.
+    fn expect(m: &Metrics, want: &[(&str, f64)]) {
+        let text = m.render();
+        for (prefix, value) in want {
+            assert_eq!(sample(&text, prefix), *value, "{prefix} in {text}");
+        }
+    }
+
+    const TOTAL: &str = "switchyard_websocket_sessions_total{";
+    const ACTIVE: &str = "switchyard_websocket_sessions_active{";
+
     /// Runs `f` on worker 1 and waits for it.
     async fn on_worker_1(w: &std::sync::Arc<Workers>, f: impl FnOnce() + Send + 'static) {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -317,27 +314,16 @@ mod tests {
             d.record(0.5);
         })
         .await;
-        let text = m.render();
-        assert_eq!(
-            sample(&text, "switchyard_websocket_sessions_total{"),
-            7.0,
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, "switchyard_websocket_sessions_active{"),
-            1.0,
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, "switchyard_request_duration_seconds_count{"),
-            3001.0,
-            "{text}"
+        expect(
+            &m,
+            &[
+                (TOTAL, 7.0),
+                (ACTIVE, 1.0),
+                ("switchyard_request_duration_seconds_count{", 3001.0),
+            ],
         );
         // Folding again adds nothing.
-        assert_eq!(
-            sample(&m.render(), "switchyard_websocket_sessions_total{"),
-            7.0
-        );
+        expect(&m, &[(TOTAL, 7.0)]);
 
         // A reload's fresh handles (same labels) add to the series; the old
         // ones fold what they still held when dropped.
@@ -352,17 +338,7 @@ mod tests {
             a.increment(1.0);
         })
         .await;
-        let text = m.render();
-        assert_eq!(
-            sample(&text, "switchyard_websocket_sessions_total{"),
-            10.0,
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, "switchyard_websocket_sessions_active{"),
-            1.0,
-            "{text}"
-        );
+        expect(&m, &[(TOTAL, 10.0), (ACTIVE, 1.0)]);
     }
 
     #[tokio::test]
@@ -371,9 +347,6 @@ mod tests {
         let c = m.worker_counter(WS_SESSIONS_TOTAL, &[("site", "s"), ("route", "r")]);
         c.increment(1);
         assert!(m.folds.handles.lock().unwrap().is_empty());
-        assert_eq!(
-            sample(&m.render(), "switchyard_websocket_sessions_total{"),
-            1.0
-        );
+        expect(&m, &[(TOTAL, 1.0)]);
     }
 }
