@@ -150,8 +150,7 @@ impl Pool {
 
     /// Least in-flight among available servers with room, ties round-robin.
     /// `exclude` skips one server (the one a retry just failed on).
-    fn pick(&self, exclude: Option<&Arc<Server>>) -> Pick {
-        let members = self.members.load();
+    fn pick(&self, members: &Members, exclude: Option<&Arc<Server>>) -> Pick {
         let servers = &members.servers;
         let n = servers.len();
         // One server needs no rotation (and no shared write per request).
@@ -186,22 +185,26 @@ impl Pool {
         self: &Arc<Self>,
         exclude: Option<&Arc<Server>>,
     ) -> Result<Lease, PoolError> {
-        // No limit and nobody waiting: nothing to be fair to, no lock. (A
-        // reload that set a limit meanwhile makes it Full: queue below.)
-        if self.unqueued()
-            && let Some(now) = self.lease_now(exclude)
         {
-            return now;
-        }
-        let (id, rx, queue_timeout) = {
-            let mut q = self.lock();
-            // Someone already waiting goes first: no overtaking the queue.
-            if q.waiters.is_empty()
-                && let Some(now) = self.lease_now(exclude)
+            // No limit and nobody waiting: nothing to be fair to, no lock.
+            // (A reload that set a limit meanwhile makes it Full: queue below.)
+            let members = self.members.load();
+            if self.unqueued(&members)
+                && let Some(now) = self.lease_now(&members, exclude)
             {
                 return now;
             }
+        }
+        let (id, rx, queue_timeout) = {
+            let mut q = self.lock();
+            // Read under the lock, so a reload's dispatch cannot slip between.
             let members = self.members.load();
+            // Someone already waiting goes first: no overtaking the queue.
+            if q.waiters.is_empty()
+                && let Some(now) = self.lease_now(&members, exclude)
+            {
+                return now;
+            }
             if members
                 .settings
                 .max_queue
@@ -267,9 +270,10 @@ impl Pool {
     /// A lease or a refusal now, or `None` when every server is full.
     fn lease_now(
         self: &Arc<Self>,
+        members: &Members,
         exclude: Option<&Arc<Server>>,
     ) -> Option<Result<Lease, PoolError>> {
-        match self.pick(exclude) {
+        match self.pick(members, exclude) {
             Pick::Server(server) => Some(Ok(self.lease(server))),
             Pick::NoneAvailable => {
                 self.metrics.rejected_no_healthy.increment(1);
@@ -281,9 +285,8 @@ impl Pool {
 
     /// Whether the pool has no `max_in_flight` and no one waiting, so a
     /// lease needs no lock: such a pool never makes anyone wait.
-    fn unqueued(&self) -> bool {
-        self.members.load().settings.max_in_flight.is_none()
-            && self.queued.load(Ordering::Acquire) == 0
+    fn unqueued(&self, members: &Members) -> bool {
+        members.settings.max_in_flight.is_none() && self.queued.load(Ordering::Acquire) == 0
     }
 
     /// Publishes the queue's new length (the lock is held).
@@ -294,12 +297,13 @@ impl Pool {
 
     /// Hands free slots to waiters, first come first served.
     fn dispatch(self: &Arc<Self>) {
-        if self.unqueued() {
+        let members = self.members.load();
+        if self.unqueued(&members) {
             return;
         }
         let mut q = self.lock();
         while !q.waiters.is_empty() {
-            let server = match self.pick(None) {
+            let server = match self.pick(&members, None) {
                 Pick::Server(s) => s,
                 _ => break,
             };
@@ -412,28 +416,28 @@ mod tests {
             leases.push(pool.acquire(None).await.unwrap());
         }
         assert_eq!(server.in_flight(), 3);
-        assert!(pool.unqueued());
+        assert!(pool.unqueued(&pool.members()));
 
         // A limit below what is in flight: newcomers wait, in order.
         pool.update(settings(Some(2)), vec![server.clone()]);
-        assert!(!pool.unqueued());
+        assert!(!pool.unqueued(&pool.members()));
         let (p1, p2) = (pool.clone(), pool.clone());
         let first = tokio::spawn(async move { p1.acquire(None).await.map(|_| 1) });
+        // Waits (bounded) until `n` are in the queue.
+        let queued = async |n: usize| {
+            for _ in 0..1000 {
+                if pool.queued.load(Ordering::Acquire) >= n {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(pool.queued.load(Ordering::Acquire), n);
+        };
         let order = {
-            // Wait (bounded) until the first is in the queue, then queue a second.
-            let mut tries = 0;
-            while pool.queued.load(Ordering::Acquire) < 1 && tries < 1000 {
-                tokio::task::yield_now().await;
-                tries += 1;
-            }
-            assert_eq!(pool.queued.load(Ordering::Acquire), 1);
+            // The first in the queue, then a second behind it.
+            queued(1).await;
             let second = tokio::spawn(async move { p2.acquire(None).await.map(|_| 2) });
-            let mut tries = 0;
-            while pool.queued.load(Ordering::Acquire) < 2 && tries < 1000 {
-                tokio::task::yield_now().await;
-                tries += 1;
-            }
-            assert_eq!(pool.queued.load(Ordering::Acquire), 2);
+            queued(2).await;
             // Leases back: the waiters are served in the order they came.
             drop(leases.pop());
             drop(leases.pop());

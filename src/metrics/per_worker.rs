@@ -225,37 +225,30 @@ impl Fold for PerWorkerHistogram {
     }
 }
 
+/// `handle`, kept in `folds` until it is dropped.
+fn registered<T: Fold + 'static>(folds: &Folds, handle: T) -> Arc<T> {
+    let handle = Arc::new(handle);
+    let weak: Weak<dyn Fold> = Arc::downgrade(&handle) as Weak<T>;
+    folds.register(weak);
+    handle
+}
+
 /// Wraps `target` so each of `n` workers counts into its own slot.
 pub(super) fn counter(folds: &Folds, n: usize, target: Counter) -> Counter {
-    let c = Arc::new(PerWorkerCounter {
-        sums: Sums::new(n),
-        target,
-    });
-    let weak: Weak<dyn Fold> = Arc::downgrade(&c) as Weak<PerWorkerCounter>;
-    folds.register(weak);
-    Counter::from_arc(c)
+    let sums = Sums::new(n);
+    Counter::from_arc(registered(folds, PerWorkerCounter { sums, target }))
 }
 
 /// Wraps `target` (moved only by increment and decrement) per worker.
 pub(super) fn gauge(folds: &Folds, n: usize, target: Gauge) -> Gauge {
-    let g = Arc::new(PerWorkerGauge {
-        sums: Sums::new(n),
-        target,
-    });
-    let weak: Weak<dyn Fold> = Arc::downgrade(&g) as Weak<PerWorkerGauge>;
-    folds.register(weak);
-    Gauge::from_arc(g)
+    let sums = Sums::new(n);
+    Gauge::from_arc(registered(folds, PerWorkerGauge { sums, target }))
 }
 
 /// Wraps `target` so each of `n` workers buffers its own samples.
 pub(super) fn histogram(folds: &Folds, n: usize, target: Histogram) -> Histogram {
-    let h = Arc::new(PerWorkerHistogram {
-        slots: slots(n),
-        target,
-    });
-    let weak: Weak<dyn Fold> = Arc::downgrade(&h) as Weak<PerWorkerHistogram>;
-    folds.register(weak);
-    Histogram::from_arc(h)
+    let slots = slots(n);
+    Histogram::from_arc(registered(folds, PerWorkerHistogram { slots, target }))
 }
 
 #[cfg(test)]
