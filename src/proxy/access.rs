@@ -92,6 +92,12 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
+/// Whether access lines are written at all (the log filter is fixed at
+/// start-up), so a request need not keep its record for a line never written.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)
+}
+
 /// Writes one access line. `record` is `None` for a request refused before
 /// its head could be read as one (its fields then show as `-`).
 pub fn log(record: Option<&AccessRecord>, o: &Outcome<'_>) {

@@ -31,6 +31,9 @@ pub(super) fn upstream_request(
     host: &HeaderValue,
     real: IpAddr,
 ) {
+    // Room for the forwarded headers (and Host, TE) in one growth of the
+    // map rather than one per insert. Failing only means growing as usual.
+    let _ = parts.headers.try_reserve(7);
     let trailers = headers::remove_hop_by_hop(&mut parts.headers);
     if trailers {
         parts
@@ -235,7 +238,9 @@ async fn buffered_body(
             }
         }
     }
-    let body = Body::Replay { inner: spilled };
+    let body = Body::Replay {
+        inner: Box::new(spilled),
+    };
     Ok((body, received))
 }
 

@@ -130,7 +130,7 @@ pub struct Finish {
     /// Time spent in the pool's queue.
     pub queue_wait: Option<std::time::Duration>,
     /// What the request said about itself, for the access log.
-    pub record: Option<AccessRecord>,
+    pub record: Option<Box<AccessRecord>>,
     /// Request body bytes from the client.
     pub received: Received,
     /// Who caused the error, when the proxy answered one itself.
@@ -181,7 +181,7 @@ impl Drop for Finish {
         m.requests.inc(&self.method, self.status);
         m.duration.record(elapsed.as_secs_f64());
         access::log(
-            self.record.as_ref(),
+            self.record.as_deref(),
             &access::Outcome {
                 site: &self.route.site,
                 route: &self.route.name,

@@ -44,8 +44,10 @@ pin_project_lite::pin_project! {
             stalled: Option<Pin<Box<tokio::time::Sleep>>>,
             timeout: std::time::Duration,
         },
-        /// Replayed from a buffered (possibly spilled) body.
-        Replay { #[pin] inner: super::spill::Replay },
+        /// Replayed from a buffered (possibly spilled) body. Boxed: it is
+        /// several times the size of the other kinds, and every request and
+        /// response moves its body several times on the way through.
+        Replay { inner: Box<super::spill::Replay> },
         /// Fed by a task that drains the server (see [`crate::buffer`]).
         Channel { rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>> },
         /// Read from disk (a files route, or X-Accel-Redirect).
@@ -137,7 +139,7 @@ impl http_body::Body for Body {
                     }
                 }
             },
-            BodyProj::Replay { inner } => inner.poll_frame(cx),
+            BodyProj::Replay { inner } => Pin::new(inner.as_mut()).poll_frame(cx),
             BodyProj::Channel { rx } => rx.poll_recv(cx),
             BodyProj::File { inner } => inner.poll_frame(cx).map_err(Into::into),
             BodyProj::Compressed { inner } => inner.as_mut().poll_frame(cx),
