@@ -125,6 +125,9 @@ fn upgraded_end(upgraded: Upgraded) -> io::Result<websocket::End> {
 /// Corked bytes are written out before the buffer grows past this (two
 /// full TLS records).
 const CORK_MAX: usize = 32 * 1024;
+/// What a batch of corked writes starts with: one TLS record's plaintext,
+/// room for about a dozen small responses.
+const CORK_FIRST: usize = 16 * 1024;
 
 /// An HTTP/2 connection's writes, held back to the end of the connection
 /// task's poll.
@@ -209,6 +212,10 @@ impl<IO: AsyncWrite> Tracked<IO> {
             cork.held_in = Some(now);
             // There must be a next poll to write these out in.
             cx.waker().wake_by_ref();
+        }
+        if cork.buf.capacity() == 0 {
+            // One allocation per batch, not a doubling (and copy) per frame.
+            cork.buf.reserve(len.max(CORK_FIRST));
         }
         put(&mut cork.buf);
         activity.touch();
