@@ -91,12 +91,20 @@ pub(super) async fn forward(
         let queued = Instant::now();
         let lease = pool.acquire(failed_on.as_ref()).await;
         let lease = lease.map_err(ProxyError::Pool)?;
-        let queue_wait = queued.elapsed();
+        // One clock read serves the queue wait, the response deadline and
+        // the keep-alive stack's idle check (each read costs tens of ns in
+        // a VM).
+        let leased = Instant::now();
+        let queue_wait = leased.saturating_duration_since(queued);
         let Some(server) = lease.server().cloned() else {
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
         };
         let req = attempt(cx, &mut parts, retryable, host, body.take());
-        let sent = cx.generation.upstream.send(&server, req, timeout).await;
+        let sent = cx
+            .generation
+            .upstream
+            .send(&server, req, leased, timeout)
+            .await;
         let (e, lease) = match sent {
             Err(e) => (e, Some(lease)),
             Ok(resp) if resp.headers().contains_key(&files::X_ACCEL_REDIRECT) => {

@@ -126,14 +126,22 @@ impl Upstream {
 
     /// Sends a request (origin-form URI) to `server` over a kept-alive
     /// connection or a new one, and waits for the response head at most
-    /// `response_timeout` (the route's `upstream_response`).
+    /// `response_timeout` (the route's `upstream_response`) from `now`.
     pub(crate) async fn send(
         &self,
         server: &Arc<Server>,
         req: Request<Body>,
+        now: Instant,
         response_timeout: Duration,
     ) -> Result<Response<Pulled>, UpstreamError> {
-        match tokio::time::timeout(response_timeout, self.exchange(server, req)).await {
+        // A timeout too large to add is as good as none (as tokio's own
+        // `timeout` treats it).
+        const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+        let deadline = now
+            .checked_add(response_timeout)
+            .unwrap_or_else(|| now + FAR);
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(deadline, self.exchange(server, req, now)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }
@@ -143,11 +151,12 @@ impl Upstream {
         &self,
         server: &Arc<Server>,
         mut req: Request<Body>,
+        now: Instant,
     ) -> Result<Response<Pulled>, UpstreamError> {
         // Bounded: each pass takes a kept connection off the stack, or
         // opens a new one and ends.
         loop {
-            let (mut conn, fresh) = match server.connections.take(Instant::now()) {
+            let (mut conn, fresh) = match server.connections.take(now) {
                 Some(conn) => (conn, false),
                 // Boxed: a connect's future is large and rarely needed.
                 None => (Box::pin(self.connect(server)).await?, true),
