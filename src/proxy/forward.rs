@@ -184,7 +184,8 @@ fn answered(
     } else {
         resp
     };
-    let upstream = Some(server.addr.clone());
+    // For the access line only (a shared count touched twice otherwise).
+    let upstream = super::access::enabled().then(|| server.addr.clone());
     let status = resp.status();
     let mut finish = Finish::new(route.clone(), cx.started, method, status, lease, upstream);
     finish.queue_wait = Some(queue_wait);

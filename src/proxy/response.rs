@@ -149,10 +149,12 @@ impl Finish {
         lease: Option<Lease>,
         upstream: Option<Arc<str>>,
     ) -> Self {
+        // Only the access line names the server.
         let upstream = upstream.or_else(|| {
             lease
                 .as_ref()
                 .and_then(|l| l.server())
+                .filter(|_| access::enabled())
                 .map(|s| s.addr.clone())
         });
         Finish {
