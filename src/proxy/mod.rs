@@ -194,6 +194,7 @@ impl Ctx<'_> {
         self.record.client
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::mem::size_of;
