@@ -200,7 +200,7 @@ pub(super) fn accel(
         }
     }
     let resp = outgoing(cx, route, files, &method, &kept.codings, resp);
-    let addr = Some(server.addr.clone());
+    let addr = Some(&server.addr);
     let mut finish = Finish::new(route.clone(), cx.started, method, resp.status(), None, addr);
     finish.queue_wait = Some(queue_wait);
     finish.received = received;

@@ -184,9 +184,8 @@ fn answered(
     } else {
         resp
     };
-    // For the access line only (a shared count touched twice otherwise).
-    let upstream = super::access::enabled().then(|| server.addr.clone());
     let status = resp.status();
+    let upstream = Some(&server.addr);
     let mut finish = Finish::new(route.clone(), cx.started, method, status, lease, upstream);
     finish.queue_wait = Some(queue_wait);
     finish.received = received;

@@ -115,12 +115,8 @@ pub async fn handle(
             response::finish_plain(resp, finish)
         }
     };
-    // Boxed, and only for an access log that is on: the response (its
-    // body holds the record) is moved several times on its way out.
-    if access::enabled()
-        && let Some(finish) = resp.body_mut().finish_mut()
-    {
-        finish.record = Some(Box::new(record));
+    if let Some(finish) = resp.body_mut().finish_mut() {
+        finish.keep_record(record);
     }
     resp
 }

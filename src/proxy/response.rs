@@ -129,8 +129,9 @@ pub struct Finish {
     upstream: Option<Arc<str>>,
     /// Time spent in the pool's queue.
     pub queue_wait: Option<std::time::Duration>,
-    /// What the request said about itself, for the access log.
-    pub record: Option<Box<AccessRecord>>,
+    /// What the request said about itself, for the access log (see
+    /// [`Finish::keep_record`]).
+    record: Option<Box<AccessRecord>>,
     /// Request body bytes from the client.
     pub received: Received,
     /// Who caused the error, when the proxy answered one itself.
@@ -140,23 +141,27 @@ pub struct Finish {
 }
 
 impl Finish {
-    /// Starts tracking a response.
+    /// Starts tracking a response. `upstream` (else the lease's server)
+    /// names the server in the access line.
+    ///
+    /// What only the access line needs is kept only when it is written:
+    /// otherwise it would be copied (and its shared counts touched) on
+    /// every request for nothing.
     pub fn new(
         route: Arc<Route>,
         started: Instant,
         method: Method,
         status: StatusCode,
         lease: Option<Lease>,
-        upstream: Option<Arc<str>>,
+        upstream: Option<&Arc<str>>,
     ) -> Self {
-        // Only the access line names the server.
-        let upstream = upstream.or_else(|| {
-            lease
-                .as_ref()
-                .and_then(|l| l.server())
-                .filter(|_| access::enabled())
-                .map(|s| s.addr.clone())
-        });
+        let upstream = if access::enabled() {
+            upstream
+                .or_else(|| lease.as_ref().and_then(|l| l.server()).map(|s| &s.addr))
+                .cloned()
+        } else {
+            None
+        };
         Finish {
             route,
             started,
@@ -170,6 +175,15 @@ impl Finish {
             fault: None,
             bytes: 0,
             complete: false,
+        }
+    }
+
+    /// Keeps the request's record for its access line, if one is written.
+    pub(crate) fn keep_record(&mut self, record: AccessRecord) {
+        if access::enabled() {
+            // Boxed: the response (its body holds this) is moved several
+            // times on its way out.
+            self.record = Some(Box::new(record));
         }
     }
 }

@@ -58,7 +58,7 @@ pub(super) async fn hand_over(
     };
     server.report_success();
     let finish = |status, lease| {
-        let upstream = Some(server.addr.clone());
+        let upstream = Some(&server.addr);
         Finish::new(
             route.clone(),
             cx.started,
