@@ -15,10 +15,10 @@ use crate::routing::Route;
 use crate::upstream::Body;
 
 /// What a request was answered with, and the route it counts under.
-type Answer = (Arc<Route>, Result<Response<ResponseBody>, ProxyError>);
+type Answer<'a> = (&'a Arc<Route>, Result<Response<ResponseBody>, ProxyError>);
 
 /// The answer to an http-01 request, or `None` for any other request.
-pub(super) fn http01(cx: &Ctx<'_>, req: &Request<Incoming>) -> Option<Answer> {
+pub(super) fn http01<'a>(cx: &Ctx<'a>, req: &Request<Incoming>) -> Option<Answer<'a>> {
     if cx.conn.client().https || cx.generation.config.acme.is_none() {
         return None;
     }
@@ -30,7 +30,7 @@ pub(super) fn http01(cx: &Ctx<'_>, req: &Request<Incoming>) -> Option<Answer> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| router.site(h))
-        .map_or_else(|| router.unknown.clone(), |s| s.unrouted.clone());
+        .map_or(&router.unknown, |s| &s.unrouted);
     let Some(key_authorization) = router.challenges.http01(token) else {
         return Some((route, Err(ProxyError::UnknownChallenge)));
     };

@@ -88,7 +88,7 @@ pub async fn handle(
     };
     let (route, response) = match route::check_framing(&req) {
         Ok(()) => request.route_and_hand_over(req).await,
-        Err(e) => (generation.router.unknown.clone(), Err(e)),
+        Err(e) => (&generation.router.unknown, Err(e)),
     };
     let mut resp = match response {
         Ok(resp) => resp,
@@ -110,7 +110,7 @@ pub async fn handle(
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            let mut finish = Finish::new(route, started, method, status, None, None);
+            let mut finish = Finish::new(route.clone(), started, method, status, None, None);
             finish.fault = Some(fault);
             response::finish_plain(resp, finish)
         }
@@ -141,19 +141,19 @@ fn without_body(resp: &mut Response<crate::upstream::Body>) {
 /// One request's context through the phases after identification.
 struct Ctx<'a> {
     shared: &'a Arc<Shared>,
-    generation: &'a Arc<Generation>,
+    generation: &'a Generation,
     conn: &'a dyn Downstream,
     started: Instant,
     record: &'a AccessRecord,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     /// Routes, then hands the request to a pool or a WebSocket backend.
     /// Returns the route for metrics.
     async fn route_and_hand_over(
         &self,
         req: Request<Incoming>,
-    ) -> (Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
+    ) -> (&'a Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
         if let Some(answer) = acme::http01(self, &req) {
             return answer;
         }
@@ -164,11 +164,11 @@ impl Ctx<'_> {
         let route = routed.route;
         let result = match crate::websocket::classify(&req) {
             crate::websocket::Upgrade::None => match &route.files {
-                None => forward::forward(self, &route, req, &routed.host).await,
-                Some(f) => match files::direct(self, &route, f, req) {
+                None => forward::forward(self, route, req, &routed.host).await,
+                Some(f) => match files::direct(self, route, f, req) {
                     files::Direct::Answered(result) => result,
                     files::Direct::ToPool(req) => {
-                        forward::forward(self, &route, req, &routed.host).await
+                        forward::forward(self, route, req, &routed.host).await
                     }
                 },
             },
@@ -178,7 +178,7 @@ impl Ctx<'_> {
                 // Boxed: a handshake is rare next to plain requests, whose
                 // future (moved and boxed per request) need not be this large.
                 Some(pool) => {
-                    Box::pin(websocket::hand_over(self, &route, pool, req, &routed.host)).await
+                    Box::pin(websocket::hand_over(self, route, pool, req, &routed.host)).await
                 }
             },
         };

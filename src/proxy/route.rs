@@ -13,45 +13,46 @@ use super::{Downstream, ProxyError};
 use crate::routing::{Route, Router};
 
 /// Where a request goes.
-pub(super) struct Routed {
-    /// The route that matched.
-    pub(super) route: Arc<Route>,
+pub(super) struct Routed<'a> {
+    /// The route that matched (borrowed from the generation: a clone per
+    /// request would be a shared count written from every worker).
+    pub(super) route: &'a Arc<Route>,
     /// The host as the client sent it (sent upstream as `X-Forwarded-Host`).
     pub(super) host: HeaderValue,
 }
 
 /// Finds the site and route for `req`, or the route to count its refusal
 /// under and why.
-pub(super) fn route(
-    router: &Router,
+pub(super) fn route<'a>(
+    router: &'a Router,
     conn: &dyn Downstream,
     req: &Request<Incoming>,
-) -> Result<Routed, (Arc<Route>, ProxyError)> {
-    let host_value = request_host(req).map_err(|e| (router.unknown.clone(), e))?;
+) -> Result<Routed<'a>, (&'a Arc<Route>, ProxyError)> {
+    let host_value = request_host(req).map_err(|e| (&router.unknown, e))?;
     let host = host_value.to_str().unwrap_or_default();
     let Some(site) = router.site(host) else {
-        return Err((router.unknown.clone(), ProxyError::UnknownHost));
+        return Err((&router.unknown, ProxyError::UnknownHost));
     };
     if let Some(tls_site) = conn.tls_site() {
         // A connection whose certificate was for another site may not be
         // reused for this one (RFC 9110 §15.5.20).
         if !Arc::ptr_eq(tls_site, site) && tls_site.name != site.name {
-            return Err((site.unrouted.clone(), ProxyError::Misdirected));
+            return Err((&site.unrouted, ProxyError::Misdirected));
         }
     }
     if !conn.client().https && site.acme_pending {
         // Redirecting to https would only lead to a failed handshake.
-        return Err((site.unrouted.clone(), ProxyError::CertificatePending));
+        return Err((&site.unrouted, ProxyError::CertificatePending));
     }
     if !conn.client().https && site.redirect_https {
         let location = redirect_location(host, conn.https_port(), req.uri());
-        return Err((site.unrouted.clone(), ProxyError::Redirect(location)));
+        return Err((&site.unrouted, ProxyError::Redirect(location)));
     }
     let Some(route) = site.route(req.uri().path()) else {
-        return Err((site.unrouted.clone(), ProxyError::NoRoute));
+        return Err((&site.unrouted, ProxyError::NoRoute));
     };
     Ok(Routed {
-        route: route.clone(),
+        route,
         host: host_value,
     })
 }
