@@ -10,6 +10,7 @@
 #   SWITCHYARD_BIN=/path/to/switchyard SKIP_BUILD=1 bench/callgrind.sh
 #   PROXIES="switchyard nginx" CASES=sf1k bench/callgrind.sh   # a 1 KiB static file (files route vs alias)
 #   WORKERS=2 PROXIES=switchyard CASES="h1 h2" bench/callgrind.sh   # switchyard with two workers (issue 20)
+#   CACHE_SIM=1 CASES=h1 bench/callgrind.sh   # also simulated cache misses and branch mispredictions per request
 #
 # Each case runs twice per proxy, with N1 and N2 requests over the same
 # connections; (instructions at N2 - instructions at N1) / (N2 - N1) leaves
@@ -83,7 +84,9 @@ one() { # proxy case n
     nginx) cmd=(nginx -c "$RUN/conf/nginx$v-single.conf" -e "$RUN/nginx-error.log") ;;
     haproxy) cmd=(haproxy -db -f "$RUN/conf/haproxy-valgrind$v.cfg") ;;
     esac
-    taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$out.callgrind" \
+    local sim=()
+    if [ -n "${CACHE_SIM:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out.callgrind" \
         "${cmd[@]}" 2>"$out.valgrind" &
     local vp=$!
     wait_port "$PORT" 600 || die "$p did not start under valgrind"
@@ -135,4 +138,21 @@ for c in $CASES; do
     echo "$row" >>"$RUN/table.md"
 done
 cat "$RUN/table.md"
+if [ -n "${CACHE_SIM:-}" ]; then
+    # Every simulated event per request, from the same runs: D1mr/D1mw are
+    # first-level data misses, DLmr/DLmw last-level, Bcm/Bim mispredicted
+    # conditional and indirect branches (valgrind's model, not this CPU).
+    for c in $CASES; do
+        for p in $PROXIES; do
+            a=$RUN/$p.$c.$N1 b=$RUN/$p.$c.$N2
+            n1=$(awk '$1 == "requests:" {print $8; exit}' "$a.load")
+            n2=$(awk '$1 == "requests:" {print $8; exit}' "$b.load")
+            [ -n "$n1" ] && [ -n "$n2" ] && [ "$n2" -gt "$n1" ] || continue
+            paste <(grep -m1 '^events:' "$a.callgrind" | tr ' ' '\n' | tail -n +2) \
+                <(awk '$1 == "summary:" || $1 == "totals:" {for (i = 2; i <= NF; i++) print $i; exit}' "$a.callgrind") \
+                <(awk '$1 == "summary:" || $1 == "totals:" {for (i = 2; i <= NF; i++) print $i; exit}' "$b.callgrind") |
+                awk -v c="$c" -v p="$p" -v n=$((n2 - n1)) '{printf "%s %s %s %.0f\n", c, p, $1, ($3 - $2) / n}'
+        done
+    done | tee "$RUN/events.txt"
+fi
 log "done; callgrind profiles in $RUN (callgrind_annotate FILE)"

@@ -10,6 +10,7 @@
 #   SKIP_BUILD=1 bench/run.sh files   # only the file-serving cases (issue 16): switchyard, nginx, Caddy; ~3.5 minutes
 #   SKIP_BUILD=1 bench/run.sh compress   # only the compression cases (issue 17): switchyard, nginx; ~4 minutes
 #   SKIP_BUILD=1 bench/run.sh cores2     # two-core mode (issue 20): a, c, d128 with two workers per proxy
+#   PGO=1 bench/run.sh cores2            # the same with the profile-guided build (bench/pgo.sh, ~10 minutes more)
 #
 # Every load targets 127.0.0.1 only and is bounded in time and count.
 set -euo pipefail
@@ -50,6 +51,8 @@ PROXIES=${PROXIES:-"switchyard nginx haproxy caddy"}
 CASES=${CASES:-"a b c d128 d64k e ew fup fdown sync syncmix $FILE_CASES $COMPRESS_CASES"}
 SYNCMIX_CONNS=${SYNCMIX_CONNS:-8} # mixed-latency sync case: concurrent clients (1 in 20 requests is a 500 ms view)
 SKIP_BUILD=${SKIP_BUILD:-0}      # 1: reuse target/release/switchyard as it is
+PGO=${PGO:-0}                    # 1: measure the profile-guided build, target/pgo/switchyard (bench/pgo.sh)
+if [ "$PGO" = 1 ]; then SWITCHYARD_BIN=${SWITCHYARD_BIN:-$ROOT/target/pgo/switchyard}; fi
 PREPARE_ONLY=${PREPARE_ONLY:-0}  # 1: install, build and render the configurations, then stop (bench/callgrind.sh)
 WORKERS=${WORKERS:-1}            # workers per proxy (cores2: 2)
 if [ "$WORKERS" -gt 1 ]; then
@@ -142,7 +145,10 @@ install_deps() {
 build() {
     log "building bench/tools (release)"
     cargo build --release --quiet --manifest-path "$BENCH/tools/Cargo.toml"
-    if [ "$SKIP_BUILD" != 1 ]; then
+    if [ "$SKIP_BUILD" != 1 ] && [ "$PGO" = 1 ]; then
+        log "building switchyard with PGO (bench/pgo.sh: two release builds and a training load)"
+        "$BENCH/pgo.sh"
+    elif [ "$SKIP_BUILD" != 1 ]; then
         log "building switchyard (release; lto = fat takes minutes)"
         (cd "$ROOT" && cargo build --release --quiet)
     fi
@@ -587,7 +593,7 @@ start_backends
     echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "kernel=$(uname -r)"
     echo "switchyard=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo '+uncommitted')"
-    echo "switchyard_bin=$(stat -c %y "${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}" | cut -c1-19) sha256:$(sha256sum "$RUN/switchyard" | cut -c1-12)"
+    echo "switchyard_bin=$(stat -c %y "${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}" | cut -c1-19) sha256:$(sha256sum "$RUN/switchyard" | cut -c1-12) pgo=$PGO"
     echo "nginx=$(nginx -v 2>&1 | sed 's/.*\///')"
     echo "haproxy=$(haproxy -v | awk 'NR==1 {print $3}')"
     echo "wrk=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null)"
