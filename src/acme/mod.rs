@@ -311,8 +311,10 @@ impl SiteTask {
                     failures += 1;
                     let delay = backoff_secs(failures);
                     retry_at = unix_now() + delay;
-                    self.count("failed");
                     tracing::warn!(site = %self.site, error = %e, retry_in_seconds = delay, failures, "ACME: order failed; the current certificate (if any) keeps serving");
+                    // Counted after the line is written: whoever sees the
+                    // count (a test, an alert) finds the reason logged.
+                    self.count("failed");
                 }
             }
         }
