@@ -64,7 +64,7 @@ pub(super) fn upstream_request(
 pub(super) async fn forward(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
     host: &HeaderValue,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Some(pool) = &route.pool else {
@@ -72,7 +72,7 @@ pub(super) async fn forward(
     };
     let (buffering, max_body, several_servers) = pool.hand_over_settings();
     let method = req.method().clone();
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, body) = (*req).into_parts();
     // A request without a body may be retried on another server (when there
     // is one: the head is copied for it) if the first could not be reached.
     let idempotent = is_idempotent(&method);
@@ -157,14 +157,14 @@ fn attempt(
     retryable: bool,
     host: &HeaderValue,
     body: Option<Body>,
-) -> Request<Body> {
+) -> Box<Request<Body>> {
     let mut p = if retryable {
         clone_parts(parts)
     } else {
         std::mem::replace(parts, Request::new(()).into_parts().0)
     };
     upstream_request(&mut p, cx.conn.client(), host, cx.real());
-    Request::from_parts(p, body.unwrap_or_else(Body::empty))
+    Box::new(Request::from_parts(p, body.unwrap_or_else(Body::empty)))
 }
 
 /// The response for the client, recorded when it ends (with the time the

@@ -62,10 +62,22 @@ pub trait Downstream: Send + Sync {
 }
 
 /// Handles one request to completion of its response head.
-pub async fn handle(
+pub fn handle(
     shared: Arc<Shared>,
     conn: Arc<dyn Downstream>,
     req: Request<Incoming>,
+) -> impl Future<Output = Response<ResponseBody>> + Send {
+    // Boxed once here and passed down boxed: an `async fn` keeps each
+    // argument in its future beside the local it moves into, so a request
+    // by value would be laid out twice at every phase (and the whole
+    // future is copied as it is made and boxed, on every request).
+    handle_boxed(shared, conn, Box::new(req))
+}
+
+async fn handle_boxed(
+    shared: Arc<Shared>,
+    conn: Arc<dyn Downstream>,
+    req: Box<Request<Incoming>>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let generation = shared.generation.load_full();
@@ -152,7 +164,7 @@ impl<'a> Ctx<'a> {
     /// Returns the route for metrics.
     async fn route_and_hand_over(
         &self,
-        req: Request<Incoming>,
+        req: Box<Request<Incoming>>,
     ) -> (&'a Arc<Route>, Result<Response<ResponseBody>, ProxyError>) {
         if let Some(answer) = acme::http01(self, &req) {
             return answer;
@@ -165,10 +177,10 @@ impl<'a> Ctx<'a> {
         let result = match crate::websocket::classify(&req) {
             crate::websocket::Upgrade::None => match &route.files {
                 None => forward::forward(self, route, req, &routed.host).await,
-                Some(f) => match files::direct(self, route, f, req) {
+                Some(f) => match files::direct(self, route, f, *req) {
                     files::Direct::Answered(result) => result,
                     files::Direct::ToPool(req) => {
-                        forward::forward(self, route, req, &routed.host).await
+                        forward::forward(self, route, Box::new(req), &routed.host).await
                     }
                 },
             },
@@ -178,7 +190,7 @@ impl<'a> Ctx<'a> {
                 // Boxed: a handshake is rare next to plain requests, whose
                 // future (moved and boxed per request) need not be this large.
                 Some(pool) => {
-                    Box::pin(websocket::hand_over(self, route, pool, req, &routed.host)).await
+                    Box::pin(websocket::hand_over(self, route, pool, *req, &routed.host)).await
                 }
             },
         };

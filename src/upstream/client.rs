@@ -127,10 +127,15 @@ impl Upstream {
     /// Sends a request (origin-form URI) to `server` over a kept-alive
     /// connection or a new one, and waits for the response head at most
     /// `response_timeout` (the route's `upstream_response`) from `now`.
+    ///
+    /// The request comes boxed: an `async fn` keeps its arguments in its
+    /// future beside the locals they move into, so a request passed by
+    /// value would be laid out in this future and in `exchange`'s, and
+    /// copied with them, on every request.
     pub(crate) async fn send(
         &self,
         server: &Arc<Server>,
-        req: Request<Body>,
+        req: Box<Request<Body>>,
         now: Instant,
         response_timeout: Duration,
     ) -> Result<Response<Pulled>, UpstreamError> {
@@ -150,7 +155,7 @@ impl Upstream {
     async fn exchange(
         &self,
         server: &Arc<Server>,
-        mut req: Request<Body>,
+        mut req: Box<Request<Body>>,
         now: Instant,
     ) -> Result<Response<Pulled>, UpstreamError> {
         // Bounded: each pass takes a kept connection off the stack, or
@@ -173,7 +178,8 @@ impl Upstream {
                 }
             }
             // The driver is polled next, in the same poll: no wake needed.
-            let mut response = pin!(conn.quietly(|sender| sender.try_send_request(req)));
+            let unboxed = *req;
+            let mut response = pin!(conn.quietly(|sender| sender.try_send_request(unboxed)));
             let result = std::future::poll_fn(|cx| {
                 conn.poll_folded(cx, |conn, cx| {
                     conn.drive(cx);
@@ -203,7 +209,7 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     // The kept-alive connection closed before the request
                     // went out: nothing was sent, try the next one.
-                    Some(unsent) if !fresh => req = unsent,
+                    Some(unsent) if !fresh => *req = unsent,
                     _ => {
                         let e = e.into_error();
                         return Err(if request_body_failed(&e) {

@@ -275,7 +275,7 @@ mod tests {
 
     async fn get(up: &Upstream, server: &Arc<Server>) {
         let req = Request::get("/").body(Body::empty()).unwrap();
-        let resp = tokio::time::timeout(WAIT, up.send(server, req, Instant::now(), WAIT))
+        let resp = tokio::time::timeout(WAIT, up.send(server, Box::new(req), Instant::now(), WAIT))
             .await
             .unwrap()
             .unwrap();
