@@ -218,4 +218,18 @@ mod tests {
         assert!(size_of::<http::Response<super::ResponseBody>>() <= 384);
         assert!(size_of::<http::Request<crate::upstream::Body>>() <= 320);
     }
+
+    /// The size of what `f` returns, without calling it.
+    fn output_size<A, B, C, F>(_f: impl Fn(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// A request's future is made and moved into its box on every request,
+    /// and written in full each time: it was 5,232 bytes while the request
+    /// went down the phases by value (2,808 boxed, with rustc 1.95).
+    #[test]
+    fn the_future_of_a_request_stays_small() {
+        let size = output_size(super::handle_boxed);
+        assert!(size <= 3 * 1024, "handle's future is {size} bytes");
+    }
 }
