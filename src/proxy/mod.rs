@@ -226,10 +226,11 @@ mod tests {
 
     /// A request's future is made and moved into its box on every request,
     /// and written in full each time: it was 5,232 bytes while the request
-    /// went down the phases by value (2,808 boxed, with rustc 1.95).
+    /// went down the phases by value (2,808 boxed, with rustc 1.95; the
+    /// bound leaves room for other compilers' layouts).
     #[test]
     fn the_future_of_a_request_stays_small() {
         let size = output_size(super::handle_boxed);
-        assert!(size <= 3 * 1024, "handle's future is {size} bytes");
+        assert!(size <= 4 * 1024, "handle's future is {size} bytes");
     }
 }
