@@ -29,8 +29,9 @@ pub(super) static X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-acce
 pub(super) enum Direct {
     /// Answered from disk (or refused).
     Answered(Result<Response<ResponseBody>, ProxyError>),
-    /// No file here: the route's pool serves it.
-    ToPool(Request<Incoming>),
+    /// No file here: the route's pool serves it (the request as it came,
+    /// boxed as `forward` takes it).
+    ToPool(Box<Request<Incoming>>),
 }
 
 /// Serves a client's request on a files route.
@@ -38,7 +39,7 @@ pub(super) fn direct(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     files: &Files,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
 ) -> Direct {
     if files.internal {
         return Direct::Answered(Err(ProxyError::FileNotFound));

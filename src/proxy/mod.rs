@@ -177,10 +177,10 @@ impl<'a> Ctx<'a> {
         let result = match crate::websocket::classify(&req) {
             crate::websocket::Upgrade::None => match &route.files {
                 None => forward::forward(self, route, req, &routed.host).await,
-                Some(f) => match files::direct(self, route, f, *req) {
+                Some(f) => match files::direct(self, route, f, req) {
                     files::Direct::Answered(result) => result,
                     files::Direct::ToPool(req) => {
-                        forward::forward(self, route, Box::new(req), &routed.host).await
+                        forward::forward(self, route, req, &routed.host).await
                     }
                 },
             },

@@ -141,8 +141,8 @@ pub struct Finish {
 }
 
 impl Finish {
-    /// Starts tracking a response. `upstream` (else the lease's server)
-    /// names the server in the access line.
+    /// Starts tracking a response. `upstream` names the server in the
+    /// access line.
     ///
     /// What only the access line needs is kept only when it is written:
     /// otherwise it would be copied (and its shared counts touched) on
@@ -155,13 +155,7 @@ impl Finish {
         lease: Option<Lease>,
         upstream: Option<&Arc<str>>,
     ) -> Self {
-        let upstream = if access::enabled() {
-            upstream
-                .or_else(|| lease.as_ref().and_then(|l| l.server()).map(|s| &s.addr))
-                .cloned()
-        } else {
-            None
-        };
+        let upstream = upstream.filter(|_| access::enabled()).cloned();
         Finish {
             route,
             started,

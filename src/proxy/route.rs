@@ -14,8 +14,8 @@ use crate::routing::{Route, Router};
 
 /// Where a request goes.
 pub(super) struct Routed<'a> {
-    /// The route that matched (borrowed from the generation: a clone per
-    /// request would be a shared count written from every worker).
+    /// The route that matched, borrowed from the generation (the response's
+    /// `Finish` takes the one clone a request keeps).
     pub(super) route: &'a Arc<Route>,
     /// The host as the client sent it (sent upstream as `X-Forwarded-Host`).
     pub(super) host: HeaderValue,
