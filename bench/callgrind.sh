@@ -11,6 +11,7 @@
 #   PROXIES="switchyard nginx" CASES=sf1k bench/callgrind.sh   # a 1 KiB static file (files route vs alias)
 #   WORKERS=2 PROXIES=switchyard CASES="h1 h2" bench/callgrind.sh   # switchyard with two workers (issue 20)
 #   CACHE_SIM=1 CASES=h1 bench/callgrind.sh   # also simulated cache misses and branch mispredictions per request
+#   CALLGRIND_ARGS="--dump-instr=yes" ...   # more callgrind options (per-instruction costs, to find call sites)
 #
 # Each case runs twice per proxy, with N1 and N2 requests over the same
 # connections; (instructions at N2 - instructions at N1) / (N2 - N1) leaves
@@ -86,6 +87,9 @@ one() { # proxy case n
     esac
     local sim=()
     if [ -n "${CACHE_SIM:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
+    # Extra callgrind options, e.g. --dump-instr=yes to find call sites.
+    read -r -a extra <<<"${CALLGRIND_ARGS:-}"
+    sim+=("${extra[@]}")
     taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out.callgrind" \
         "${cmd[@]}" 2>"$out.valgrind" &
     local vp=$!

@@ -1,11 +1,13 @@
 //! Memory: gives memory freed by a burst of connections back to the
 //! system.
 //!
-//! glibc's allocator keeps freed memory in its heaps unless it lies at the
-//! top, so after thousands of connections (each task a few KiB) come and go
-//! the process would stay at its peak size. `malloc_trim` returns the free
-//! pages. It is the crate's one call into C, so the one place `unsafe` is
-//! allowed.
+//! The binary allocates with jemalloc (`main.rs`); C code and an embedding
+//! program may use glibc's malloc. Both keep freed memory for reuse (jemalloc
+//! for its decay time, glibc unless it lies at the top of a heap), so after
+//! thousands of connections (each task a few KiB) come and go the process
+//! would stay near its peak size for a while. jemalloc's `arena.<all>.purge`
+//! and glibc's `malloc_trim` return the free pages. They are the crate's
+//! calls into C, so this is the one place `unsafe` is allowed.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,11 +37,11 @@ const TRIM_AFTER_BURST: usize = 1024;
 /// Gives memory freed by a burst of connections back to the system, until
 /// `stop` is cancelled. One runs per server.
 ///
-/// glibc's allocator keeps freed memory in its heaps unless it lies at the
-/// top, so after thousands of connections (each task a few KiB) come and go
-/// the process would stay at its peak size. `malloc_trim` returns the free
-/// pages; it walks the heap, so it runs off the async workers and only
-/// after a large burst has receded.
+/// The allocators keep freed memory for reuse, so after thousands of
+/// connections (each task a few KiB) come and go the process would stay
+/// near its peak size. Purging returns the free pages; it walks the heaps,
+/// so it runs off the async workers and only after a large burst has
+/// receded.
 pub(crate) async fn trim_after_bursts(stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,8 +88,24 @@ fn release_free_memory() {
     unsafe extern "C" {
         fn malloc_trim(pad: usize) -> std::ffi::c_int;
     }
-    // SAFETY: malloc_trim takes no pointers and works under glibc's own
-    // arena locks; it is safe to call from any thread at any time.
+    // MALLCTL_ARENAS_ALL (4096) names every arena.
+    const PURGE_ALL: &std::ffi::CStr = c"arena.4096.purge";
+    // SAFETY: `arena.<i>.purge` reads and writes nothing (null old and new
+    // values, length 0) and takes jemalloc's own locks; the name is a
+    // NUL-terminated constant. malloc_trim takes no pointers and works
+    // under glibc's arena locks. Both are safe from any thread at any time.
+    let purged = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if purged != 0 {
+        tracing::debug!(error = purged, "jemalloc did not purge its arenas");
+    }
     unsafe {
         malloc_trim(0);
     }
