@@ -85,12 +85,11 @@ one() { # proxy case n
     nginx) cmd=(nginx -c "$RUN/conf/nginx$v-single.conf" -e "$RUN/nginx-error.log") ;;
     haproxy) cmd=(haproxy -db -f "$RUN/conf/haproxy-valgrind$v.cfg") ;;
     esac
-    local sim=()
-    if [ -n "${CACHE_SIM:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
     # Extra callgrind options, e.g. --dump-instr=yes to find call sites.
-    read -r -a extra <<<"${CALLGRIND_ARGS:-}"
-    sim+=("${extra[@]}")
-    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out.callgrind" \
+    local opts=()
+    read -r -a opts <<<"${CALLGRIND_ARGS:-}"
+    if [ -n "${CACHE_SIM:-}" ]; then opts+=(--cache-sim=yes --branch-sim=yes); fi
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${opts[@]}" --callgrind-out-file="$out.callgrind" \
         "${cmd[@]}" 2>"$out.valgrind" &
     local vp=$!
     wait_port "$PORT" 600 || die "$p did not start under valgrind"
@@ -142,6 +141,10 @@ for c in $CASES; do
     echo "$row" >>"$RUN/table.md"
 done
 cat "$RUN/table.md"
+# A profile's event totals, one per line, in its `events:` order.
+totals() { # file
+    awk '$1 == "summary:" || $1 == "totals:" {for (i = 2; i <= NF; i++) print $i; exit}' "$1"
+}
 if [ -n "${CACHE_SIM:-}" ]; then
     # Every simulated event per request, from the same runs: D1mr/D1mw are
     # first-level data misses, DLmr/DLmw last-level, Bcm/Bim mispredicted
@@ -153,8 +156,7 @@ if [ -n "${CACHE_SIM:-}" ]; then
             n2=$(awk '$1 == "requests:" {print $8; exit}' "$b.load")
             [ -n "$n1" ] && [ -n "$n2" ] && [ "$n2" -gt "$n1" ] || continue
             paste <(grep -m1 '^events:' "$a.callgrind" | tr ' ' '\n' | tail -n +2) \
-                <(awk '$1 == "summary:" || $1 == "totals:" {for (i = 2; i <= NF; i++) print $i; exit}' "$a.callgrind") \
-                <(awk '$1 == "summary:" || $1 == "totals:" {for (i = 2; i <= NF; i++) print $i; exit}' "$b.callgrind") |
+                <(totals "$a.callgrind") <(totals "$b.callgrind") |
                 awk -v c="$c" -v p="$p" -v n=$((n2 - n1)) '{printf "%s %s %s %.0f\n", c, p, $1, ($3 - $2) / n}'
         done
     done | tee "$RUN/events.txt"

@@ -2,7 +2,8 @@
 # A profile-guided (PGO) release build of switchyard: build it instrumented,
 # run a training load through it, build it again with the profile. Writes
 # target/pgo/switchyard; `PGO=1 bench/run.sh` and `PGO=1 bench/callgrind.sh`
-# measure it (see bench/README.md, "Profile-guided build").
+# measure it (see bench/README.md, "Cycles per instruction, and a
+# profile-guided build").
 #
 #   bench/pgo.sh          # ~10 minutes on 2 cores: two full release builds
 #

@@ -92,8 +92,7 @@ fn release_free_memory() {
     const PURGE_ALL: &std::ffi::CStr = c"arena.4096.purge";
     // SAFETY: `arena.<i>.purge` reads and writes nothing (null old and new
     // values, length 0) and takes jemalloc's own locks; the name is a
-    // NUL-terminated constant. malloc_trim takes no pointers and works
-    // under glibc's arena locks. Both are safe from any thread at any time.
+    // NUL-terminated constant. Safe from any thread at any time.
     let purged = unsafe {
         tikv_jemalloc_sys::mallctl(
             PURGE_ALL.as_ptr(),
@@ -106,6 +105,8 @@ fn release_free_memory() {
     if purged != 0 {
         tracing::debug!(error = purged, "jemalloc did not purge its arenas");
     }
+    // SAFETY: malloc_trim takes no pointers and works under glibc's own
+    // arena locks; it is safe to call from any thread at any time.
     unsafe {
         malloc_trim(0);
     }
