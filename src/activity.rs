@@ -166,16 +166,29 @@ impl Activity {
     }
 
     /// Bytes moved: the connection is not idle.
+    ///
+    /// While a request is in flight the idle clock does not run (see
+    /// [`Activity::expired`]) and the request's end stamps the time, so
+    /// bytes moved meanwhile read no clock (tens of ns a read in a VM).
     pub(crate) fn touch(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.stamp();
+        }
+    }
+
+    /// Records that bytes moved now.
+    fn stamp(&self) {
         self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// Bytes were read: activity, and perhaps the start of a request head.
     pub(crate) fn on_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) != 0 {
+            return;
+        }
         let now = self.now_ms();
         self.last_io_ms.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_started_ms.load(Ordering::Relaxed) == 0
-        {
+        if self.head_started_ms.load(Ordering::Relaxed) == 0 {
             self.head_started_ms.store(now + 1, Ordering::Relaxed);
         }
     }
@@ -220,7 +233,9 @@ pub struct ActiveGuard(Arc<Activity>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let a = &self.0;
-        a.touch();
+        // Stamped before the count drops, so the timer never sees no
+        // request in flight and an old stamp.
+        a.stamp();
         if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             // Idle again: the next bytes start a new request head.
             if let Ok(mut scan) = a.scan.lock() {
@@ -298,5 +313,31 @@ mod tests {
                 assert_eq!(got, want, "{:?}", String::from_utf8_lossy(head));
             }
         }
+    }
+
+    /// Bytes moved while a request is in flight read no clock, so the idle
+    /// time must still run from the request's end, not from its last read.
+    /// On tokio's paused clock, which the activity's clock follows.
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_runs_from_the_end_of_the_last_request() {
+        let (header, idle) = (Duration::from_secs(5), Duration::from_secs(10));
+        let a = Activity::new();
+        a.on_read();
+        let guard = a.begin();
+        // A long request: bytes move at its start only.
+        a.on_read();
+        a.touch();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(guard);
+        let ended = Instant::now();
+        a.expired(header, idle).await;
+        let waited = ended.elapsed();
+        assert!(
+            waited >= idle && waited < idle * 2,
+            "closed {waited:?} after the request ended (idle {idle:?})"
+        );
+        // Reads during the request did not start a head, and the timer
+        // was not the header one.
+        assert_eq!(a.head_started_ms.load(Ordering::Relaxed), 0);
     }
 }

@@ -293,7 +293,7 @@ async fn handle(
             let spans = Spans::new();
             let info = ConnInfo::new(client, None, a.https_port).with_sendfile(spans.clone());
             let stream = Zerocopy::new(stream, spans);
-            connection::serve(&config, stream, info, false, a.stop.clone(), handler).await;
+            connection::serve(&config, stream, info, false, a.stop.child_token(), handler).await;
         }
         Kind::Https => {
             let timeout = generation.config.timeouts.header;
@@ -308,7 +308,7 @@ async fn handle(
                 Ok((tls, site)) => {
                     metrics.tls_handshake(tls.tls13, tls.resumed);
                     let info = ConnInfo::new(client, Some(site), a.https_port);
-                    let stop = a.stop.clone();
+                    let stop = a.stop.child_token();
                     connection::serve(&config, tls.records, info, tls.h2, stop, handler).await;
                 }
                 Err(e) => {

@@ -229,11 +229,15 @@ impl Pool {
         let result = tokio::time::timeout(queue_timeout, rx).await;
         guard.active = false;
         drop(guard);
+        let now = Instant::now();
         self.metrics
             .queue_wait
-            .record(started.elapsed().as_secs_f64());
+            .record(now.saturating_duration_since(started).as_secs_f64());
         match result {
-            Ok(Ok(lease)) => Ok(lease),
+            Ok(Ok(mut lease)) => {
+                lease.granted = Some(now);
+                Ok(lease)
+            }
             // The sender was dropped without a lease: only when the pool is
             // torn down; treat as no server.
             Ok(Err(_)) => Err(PoolError::NoHealthyServer),
@@ -258,6 +262,7 @@ impl Pool {
         Lease {
             pool: self.clone(),
             server: Some(server),
+            granted: None,
         }
     }
 
@@ -351,6 +356,9 @@ impl Drop for QueuedGuard<'_> {
 pub struct Lease {
     pool: Arc<Pool>,
     server: Option<Arc<Server>>,
+    /// When a lease that waited in the queue was taken (`None`: it did not
+    /// wait, so the caller's own clock reading stands for it).
+    granted: Option<Instant>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -365,6 +373,12 @@ impl Lease {
     /// The leased server.
     pub(crate) fn server(&self) -> Option<&Arc<Server>> {
         self.server.as_ref()
+    }
+
+    /// When the lease was taken, `asked` being when it was asked for: a
+    /// lease that did not queue was taken then (no clock read).
+    pub(crate) fn granted(&self, asked: Instant) -> Instant {
+        self.granted.unwrap_or(asked)
     }
 }
 

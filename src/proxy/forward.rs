@@ -78,23 +78,26 @@ pub(super) async fn forward(
     let idempotent = is_idempotent(&method);
     let replayable = hyper::body::Body::is_end_stream(&body);
     let retryable = idempotent && replayable && several_servers;
-    let (body, received) = if buffering && !replayable {
-        buffered_body(&mut parts, body, max_body).await?
+    // When the request asks for a server: as it started, unless its body
+    // was read in first. Clock reads cost tens of ns in a VM, and a lease
+    // that did not queue says so, so the common case reads none here.
+    let (body, received, mut queued) = if buffering && !replayable {
+        let (body, received) = buffered_body(&mut parts, body, max_body).await?;
+        (body, received, Instant::now())
     } else {
-        streamed_body(body, max_body)?
+        let (body, received) = streamed_body(body, max_body)?;
+        (body, received, cx.started)
     };
     let mut body = Some(body);
     let kept = Kept::new(route, &parts.headers);
     let mut failed_on = None;
     let timeout = route.upstream_response;
     loop {
-        let queued = Instant::now();
         let lease = pool.acquire(failed_on.as_ref()).await;
         let lease = lease.map_err(ProxyError::Pool)?;
-        // One clock read serves the queue wait, the response deadline and
-        // the keep-alive stack's idle check (each read costs tens of ns in
-        // a VM).
-        let leased = Instant::now();
+        // One instant serves the queue wait, the response deadline and the
+        // keep-alive stack's idle check.
+        let leased = lease.granted(queued);
         let queue_wait = leased.saturating_duration_since(queued);
         let Some(server) = lease.server().cloned() else {
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
@@ -146,6 +149,7 @@ pub(super) async fn forward(
         }
         failed_on = Some(server);
         body = Some(Body::empty());
+        queued = Instant::now();
     }
 }
 
