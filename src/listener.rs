@@ -286,7 +286,7 @@ async fn handle(
     let config = generation.config.clone();
     let shared = a.shared.clone();
     // The connection knows nothing of requests: each goes to the proxy.
-    let handler = move |conn: Arc<ConnInfo>, req| proxy::handle(shared.clone(), conn, req);
+    let handler = move |conn: Arc<ConnInfo>, req| proxy::handle(shared.pin(), conn, req);
     match kind {
         Kind::Http => {
             drop(generation);

@@ -274,7 +274,7 @@ impl Server {
         }
         let previous = self.shared.generation.load_full();
         let generation = Generation::build(config.clone(), Some(&previous), &self.shared.metrics)?;
-        self.shared.generation.store(Arc::new(generation));
+        self.shared.replace_generation(generation);
         publish_config(&self.shared.metrics, &config);
         self.shared.retire_sessions(&config, &previous.config);
         self.acme.sync(&config);
@@ -330,7 +330,7 @@ impl Server {
         self.acme.fill(&mut config);
         match Generation::build(Arc::new(config), Some(&previous), &self.shared.metrics) {
             Ok(generation) => {
-                self.shared.generation.store(Arc::new(generation));
+                self.shared.replace_generation(generation);
                 tracing::info!(site, "ACME: new certificate in service");
             }
             Err(e) => {

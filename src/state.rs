@@ -50,8 +50,10 @@ impl Generation {
 
 /// Process-wide shared state.
 pub struct Shared {
-    /// The live generation.
+    /// The live generation (replaced through [`Shared::replace_generation`]).
     pub(crate) generation: ArcSwap<Generation>,
+    /// Bumped after each replacement of `generation`, for [`Shared::pin`].
+    epoch: AtomicU64,
     /// The metric registry.
     pub(crate) metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -62,6 +64,23 @@ pub struct Shared {
     /// Open WebSocket sessions by (site, route, pool), so a reload that
     /// removes a route or pool can close them.
     groups: Mutex<HashMap<GroupKey, (Arc<Group>, usize)>>,
+}
+
+/// What a request reads through: the process state and the generation
+/// it started on (see [`Shared::pin`]).
+pub struct Pinned {
+    /// The process state.
+    pub(crate) shared: Arc<Shared>,
+    /// The generation live when this was made.
+    pub(crate) generation: Arc<Generation>,
+    /// `Shared::epoch` when this was made.
+    epoch: u64,
+}
+
+thread_local! {
+    /// The `Pinned` this thread's running requests share, if any.
+    static PINNED: std::cell::RefCell<std::sync::Weak<Pinned>> =
+        const { std::cell::RefCell::new(std::sync::Weak::new()) };
 }
 
 /// The sessions of one route relaying to one pool.
@@ -171,11 +190,49 @@ impl Shared {
     pub(crate) fn new(generation: Generation, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Shared {
             generation: ArcSwap::from_pointee(generation),
+            epoch: AtomicU64::new(0),
             metrics,
             draining: AtomicBool::new(false),
             close_websockets: CancellationToken::new(),
             sessions: TaskTracker::new(),
             groups: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Puts `generation` into service: requests that start from now on see it.
+    pub(crate) fn replace_generation(&self, generation: Generation) {
+        self.generation.store(Arc::new(generation));
+        // After the store: a request that sees the new epoch loads the new
+        // generation.
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The state and the live generation, for one request.
+    ///
+    /// Every request on a worker shares one [`Pinned`] while any of them
+    /// runs, so a request writes the reference counts of that worker's
+    /// `Pinned` only, not those of `Shared` and the generation, which both
+    /// workers would otherwise write on every request (a cache line moved
+    /// between the cores each time). The worker keeps only a weak
+    /// reference: once its last request ends, the generation it pinned is
+    /// released, as it was when each request held its own.
+    pub fn pin(self: &Arc<Self>) -> Arc<Pinned> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        PINNED.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            if let Some(p) = cached.upgrade()
+                && p.epoch == epoch
+                && Arc::ptr_eq(&p.shared, self)
+            {
+                return p;
+            }
+            let p = Arc::new(Pinned {
+                shared: self.clone(),
+                generation: self.generation.load_full(),
+                epoch,
+            });
+            *cached = Arc::downgrade(&p);
+            p
         })
     }
 
@@ -263,5 +320,47 @@ impl Shared {
     /// Marks shutdown as begun (`/readyz` turns 503).
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITE: &str = "hosts = [\"w.test\"]\n[pools.web]\nservers = [\"127.0.0.1:9\"]\n\
+                        [[routes]]\npath = \"/\"\npool = \"web\"\n";
+
+    fn generation(metrics: &Arc<Metrics>) -> Generation {
+        let dir = std::env::temp_dir();
+        let config = crate::config::load_str(&dir, "", &[("w", SITE)]).unwrap();
+        Generation::build(Arc::new(config), None, metrics).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_share_one_pin_until_a_reload_and_release_the_generation_after() {
+        let metrics = Metrics::new();
+        let shared = Shared::new(generation(&metrics), metrics.clone());
+        let (a, b) = (shared.pin(), shared.pin());
+        assert!(Arc::ptr_eq(&a, &b), "concurrent requests share one pin");
+        let old = Arc::downgrade(&a.generation);
+        shared.replace_generation(generation(&metrics));
+        let c = shared.pin();
+        assert!(
+            !Arc::ptr_eq(&c.generation, &a.generation),
+            "a request after a reload sees the new generation"
+        );
+        drop((a, b));
+        assert!(
+            old.upgrade().is_none(),
+            "the old generation outlived its requests"
+        );
+        // Nothing pins the live generation once no request runs.
+        let live = Arc::downgrade(&c.generation);
+        drop(c);
+        assert_eq!(live.strong_count(), 1, "only the live slot holds it");
+        // Another proxy on the same thread gets its own.
+        let other = Shared::new(generation(&metrics), metrics.clone());
+        let (d, e) = (shared.pin(), other.pin());
+        assert!(Arc::ptr_eq(&d.shared, &shared) && Arc::ptr_eq(&e.shared, &other));
     }
 }

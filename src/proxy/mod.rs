@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use crate::activity::ActiveGuard;
 use crate::forwarded;
 use crate::routing::{Route, Site};
-use crate::state::{Generation, Shared};
+use crate::state::{Generation, Pinned, Shared};
 use crate::upstream::Failure;
 
 pub use access::AccessRecord;
@@ -61,9 +61,10 @@ pub trait Downstream: Send + Sync {
     fn sendfile(&self) -> Option<&Arc<crate::sendfile::Spans>>;
 }
 
-/// Handles one request to completion of its response head.
+/// Handles one request to completion of its response head, with the
+/// state and generation `pinned` (see [`Shared::pin`]).
 pub fn handle(
-    shared: Arc<Shared>,
+    pinned: Arc<Pinned>,
     conn: Arc<dyn Downstream>,
     req: Request<Incoming>,
 ) -> impl Future<Output = Response<ResponseBody>> + Send {
@@ -71,16 +72,16 @@ pub fn handle(
     // argument in its future beside the local it moves into, so a request
     // by value would be laid out twice at every phase (and the whole
     // future is copied as it is made and boxed, on every request).
-    handle_boxed(shared, conn, Box::new(req))
+    handle_boxed(pinned, conn, Box::new(req))
 }
 
 async fn handle_boxed(
-    shared: Arc<Shared>,
+    pinned: Arc<Pinned>,
     conn: Arc<dyn Downstream>,
     req: Box<Request<Incoming>>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    let generation = shared.generation.load_full();
+    let (shared, generation) = (&pinned.shared, &*pinned.generation);
     let method = req.method().clone();
     let version = req.version();
     let body_pending = body_unread(&req);
@@ -92,8 +93,8 @@ async fn handle_boxed(
     );
     let record = AccessRecord::new(real, conn.client().peer, req.uri(), req.headers());
     let request = Ctx {
-        shared: &shared,
-        generation: &generation,
+        shared,
+        generation,
         conn: &*conn,
         started,
         record: &record,
