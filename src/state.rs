@@ -218,22 +218,31 @@ impl Shared {
     /// released, as it was when each request held its own.
     pub fn pin(self: &Arc<Self>) -> Arc<Pinned> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        PINNED.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if let Some(p) = cached.upgrade()
-                && p.epoch == epoch
-                && Arc::ptr_eq(&p.shared, self)
-            {
-                return p;
-            }
-            let p = Arc::new(Pinned {
+        let fresh = || {
+            Arc::new(Pinned {
                 shared: self.clone(),
                 generation: self.generation.load_full(),
                 epoch,
-            });
-            *cached = Arc::downgrade(&p);
-            p
-        })
+            })
+        };
+        // Neither a thread being torn down nor a re-entrant call can share
+        // the cache; they get a pin of their own (never a panic).
+        PINNED
+            .try_with(|cell| {
+                let Ok(mut cached) = cell.try_borrow_mut() else {
+                    return fresh();
+                };
+                if let Some(p) = cached.upgrade()
+                    && p.epoch == epoch
+                    && Arc::ptr_eq(&p.shared, self)
+                {
+                    return p;
+                }
+                let p = fresh();
+                *cached = Arc::downgrade(&p);
+                p
+            })
+            .unwrap_or_else(|_| fresh())
     }
 
     /// Registers a WebSocket session opened on `route` (which must have a
