@@ -451,12 +451,12 @@ fn builder(config: &Config, https: bool) -> auto::Builder<TokioExecutor> {
 /// Serves one accepted (and, for https, handshaken) connection until it
 /// closes, times out, or `stop` is cancelled and its requests finish. Each
 /// request goes to `handler` with the connection's [`ConnInfo`].
+/// `h2`: TLS negotiated HTTP/2, whose writes are corked (see [`Cork`]).
 ///
 /// `stop` should be this connection's own (a child token): it is polled on
 /// every wake of the connection, and polling a token locks its node and
 /// its waiter list, which one token shared by every connection would make
 /// both workers write on every request.
-/// `h2`: TLS negotiated HTTP/2, whose writes are corked (see [`Cork`]).
 pub async fn serve<IO, H, F, B>(
     config: &Config,
     io: IO,

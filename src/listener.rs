@@ -122,7 +122,7 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
         let permit = match accepting.limit.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                let wait = accepting.shared.generation.load().config.timeouts.header;
+                let wait = accepting.shared.generation().config.timeouts.header;
                 tokio::select! {
                     p = tokio::time::timeout(wait, accepting.limit.clone().acquire_owned()) => match p {
                         Ok(Ok(p)) => p,
@@ -277,7 +277,7 @@ async fn handle(
     a: &Accepting,
     metrics: &ListenerMetrics,
 ) {
-    let generation = a.shared.generation.load_full();
+    let generation = a.shared.generation();
     let Some((stream, client)) =
         identify(tcp, peer, port, kind, &generation.config, &a.stop, metrics).await
     else {

@@ -272,7 +272,7 @@ impl Server {
                 new_listeners.push((*key, l));
             }
         }
-        let previous = self.shared.generation.load_full();
+        let previous = self.shared.generation();
         let generation = Generation::build(config.clone(), Some(&previous), &self.shared.metrics)?;
         self.shared.replace_generation(generation);
         publish_config(&self.shared.metrics, &config);
@@ -300,7 +300,7 @@ impl Server {
         self.shared.set_draining();
         self.acme.stop();
         self.accepting.stop.cancel();
-        let drain = self.shared.generation.load().config.timeouts.drain;
+        let drain = self.shared.generation().config.timeouts.drain;
         self.accepting.connections.close();
         self.shared.sessions.close();
         let all_done = async {
@@ -325,7 +325,7 @@ impl Server {
     /// certificate.
     async fn install_acme_certificate(&self, site: &str) {
         let _one_at_a_time = self.listeners.lock().await;
-        let previous = self.shared.generation.load_full();
+        let previous = self.shared.generation();
         let mut config = (*previous.config).clone();
         self.acme.fill(&mut config);
         match Generation::build(Arc::new(config), Some(&previous), &self.shared.metrics) {

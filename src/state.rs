@@ -50,8 +50,9 @@ impl Generation {
 
 /// Process-wide shared state.
 pub struct Shared {
-    /// The live generation (replaced through [`Shared::replace_generation`]).
-    pub(crate) generation: ArcSwap<Generation>,
+    /// The live generation: private, so every replacement goes through
+    /// [`Shared::replace_generation`] and bumps `epoch`.
+    generation: ArcSwap<Generation>,
     /// Bumped after each replacement of `generation`, for [`Shared::pin`].
     epoch: AtomicU64,
     /// The metric registry.
@@ -199,6 +200,11 @@ impl Shared {
         })
     }
 
+    /// The live generation.
+    pub(crate) fn generation(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
     /// Puts `generation` into service: requests that start from now on see it.
     pub(crate) fn replace_generation(&self, generation: Generation) {
         self.generation.store(Arc::new(generation));
@@ -221,7 +227,7 @@ impl Shared {
         let fresh = || {
             Arc::new(Pinned {
                 shared: self.clone(),
-                generation: self.generation.load_full(),
+                generation: self.generation(),
                 epoch,
             })
         };
