@@ -20,7 +20,8 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc::{self, Permit};
 
 use crate::upstream::{
-    Body, BoxError, Failure, Fault, MEMORY_LIMIT, Pulled, Replay, Spill, UpstreamError,
+    Body, BoxError, ExchangeError, Failure, Fault, MEMORY_LIMIT, Pulled, Replay, Spill,
+    UpstreamError,
 };
 
 /// Bytes of one response held on disk before the server is read more slowly.
@@ -111,7 +112,7 @@ pub(crate) async fn drain_response<L: Send + 'static>(
                     collected.extend_from_slice(d);
                 }
             }
-            Ok::<_, hyper::Error>(())
+            Ok::<_, ExchangeError>(())
         };
         // Nothing has reached the client yet, so a server that broke
         // mid-body is reported as a failed exchange (502, or a retry), never
@@ -146,7 +147,7 @@ enum Step {
     /// The server sent nothing for `read_timeout`.
     Stalled,
     /// The server's next frame, or its end.
-    Frame(Option<Result<Frame<Bytes>, hyper::Error>>),
+    Frame(Option<Result<Frame<Bytes>, ExchangeError>>),
     /// The client was sent the next chunk.
     Fed,
     /// Nothing more to do.

@@ -114,7 +114,7 @@ async fn send_handshake(
     sender
         .send_request(req)
         .await
-        .map_err(UpstreamError::Response)
+        .map_err(|e| UpstreamError::Response(e.into()))
 }
 
 /// The backend accepted: the response head for the client (101, or 200 for

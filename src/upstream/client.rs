@@ -2,40 +2,48 @@
 //! keep-alive connection reuse ([`super::keepalive`]) and the response
 //! timeout (the route's, given with each request).
 //!
-//! The request using a connection drives it, first while waiting for the
-//! response head and then from the response body ([`Pulled`]), so a
-//! response reaches the client without a hop between tasks; once the body
-//! has ended the connection goes back on its server's stack.
+//! It is ours rather than hyper's: the request using a connection writes
+//! it and reads it itself, first for the response head ([`Upstream::send`])
+//! and then from the response body ([`Pulled`]), with no channel, no
+//! driver task and no envelope between them. hyper's client cost a tenth
+//! of the CPU of a pool request under two workers (its request channel,
+//! oneshot and dispatcher; bench/README.md, issue 20). The wire format is
+//! in [`super::codec`].
 //!
-//! [`handshake`] is the one HTTP/1.1 handshake every upstream connection
-//! goes through: pool requests here, WebSocket handshakes and health checks.
+//! [`handshake`] is hyper's HTTP/1.1 handshake, which WebSocket handshakes
+//! and health checks still go through.
 
-use std::future::Future;
-use std::pin::{Pin, pin};
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
+use bytes::{Buf, Bytes};
+use http::header::HeaderName;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Body;
+use super::codec::{self, Decoded, Decoder, Framing, Parsed};
 use super::connect::connect;
-use super::error::UpstreamError;
+use super::error::{ExchangeError, UpstreamError};
 use super::keepalive::Conn;
 use super::server::Server;
 
-/// A response body from a pool server. It drives the connection it arrives
+/// A response body from a pool server. It reads the connection it arrives
 /// on, and puts the connection back on the server's stack once it has ended.
 pub struct Pulled {
-    body: Incoming,
-    /// The connection, until the body has ended.
+    /// The connection, until the body has ended or failed.
     conn: Option<Conn>,
+    decoder: Decoder,
+    /// The request's body, when the server answered before it was all sent.
+    sending: Option<Box<Outgoing>>,
+    /// Whether the server lets the connection carry another request.
+    keep_alive: bool,
     /// The server it came from, whose stack the connection goes back on.
     server: Arc<Server>,
 }
@@ -46,62 +54,105 @@ impl Pulled {
         &self.server
     }
 
-    /// Gives the connection back for reuse if it is idle and open (one more
-    /// poll lets hyper finish the exchange's bookkeeping); else closes it.
-    fn release(&mut self, cx: &mut Context<'_>) {
+    /// Gives the connection back for reuse if the exchange ended cleanly
+    /// (the request all sent, nothing read past the response); else closes it.
+    fn release(&mut self) {
         if let Some(mut conn) = self.conn.take()
-            && (conn.ready()
-                || conn.poll_folded(cx, |conn, cx| Poll::Ready(conn.drive(cx) && conn.ready()))
-                    == Poll::Ready(true))
+            && self.keep_alive
+            && self.sending.is_none()
+            && conn.buf().is_empty()
         {
             self.server.connections.put(conn, Instant::now());
+        }
+    }
+
+    /// Sends more of a request body the server answered early.
+    fn send_more(&mut self, cx: &mut Context<'_>) {
+        let (Some(out), Some(conn)) = (self.sending.as_mut(), self.conn.as_mut()) else {
+            return;
+        };
+        match out.poll_send(conn, cx) {
+            Poll::Ready(Ok(())) => self.sending = None,
+            Poll::Ready(Err(_)) => {
+                // The response still counts; the connection is done after it.
+                self.keep_alive = false;
+                self.sending = None;
+            }
+            Poll::Pending => {}
         }
     }
 }
 
 impl http_body::Body for Pulled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         let this = &mut *self;
-        if this.conn.is_none() && this.body.is_end_stream() {
-            // Released after its last byte: nothing drives the channel now.
-            return Poll::Ready(None);
+        if this.sending.is_some() {
+            this.send_more(cx);
         }
-        // The body first, so that hyper sees it wanted before the
-        // connection is polled to fill it.
-        let body = &mut this.body;
-        let r = match this.conn.as_mut() {
-            Some(conn) => conn.poll_folded(cx, |conn, cx| {
-                let r = Pin::new(&mut *body).poll_frame(cx);
-                if r.is_pending() && conn.drive(cx) {
-                    return Pin::new(&mut *body).poll_frame(cx);
+        // Bounded: each pass takes bytes off the buffer or reads more.
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let decoded = match this.decoder.decode(conn.buf()) {
+                Ok(d) => d,
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(ExchangeError::Protocol(e))));
                 }
-                r
-            }),
-            None => Pin::new(body).poll_frame(cx),
-        };
-        match &r {
-            Poll::Ready(None) => this.release(cx),
-            // hyper stops polling once the body says it has ended.
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(cx),
-            // A body that failed leaves the connection in no state to reuse.
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
+            };
+            match decoded {
+                Decoded::Data(data) => {
+                    if this.decoder.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoded::Trailers(t) => {
+                    this.release();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Decoded::End => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Decoded::More => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) if this.decoder == Decoder::Close => {
+                        // Its end is the connection's.
+                        this.decoder = Decoder::Done;
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(0)) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(ExchangeError::Closed)));
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(ExchangeError::Io(e))));
+                    }
+                },
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -128,10 +179,8 @@ impl Upstream {
     /// connection or a new one, and waits for the response head at most
     /// `response_timeout` (the route's `upstream_response`) from `now`.
     ///
-    /// The request comes boxed: an `async fn` keeps its arguments in its
-    /// future beside the locals they move into, so a request passed by
-    /// value would be laid out in this future and in `exchange`'s, and
-    /// copied with them, on every request.
+    /// The request comes boxed, and is encoded where it lies: only its
+    /// body moves on.
     pub(crate) async fn send(
         &self,
         server: &Arc<Server>,
@@ -158,6 +207,13 @@ impl Upstream {
         mut req: Box<Request<Body>>,
         now: Instant,
     ) -> Result<Response<Pulled>, UpstreamError> {
+        let (mut out, head) = Outgoing::new(&mut req);
+        let method = std::mem::replace(req.method_mut(), Method::GET);
+        drop(req);
+        // The exchange may be repeated below: `out` is replaced, never moved.
+        // A request with no body that may be repeated is sent again on a
+        // new connection when a kept-alive one turns out closed under it.
+        let again = out.body.is_none() && idempotent(&method);
         // Bounded: each pass takes a kept connection off the stack, or
         // opens a new one and ends.
         loop {
@@ -166,73 +222,361 @@ impl Upstream {
                 // Boxed: a connect's future is large and rarely needed.
                 None => (Box::pin(self.connect(server)).await?, true),
             };
-            if !fresh {
-                // One poll finds a connection the server closed while it was
-                // idle, and readies a live one for the next request.
-                let alive = std::future::poll_fn(|cx| {
-                    conn.poll_folded(cx, |conn, cx| Poll::Ready(conn.drive(cx)))
-                })
-                .await;
-                if !alive || !conn.ready() {
+            if !fresh && !std::future::poll_fn(|cx| Poll::Ready(conn.alive(cx))).await {
+                continue;
+            }
+            let result =
+                std::future::poll_fn(|cx| poll_exchange(&mut conn, &mut out, &method, cx)).await;
+            let head = match result {
+                Ok(head) => head,
+                Err(e) if !fresh && again && e.is_connection_lost() => {
+                    out = Outgoing::head_only(head.clone());
                     continue;
                 }
+                Err(e) if e.is_request_body() => return Err(UpstreamError::RequestBody(e)),
+                Err(e) => return Err(UpstreamError::Response(e)),
+            };
+            // A request still being sent goes on with the response body,
+            // as the server may still be reading it.
+            let keep_alive = head.keep_alive && out.state != Sending::Failed;
+            let unsent = matches!(out.state, Sending::Head | Sending::Body);
+            let mut body = Pulled {
+                conn: Some(conn),
+                decoder: head.body,
+                sending: unsent.then(|| Box::new(out)),
+                keep_alive,
+                server: server.clone(),
+            };
+            if body.decoder.is_done() {
+                // No body to read (HEAD, 204, 304, length 0): the body will
+                // never be polled, so give the connection back now.
+                body.release();
             }
-            // The driver is polled next, in the same poll: no wake needed.
-            let unboxed = *req;
-            let mut response = pin!(conn.quietly(|sender| sender.try_send_request(unboxed)));
-            let result = std::future::poll_fn(|cx| {
-                conn.poll_folded(cx, |conn, cx| {
-                    conn.drive(cx);
-                    response.as_mut().poll(cx)
-                })
-            })
-            .await;
-            match result {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    let mut body = Pulled {
-                        body,
-                        conn: Some(conn),
-                        server: server.clone(),
-                    };
-                    if http_body::Body::is_end_stream(&body.body) {
-                        // No body to read (HEAD, 204, 304, length 0): the
-                        // body will never be polled, so give it back now.
-                        std::future::poll_fn(|cx| {
-                            body.release(cx);
-                            Poll::Ready(())
-                        })
-                        .await;
+            let mut resp = Response::new(body);
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            return Ok(resp);
+        }
+    }
+
+    /// Opens a connection to `server`.
+    async fn connect(&self, server: &Server) -> Result<Conn, UpstreamError> {
+        let stream = connect(&server.address, self.connect_timeout).await?;
+        Ok(Conn::new(stream))
+    }
+}
+
+/// Methods whose requests may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Writes the request (until the server answers) and reads the response
+/// head, skipping interim (1xx) responses.
+fn poll_exchange(
+    conn: &mut Conn,
+    out: &mut Outgoing,
+    method: &Method,
+    cx: &mut Context<'_>,
+) -> Poll<Result<codec::Head, ExchangeError>> {
+    if out.state == Sending::Body || out.state == Sending::Head {
+        match out.poll_send(conn, cx) {
+            Poll::Ready(Ok(())) => {}
+            // The server may have answered before it stopped reading (a
+            // 413, say): its answer is still read.
+            Poll::Ready(Err(ExchangeError::Io(e))) => out.failed = Some(e),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+    }
+    // Bounded: each pass takes a head off the buffer or reads more.
+    loop {
+        match codec::parse_head(conn.buf(), method).map_err(ExchangeError::Protocol)? {
+            Parsed::Final(head) => return Poll::Ready(Ok(head)),
+            Parsed::Interim => continue,
+            Parsed::Partial => {}
+        }
+        match conn.poll_fill(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(match out.failed.take() {
+                    Some(e) => ExchangeError::Io(e),
+                    None => ExchangeError::Closed,
+                }));
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+        }
+    }
+}
+
+/// Where a request's sending is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// The head (and no body) is being written.
+    Head,
+    /// The body is being written.
+    Body,
+    /// All of it is written.
+    Done,
+    /// Writing failed.
+    Failed,
+}
+
+/// A request on its way to a server: bytes queued for the socket and the
+/// body still to come.
+struct Outgoing {
+    queue: Pieces,
+    /// `None` once its end has been queued.
+    body: Option<Body>,
+    framing: Framing,
+    /// The trailer fields the request announced (a chunked body's only).
+    announced: Vec<HeaderName>,
+    state: Sending,
+    /// Why writing failed, until a response says otherwise.
+    failed: Option<std::io::Error>,
+}
+
+/// The CRLF after a chunk's data.
+const CRLF: Bytes = Bytes::from_static(b"\r\n");
+
+impl Outgoing {
+    /// Encodes `req`'s head (taking its body) and returns what to send,
+    /// with the head's bytes for sending again.
+    fn new(req: &mut Request<Body>) -> (Self, Bytes) {
+        let body = std::mem::replace(req.body_mut(), Body::Empty);
+        let body = (!body.is_end_stream()).then_some(body);
+        let known = body.as_ref().map(|b| b.size_hint().exact());
+        let mut head = Vec::new();
+        // The headers are taken out (they are not needed again) so the
+        // target can be borrowed beside them.
+        let mut headers = std::mem::take(req.headers_mut());
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let framing = codec::encode_head(req.method(), target, &mut headers, known, &mut head);
+        let announced = match framing {
+            Framing::Chunked => codec::announced_trailers(&headers),
+            Framing::Length(_) => Vec::new(),
+        };
+        let head = Bytes::from(head);
+        let mut queue = Pieces::default();
+        queue.push(head.clone());
+        let state = if body.is_some() {
+            Sending::Body
+        } else {
+            Sending::Head
+        };
+        let out = Outgoing {
+            queue,
+            body,
+            framing,
+            announced,
+            state,
+            failed: None,
+        };
+        (out, head)
+    }
+
+    /// The same head again, alone.
+    fn head_only(head: Bytes) -> Self {
+        let mut queue = Pieces::default();
+        queue.push(head);
+        Outgoing {
+            queue,
+            body: None,
+            framing: Framing::Length(0),
+            announced: Vec::new(),
+            state: Sending::Head,
+            failed: None,
+        }
+    }
+
+    /// Writes what is queued and queues more of the body, until all is
+    /// written (`Ready(Ok)`), the socket or the body has nothing ready, or
+    /// either fails.
+    fn poll_send(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ExchangeError>> {
+        let r = self.poll_send_inner(conn, cx);
+        match &r {
+            Poll::Ready(Ok(())) => self.state = Sending::Done,
+            Poll::Ready(Err(_)) => self.state = Sending::Failed,
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn poll_send_inner(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ExchangeError>> {
+        let mut body_pending = false;
+        // Bounded: each pass queues a frame of the body or writes some of
+        // the queue; a socket or body with nothing ready returns.
+        loop {
+            // The head waits for the body's first frame, to go out with it.
+            if !body_pending
+                && self.queue.len() <= 1
+                && let Some(body) = self.body.as_mut()
+            {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => body_pending = true,
+                    Poll::Ready(frame) => {
+                        self.queue_frame(frame)?;
+                        continue;
                     }
-                    return Ok(Response::from_parts(parts, body));
                 }
-                Err(mut e) => match e.take_message() {
-                    // The kept-alive connection closed before the request
-                    // went out: nothing was sent, try the next one.
-                    Some(unsent) if !fresh => *req = unsent,
-                    _ => {
-                        let e = e.into_error();
-                        return Err(if request_body_failed(&e) {
-                            UpstreamError::RequestBody(e)
-                        } else {
-                            UpstreamError::Response(e)
-                        });
-                    }
-                },
+            }
+            if self.queue.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); PIECES];
+            let n = self.queue.slices(&mut slices);
+            match Pin::new(conn.io()).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ExchangeError::Io(
+                        std::io::ErrorKind::WriteZero.into(),
+                    )));
+                }
+                Poll::Ready(Ok(n)) => self.queue.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
             }
         }
     }
 
-    /// Opens a connection to `server`; the request that opened it drives it.
-    async fn connect(&self, server: &Server) -> Result<Conn, UpstreamError> {
-        let stream = connect(&server.address, self.connect_timeout).await?;
-        let (sender, driver) = handshake(stream).await?;
-        Ok(Conn::new(sender, driver))
+    /// Queues a frame of the body (or its end) in the request's framing.
+    fn queue_frame(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, super::BoxError>>,
+    ) -> Result<(), ExchangeError> {
+        let frame = match frame {
+            None => return self.queue_end(None),
+            Some(Err(e)) => return Err(ExchangeError::Body(e)),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => match &mut self.framing {
+                Framing::Length(left) => {
+                    *left = left
+                        .checked_sub(data.len() as u64)
+                        .ok_or(ExchangeError::BodyLength)?;
+                    self.queue.push(data);
+                }
+                Framing::Chunked => {
+                    self.queue.push(codec::chunk_line(data.len()));
+                    self.queue.push(data);
+                    self.queue.push(CRLF);
+                }
+            },
+            Err(frame) => {
+                return self.queue_end(frame.trailers_ref());
+            }
+        }
+        if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+            self.queue_end(None)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the body's end: a length must be met; chunked framing ends
+    /// with the last chunk and the announced trailers.
+    fn queue_end(&mut self, trailers: Option<&HeaderMap>) -> Result<(), ExchangeError> {
+        self.body = None;
+        match self.framing {
+            Framing::Length(0) => Ok(()),
+            Framing::Length(_) => Err(ExchangeError::BodyLength),
+            Framing::Chunked => {
+                self.queue
+                    .push(codec::last_chunk(trailers, &self.announced));
+                Ok(())
+            }
+        }
     }
 }
 
-/// The HTTP/1.1 handshake on a new connection to a pool server. The one
-/// every upstream connection goes through, so all speak to servers alike.
+/// Most pieces queued at once: the head and one chunk (its size line,
+/// data and CRLF) and the last chunk.
+const PIECES: usize = 6;
+
+/// The bytes queued for the socket, written with one `writev`.
+#[derive(Default)]
+struct Pieces {
+    items: [Bytes; PIECES],
+    start: usize,
+    end: usize,
+}
+
+impl Pieces {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Queues `b` (dropped when empty). The queue is only added to while it
+    /// holds at most the head, so it never runs out of room.
+    fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        if self.end == PIECES {
+            // Not reached (see above); joining keeps it correct if it were.
+            let mut joined = Vec::with_capacity(self.items.iter().map(Bytes::len).sum());
+            for item in &mut self.items[self.start..self.end] {
+                joined.extend_from_slice(item);
+                *item = Bytes::new();
+            }
+            self.items[0] = Bytes::from(joined);
+            self.start = 0;
+            self.end = 1;
+        }
+        self.items[self.end] = b;
+        self.end += 1;
+    }
+
+    /// Fills `out` with the queued bytes; returns how many slices.
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; PIECES]) -> usize {
+        for (slot, item) in out.iter_mut().zip(&self.items[self.start..self.end]) {
+            *slot = IoSlice::new(item);
+        }
+        self.len()
+    }
+
+    /// Drops the first `n` bytes, which were written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.start < self.end {
+            let item = &mut self.items[self.start];
+            if n < item.len() {
+                item.advance(n);
+                return;
+            }
+            n -= item.len();
+            *item = Bytes::new();
+            self.start += 1;
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 handshake on a new connection to a pool server, for the
+/// WebSocket handshakes and health checks.
 pub(crate) async fn handshake<T>(
     io: T,
 ) -> Result<(SendRequest<Body>, http1::Connection<TokioIo<T>, Body>), UpstreamError>
@@ -243,18 +587,4 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Handshake)
-}
-
-/// Whether hyper gave up because the request body (the client's stream) failed.
-fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
-            && h.is_user()
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }

@@ -64,18 +64,55 @@ pub enum UpstreamError {
     /// The connection failed before a response head arrived (reset, EOF,
     /// malformed response).
     #[error("no valid response: {}", Chain(.0))]
-    Response(#[source] hyper::Error),
+    Response(#[source] ExchangeError),
     /// A response body being buffered broke off before any of it reached
     /// the client.
     #[error("no valid response: the response body was cut short: {}", Chain(.0))]
-    BodyCutShort(#[source] hyper::Error),
+    BodyCutShort(#[source] ExchangeError),
     /// No response head within `upstream_response`.
     #[error("no response within the upstream_response timeout")]
     Timeout,
     /// The client's request body failed while it was being sent (bad
     /// chunking, a disconnect): the client's fault, not the server's.
     #[error("the request body failed: {}", Chain(.0))]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] ExchangeError),
+}
+
+/// How one HTTP/1.1 exchange on a server's connection failed. Its message
+/// leaves the cause to [`Chain`], which follows `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Writing to or reading from the connection failed.
+    #[error("the connection failed")]
+    Io(#[source] std::io::Error),
+    /// The server closed the connection before its response was complete.
+    #[error("the server closed the connection before the response was complete")]
+    Closed,
+    /// The response broke HTTP/1.1.
+    #[error("the response broke HTTP/1.1")]
+    Protocol(#[source] super::codec::ProtocolError),
+    /// The client's request body failed while it was being sent.
+    #[error("the client's request body failed")]
+    Body(#[source] BoxError),
+    /// The request body was longer or shorter than its Content-Length.
+    #[error("the request body did not match its Content-Length")]
+    BodyLength,
+    /// An exchange made through hyper (WebSocket handshakes, health checks).
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+impl ExchangeError {
+    /// Whether the client's body caused it (the client's fault, not the server's).
+    pub(crate) fn is_request_body(&self) -> bool {
+        matches!(self, ExchangeError::Body(_) | ExchangeError::BodyLength)
+    }
+
+    /// Whether the connection was lost with nothing malformed received: on a
+    /// kept-alive connection, the server closing it as the request went out.
+    pub(crate) fn is_connection_lost(&self) -> bool {
+        matches!(self, ExchangeError::Io(_) | ExchangeError::Closed)
+    }
 }
 
 impl Failure for UpstreamError {
@@ -166,18 +203,18 @@ mod tests {
                 true,
             ),
             (
-                UpstreamError::Response(hyper_error().await),
+                UpstreamError::Response(hyper_error().await.into()),
                 Fault::Upstream,
                 true,
             ),
             (
-                UpstreamError::BodyCutShort(hyper_error().await),
+                UpstreamError::BodyCutShort(ExchangeError::Closed),
                 Fault::Upstream,
                 true,
             ),
             (UpstreamError::Timeout, Fault::Upstream, false),
             (
-                UpstreamError::RequestBody(hyper_error().await),
+                UpstreamError::RequestBody(ExchangeError::Body("cut off".into())),
                 Fault::Client,
                 false,
             ),

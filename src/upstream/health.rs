@@ -87,7 +87,7 @@ async fn check_once(
         let resp = send
             .send_request(req)
             .await
-            .map_err(UpstreamError::Response)?;
+            .map_err(|e| UpstreamError::Response(e.into()))?;
         let s = resp.status();
         if s.is_success() || s.is_redirection() {
             Ok(())

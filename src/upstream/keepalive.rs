@@ -1,26 +1,24 @@
 //! Keep-alive: one server's idle HTTP/1.1 connections, kept for reuse.
 //!
-//! A connection has no task of its own: whichever request is using it polls
-//! its driver ([`Conn::drive`]), so a response reaches the client without a
-//! hop between tasks. Once a response has ended its connection goes back on
-//! its server's stack ([`Connections`]); the most recently used one is taken
-//! first (its socket is warm and the others can age out). While connections
-//! sit idle a sweeper task per server looks at them every few seconds, so
-//! one the server closed is let go without waiting for the next request.
+//! A connection has no task of its own: whichever request is using it
+//! reads and writes it (see `client`), so a response reaches the client
+//! without a hop between tasks. Once a response has ended its connection
+//! goes back on its server's stack ([`Connections`]); the most recently
+//! used one is taken first (its socket is warm and the others can age
+//! out). While connections sit idle a sweeper task per server looks at
+//! them every few seconds, so one the server closed is let go without
+//! waiting for the next request.
 
-use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::body::Body;
+use bytes::BytesMut;
+
 use super::connect::Stream;
-use super::error::Chain;
-use super::fold::Folded;
 use crate::workers;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_KEEP: Duration = Duration::from_secs(60);
@@ -30,78 +28,71 @@ const MAX_KEPT: usize = 512;
 /// How often a server's idle connections are looked at for ones the server
 /// closed or that sat idle past `IDLE_KEEP`.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// The first read's size on a connection; reads that fill it double it.
+const FIRST_READ: usize = 8 * 1024;
+/// The largest read: a large body streams in reads of this size.
+const MAX_READ: usize = 128 * 1024;
 
-type Driver = http1::Connection<TokioIo<Stream>, Body>;
-
-/// One HTTP/1.1 connection to a server: its request sender and its driver
-/// (hyper's connection state machine), polled by the request using it.
+/// One HTTP/1.1 connection to a server and the bytes read from it that
+/// have not been taken yet. Boxed: responses move it several times.
 pub(super) struct Conn(Box<ConnInner>);
 
 struct ConnInner {
-    sender: SendRequest<Body>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
-    /// The waker it is polled under; taken out while in use.
-    folded: Option<Folded>,
+    io: Stream,
+    buf: BytesMut,
+    /// How much the next read asks for.
+    next_read: usize,
 }
 
 impl Conn {
-    pub(super) fn new(sender: SendRequest<Body>, driver: Driver) -> Self {
+    pub(super) fn new(io: Stream) -> Self {
         Conn(Box::new(ConnInner {
-            sender,
-            driver: Some(driver),
-            folded: Some(Folded::new()),
+            io,
+            buf: BytesMut::new(),
+            next_read: FIRST_READ,
         }))
     }
 
-    /// Runs `f`, which drives the connection and polls what it carries,
-    /// with the task's wakes of itself folded in (see [`super::fold`]).
-    pub(super) fn poll_folded<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut f: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let Some(folded) = self.0.folded.take() else {
-            // Re-entered (not done anywhere): plain polling is still right.
-            return f(self, cx);
-        };
-        let r = folded.poll(cx, |cx| f(self, cx));
-        self.0.folded = Some(folded);
+    /// The socket, to write to.
+    pub(super) fn io(&mut self) -> &mut Stream {
+        &mut self.0.io
+    }
+
+    /// The bytes read and not taken yet.
+    pub(super) fn buf(&mut self) -> &mut BytesMut {
+        &mut self.0.buf
+    }
+
+    /// Reads more into the buffer: the number of bytes read, 0 at the end.
+    pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let inner = &mut *self.0;
+        if inner.buf.capacity() - inner.buf.len() < inner.next_read / 2 {
+            inner.buf.reserve(inner.next_read);
+        }
+        let spare = inner.buf.capacity() - inner.buf.len();
+        let r = tokio_util::io::poll_read_buf(Pin::new(&mut inner.io), cx, &mut inner.buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n == spare
+            && inner.next_read < MAX_READ
+        {
+            inner.next_read *= 2;
+        }
         r
     }
 
-    /// Hands the connection a request (`f` sends it) without waking the
-    /// task, which drives the connection next anyway (see [`super::fold`]).
-    pub(super) fn quietly<R>(&mut self, f: impl FnOnce(&mut SendRequest<Body>) -> R) -> R {
-        match &self.0.folded {
-            Some(folded) => folded.quietly(|| f(&mut self.0.sender)),
-            None => f(&mut self.0.sender),
-        }
+    /// Whether an idle connection is still open: nothing has arrived on it,
+    /// neither its end nor bytes nobody asked for (a server's parting 408).
+    pub(super) fn alive(&mut self, cx: &mut Context<'_>) -> bool {
+        self.0.buf.is_empty() && self.poll_fill(cx).is_pending()
     }
 
-    /// Moves the connection along (writes the request, reads the response);
-    /// false once it has ended (closed by either side, or failed).
-    pub(super) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(driver) = self.0.driver.as_mut() else {
-            return false;
-        };
-        match Pin::new(driver).poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(r) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %Chain(&e), "upstream connection ended with an error");
-                }
-                // Dropping the driver answers any request still queued on
-                // it with an error that hands the request back.
-                self.0.driver = None;
-                false
-            }
+    /// Readies a connection to wait idle: a buffer grown by a large body is
+    /// let go rather than held.
+    fn settle(&mut self) {
+        if self.0.buf.capacity() > 2 * FIRST_READ {
+            self.0.buf = BytesMut::new();
+            self.0.next_read = FIRST_READ;
         }
-    }
-
-    /// Whether the connection is idle and can take a request (after a poll).
-    pub(super) fn ready(&self) -> bool {
-        self.0.driver.is_some() && self.0.sender.is_ready()
     }
 }
 
@@ -150,9 +141,8 @@ impl Stack {
     /// Drops connections that ended while idle or sat idle too long.
     fn sweep(&mut self, now: Instant) {
         let mut cx = Context::from_waker(Waker::noop());
-        self.conns.retain_mut(|c| {
-            now.duration_since(c.since) < IDLE_KEEP && c.conn.drive(&mut cx) && c.conn.ready()
-        });
+        self.conns
+            .retain_mut(|c| now.duration_since(c.since) < IDLE_KEEP && c.conn.alive(&mut cx));
     }
 }
 
@@ -171,15 +161,13 @@ impl Connections {
 
     /// Puts an idle connection back (or lets it close when `MAX_KEPT` are
     /// kept already), starting the server's sweeper if it is not running.
-    pub(super) fn put(self: &Arc<Self>, conn: Conn, now: Instant) {
+    pub(super) fn put(self: &Arc<Self>, mut conn: Conn, now: Instant) {
         let (index, stack) = self.mine();
         let mut stack = stack.lock().unwrap_or_else(PoisonError::into_inner);
         if stack.conns.len() >= MAX_KEPT {
             return;
         }
-        if let Some(folded) = &conn.0.folded {
-            folded.forget_task();
-        }
+        conn.settle();
         stack.conns.push(Pooled { conn, since: now });
         if !stack.sweeping
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -232,6 +220,7 @@ mod tests {
 
     use http_body_util::Full;
     use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;

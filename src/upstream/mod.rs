@@ -5,9 +5,11 @@
 //!   health, requests in flight, idle connections.
 //! - `connect`: the one way to open a connection to any kind of server
 //!   `Address` (`host:port` or `unix:PATH`), as a `Stream`.
-//! - `client`: the HTTP/1.1 client ([`Upstream`]) and the one `handshake`
-//!   every upstream connection goes through; `keepalive` holds the idle
-//!   connections it reuses.
+//! - `client`: the HTTP/1.1 client ([`Upstream`]) that carries pool
+//!   requests, driven by the request using the connection; `codec` is its
+//!   wire format (heads, framing), `keepalive` holds the idle connections
+//!   it reuses. WebSocket handshakes and health checks go through hyper's
+//!   client (`handshake`).
 //! - `body`: the [`Body`] that flows through the proxy in both directions;
 //!   `spill`: the one buffer that holds a body in memory, then on disk.
 //! - `health`: active health checks.
@@ -20,9 +22,9 @@
 
 mod body;
 mod client;
+mod codec;
 mod connect;
 mod error;
-mod fold;
 mod health;
 mod keepalive;
 pub(crate) mod retry;
@@ -33,7 +35,7 @@ pub use body::Body;
 pub(crate) use client::handshake;
 pub use client::{Pulled, Upstream};
 pub(crate) use connect::{Stream, connect};
-pub use error::{BoxError, UpstreamError};
+pub use error::{BoxError, ExchangeError, UpstreamError};
 pub(crate) use error::{Failure, Fault};
 pub use server::Server;
 pub use spill::Replay;
