@@ -47,6 +47,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (bounded: 10 s) until something accepts connections on 127.0.0.1:`port`.
+fn listening(port: u16) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..1000 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return;
+        }
+        // Refused at once: give the process a moment to bind.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nothing listens on {addr} after 10 s");
+}
+
 /// Starts `cmd` and waits (bounded) until it logs a line containing `ready`.
 fn spawn_until(cmd: &mut Command, ready: &str) -> Child {
     let mut child = cmd
@@ -201,6 +214,11 @@ impl Pebble {
                 .env("PEBBLE_AUTHZREUSE", "0"),
             "ACME directory available",
         );
+        // pebble logs that line before it binds its listeners: wait until
+        // they accept, or the proxy's first order may be refused.
+        for p in [port, management] {
+            listening(p);
+        }
         Some(Pebble {
             _dns: dns_child,
             _pebble: pebble,
