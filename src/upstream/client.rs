@@ -207,7 +207,7 @@ impl Upstream {
         mut req: Box<Request<Body>>,
         now: Instant,
     ) -> Result<Response<Pulled>, UpstreamError> {
-        let (mut out, head) = Outgoing::new(&mut req);
+        let mut out = Outgoing::new(&mut req);
         let method = std::mem::replace(req.method_mut(), Method::GET);
         drop(req);
         // The exchange may be repeated below: `out` is replaced, never moved.
@@ -230,7 +230,7 @@ impl Upstream {
             let head = match result {
                 Ok(head) => head,
                 Err(e) if !fresh && again && e.is_connection_lost() => {
-                    out = Outgoing::head_only(head.clone());
+                    out.again();
                     continue;
                 }
                 Err(e) if e.is_request_body() => return Err(UpstreamError::RequestBody(e)),
@@ -330,6 +330,11 @@ enum Sending {
 /// A request on its way to a server: bytes queued for the socket and the
 /// body still to come.
 struct Outgoing {
+    /// The encoded head, kept whole so a bodiless request can go again.
+    head: Vec<u8>,
+    /// How much of the head is written.
+    head_sent: usize,
+    /// The body's bytes queued after the head.
     queue: Pieces,
     /// `None` once its end has been queued.
     body: Option<Body>,
@@ -345,9 +350,8 @@ struct Outgoing {
 const CRLF: Bytes = Bytes::from_static(b"\r\n");
 
 impl Outgoing {
-    /// Encodes `req`'s head (taking its body) and returns what to send,
-    /// with the head's bytes for sending again.
-    fn new(req: &mut Request<Body>) -> (Self, Bytes) {
+    /// Encodes `req`'s head and takes its body.
+    fn new(req: &mut Request<Body>) -> Self {
         let body = std::mem::replace(req.body_mut(), Body::Empty);
         let body = (!body.is_end_stream()).then_some(body);
         let known = body.as_ref().map(|b| b.size_hint().exact());
@@ -361,37 +365,41 @@ impl Outgoing {
             Framing::Chunked => codec::announced_trailers(&headers),
             Framing::Length(_) => Vec::new(),
         };
-        let head = Bytes::from(head);
-        let mut queue = Pieces::default();
-        queue.push(head.clone());
         let state = if body.is_some() {
             Sending::Body
         } else {
             Sending::Head
         };
-        let out = Outgoing {
-            queue,
+        Outgoing {
+            head,
+            head_sent: 0,
+            queue: Pieces::default(),
             body,
             framing,
             announced,
             state,
             failed: None,
-        };
-        (out, head)
+        }
     }
 
-    /// The same head again, alone.
-    fn head_only(head: Bytes) -> Self {
-        let mut queue = Pieces::default();
-        queue.push(head);
-        Outgoing {
-            queue,
-            body: None,
-            framing: Framing::Length(0),
-            announced: Vec::new(),
-            state: Sending::Head,
-            failed: None,
-        }
+    /// Readies a bodiless request to be sent again from its start.
+    fn again(&mut self) {
+        self.head_sent = 0;
+        self.queue = Pieces::default();
+        self.state = Sending::Head;
+        self.failed = None;
+    }
+
+    /// Whether nothing is waiting to be written.
+    fn written(&self) -> bool {
+        self.head_sent == self.head.len() && self.queue.is_empty()
+    }
+
+    /// Drops the first `n` bytes waiting, which were written.
+    fn advance(&mut self, n: usize) {
+        let from_head = n.min(self.head.len() - self.head_sent);
+        self.head_sent += from_head;
+        self.queue.advance(n - from_head);
     }
 
     /// Writes what is queued and queues more of the body, until all is
@@ -422,7 +430,7 @@ impl Outgoing {
         loop {
             // The head waits for the body's first frame, to go out with it.
             if !body_pending
-                && self.queue.len() <= 1
+                && self.queue.is_empty()
                 && let Some(body) = self.body.as_mut()
             {
                 match Pin::new(body).poll_frame(cx) {
@@ -433,23 +441,25 @@ impl Outgoing {
                     }
                 }
             }
-            if self.queue.is_empty() {
+            if self.written() {
                 return if self.body.is_none() {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Pending
                 };
             }
-            let mut slices = [IoSlice::new(&[]); PIECES];
-            let n = self.queue.slices(&mut slices);
-            match Pin::new(conn.io()).poll_write_vectored(cx, &slices[..n]) {
+            let mut slices = [IoSlice::new(&[]); PIECES + 1];
+            slices[0] = IoSlice::new(&self.head[self.head_sent..]);
+            let n = self.queue.slices(&mut slices[1..]);
+            let first = usize::from(self.head_sent == self.head.len());
+            match Pin::new(conn.io()).poll_write_vectored(cx, &slices[first..=n]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(ExchangeError::Io(
                         std::io::ErrorKind::WriteZero.into(),
                     )));
                 }
-                Poll::Ready(Ok(n)) => self.queue.advance(n),
+                Poll::Ready(Ok(n)) => self.advance(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
             }
         }
@@ -506,9 +516,9 @@ impl Outgoing {
     }
 }
 
-/// Most pieces queued at once: the head and one chunk (its size line,
-/// data and CRLF) and the last chunk.
-const PIECES: usize = 6;
+/// Most pieces queued at once: one chunk (its size line, data and CRLF)
+/// and the last chunk.
+const PIECES: usize = 4;
 
 /// The bytes queued for the socket, written with one `writev`.
 #[derive(Default)]
@@ -527,8 +537,8 @@ impl Pieces {
         self.start == self.end
     }
 
-    /// Queues `b` (dropped when empty). The queue is only added to while it
-    /// holds at most the head, so it never runs out of room.
+    /// Queues `b` (dropped when empty). The queue is only added to when it
+    /// is empty, so it never runs out of room.
     fn push(&mut self, b: Bytes) {
         if b.is_empty() {
             return;
@@ -549,7 +559,7 @@ impl Pieces {
     }
 
     /// Fills `out` with the queued bytes; returns how many slices.
-    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; PIECES]) -> usize {
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         for (slot, item) in out.iter_mut().zip(&self.items[self.start..self.end]) {
             *slot = IoSlice::new(item);
         }
