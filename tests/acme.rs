@@ -40,11 +40,17 @@ impl Drop for Child {
 /// A loopback port free a moment ago (pebble must be told the proxy's
 /// ports before the proxy binds them).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free ports: each listener is held until all are picked, so
+/// the kernel cannot hand the same port out twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Waits (bounded: 10 s) until something accepts connections on 127.0.0.1:`port`.
@@ -168,8 +174,7 @@ impl Pebble {
         let ca_roots = write("directory-ca.pem", &ca.ca_pem);
         let cert = write("cert.pem", &ca.cert_pem);
         let key = write("key.pem", &ca.key_pem);
-        let (port, management, dns, dns_management) =
-            (free_port(), free_port(), free_port(), free_port());
+        let [port, management, dns, dns_management] = free_ports();
         let validity = validity.map_or(String::new(), |v| {
             format!(", \"certificateValidityPeriod\": {v}")
         });
@@ -415,7 +420,7 @@ fn stored_pem(cfg: &Path, pebble: &Pebble) -> PathBuf {
 #[tokio::test]
 async fn tls_alpn_01_issues_then_a_restart_reuses_the_stored_certificate() {
     capture_logs();
-    let (http, https) = (free_port(), free_port());
+    let [http, https] = free_ports();
     let Some(pebble) = Pebble::start(http, https, None) else {
         return;
     };
@@ -522,7 +527,7 @@ async fn tls_alpn_01_issues_then_a_restart_reuses_the_stored_certificate() {
 
 #[tokio::test]
 async fn http_01_is_answered_before_redirects_and_unknown_tokens_are_404() {
-    let (http, https) = (free_port(), free_port());
+    let [http, https] = free_ports();
     let Some(pebble) = Pebble::start(http, https, None) else {
         return;
     };
@@ -588,7 +593,7 @@ async fn http_01_is_answered_before_redirects_and_unknown_tokens_are_404() {
 
 #[tokio::test]
 async fn short_lived_certificates_renew_while_websockets_and_h2_stay_open() {
-    let (http, https) = (free_port(), free_port());
+    let [http, https] = free_ports();
     // 15 s certificates: renewed when 5 s are left.
     let Some(pebble) = Pebble::start(http, https, Some(15)) else {
         return;
@@ -679,7 +684,7 @@ async fn short_lived_certificates_renew_while_websockets_and_h2_stay_open() {
 #[tokio::test]
 async fn a_rejected_order_is_counted_and_the_site_stays_unserved() {
     capture_logs();
-    let (http, https) = (free_port(), free_port());
+    let [http, https] = free_ports();
     let Some(pebble) = Pebble::start(http, https, None) else {
         return;
     };
@@ -758,7 +763,7 @@ async fn an_unreachable_ca_is_retried_and_the_site_answers_503_meanwhile() {
 
 #[tokio::test]
 async fn a_failed_renewal_keeps_the_current_certificate_serving() {
-    let (http, https) = (free_port(), free_port());
+    let [http, https] = free_ports();
     // 15 s certificates: renewal is due 10 s after issue.
     let Some(pebble) = Pebble::start(http, https, Some(15)) else {
         return;
