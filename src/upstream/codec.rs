@@ -7,6 +7,8 @@
 //! pool requests): the same framing chosen for the same request, and the
 //! same response accepted or refused.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -16,6 +18,8 @@ use http::{Method, StatusCode, Version};
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Header fields whose places in the head are kept on the stack.
+const INLINE_FIELDS: usize = 24;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section of a chunked response.
@@ -192,12 +196,21 @@ pub(crate) enum Parsed {
 /// copies.
 pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ProtocolError> {
     // Where each field's name and value are in the head: the values are
-    // sliced out once the head is split off the buffer.
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // sliced out once the head is split off the buffer. Most heads have a
+    // few fields: room for those on the stack, more go to the heap.
+    let mut inline = [(0u32, 0u32, 0u32, 0u32); INLINE_FIELDS];
+    let mut spilled = Vec::new();
     let (len, code, minor, count) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut fields);
-        let len = match res.parse(buf) {
+        // Uninitialised slots: filling 100 empty headers on every response
+        // cost more than parsing a short head.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(ProtocolError::HeadTooLarge);
@@ -211,15 +224,22 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
         }
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (slot, f) in at.iter_mut().zip(res.headers.iter()) {
+        let at = res.headers.iter().map(|f| {
             let name = offset(f.name.as_bytes());
             let value = offset(f.value);
-            *slot = (
+            (
                 name,
                 name + f.name.len() as u32,
                 value,
                 value + f.value.len() as u32,
-            );
+            )
+        });
+        if res.headers.len() <= INLINE_FIELDS {
+            for (slot, a) in inline.iter_mut().zip(at) {
+                *slot = a;
+            }
+        } else {
+            spilled.extend(at);
         }
         (len, res.code.unwrap_or(0), res.version, res.headers.len())
     };
@@ -236,8 +256,13 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n0, n1, v0, v1) in &at[..count] {
+    let at = if count <= INLINE_FIELDS {
+        &inline[..count]
+    } else {
+        &spilled[..]
+    };
+    let mut headers = HeaderMap::with_capacity(at.len());
+    for &(n0, n1, v0, v1) in at {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| ProtocolError::Field)?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
