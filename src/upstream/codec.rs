@@ -269,34 +269,9 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
             .map_err(|_| ProtocolError::Field)?;
         headers.append(name, value);
     }
-    let mut keep_alive = keeps_alive(version, &headers);
-    let body = if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Decoder::Length(0)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(ProtocolError::TransferEncoding10);
-        }
-        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3), and
-        // the length must not travel on with the body; the connection is
-        // not trusted with another request.
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
-            keep_alive = false;
-        }
-        if ends_chunked(headers.get_all(header::TRANSFER_ENCODING)) {
-            Decoder::Chunked(Chunked::Size)
-        } else {
-            keep_alive = false;
-            Decoder::Close
-        }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Decoder::Length(content_length(&headers).ok_or(ProtocolError::ContentLength)?)
-    } else {
-        keep_alive = false;
-        Decoder::Close
-    };
+    let keep_alive = keeps_alive(version, &headers);
+    let (body, framed_for_reuse) = response_framing(method, status, version, &mut headers)?;
+    let keep_alive = keep_alive && framed_for_reuse;
     Ok(Parsed::Final(Head {
         status,
         version,
@@ -304,6 +279,43 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
         body,
         keep_alive,
     }))
+}
+
+/// How a response's body is framed (RFC 9112 §6.3), and whether that
+/// framing leaves the connection fit for another request.
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &mut HeaderMap,
+) -> Result<(Decoder, bool), ProtocolError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Decoder::Length(0), true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(ProtocolError::TransferEncoding10);
+        }
+        // Transfer-Encoding overrides Content-Length, and the length must
+        // not travel on with the body; the connection is not trusted with
+        // another request.
+        let both = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok(
+            if ends_chunked(headers.get_all(header::TRANSFER_ENCODING)) {
+                (Decoder::Chunked(Chunked::Size), !both)
+            } else {
+                (Decoder::Close, false)
+            },
+        );
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        let n = content_length(headers).ok_or(ProtocolError::ContentLength)?;
+        return Ok((Decoder::Length(n), true));
+    }
+    Ok((Decoder::Close, false))
 }
 
 /// Whether a response leaves its connection open: HTTP/1.1 unless it says
