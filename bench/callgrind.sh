@@ -13,10 +13,16 @@
 #   CACHE_SIM=1 CASES=h1 bench/callgrind.sh   # also simulated cache misses and branch mispredictions per request
 #   CALLGRIND_ARGS="--dump-instr=yes" ...   # more callgrind options (per-instruction costs, to find call sites)
 #
-# Each case runs twice per proxy, with N1 and N2 requests over the same
-# connections; (instructions at N2 - instructions at N1) / (N2 - N1) leaves
-# start-up and TLS handshakes out. Every load targets 127.0.0.1 only and is
-# bounded in count (and, by `timeout`, in time).
+# Each case starts each proxy once and loads it three times: a warm-up of
+# N1 requests, then N1 and N2 requests, each load on new connections.
+# callgrind's counters are zeroed after the warm-up and dumped after each
+# of the other two (callgrind_control), so (instructions of the N2 load -
+# those of the N1 load) / (N2 - N1) leaves out start-up, TLS handshakes and
+# every one-off cost of the first requests. Two processes, one per load,
+# did not: a clock calibration the metrics library runs once, for a
+# wall-clock time, moved the count by up to 800 instructions per request
+# (2.5 %) from run to run. Every load targets 127.0.0.1 only and is bounded
+# in count (and, by `timeout`, in time).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,9 +80,59 @@ taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-echo" --listen "127.0.0.1:$WS_PORT" 2>/d
 PIDS+=($!)
 wait_port "$HTTP_PORT" && wait_port "$WS_PORT" || die "backends did not start"
 
-# Runs PROXY under callgrind for one load of N; prints "instructions count".
-one() { # proxy case n
-    local p=$1 c=$2 n=$3 out=$RUN/$1.$2.$3
+# One load of N requests (or messages) of case C; its output goes to OUT.
+load() { # case n out
+    local c=$1 n=$2 out=$3
+    case $c in
+    h1) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/" >"$out" 2>&1 ;;
+    sf1k) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/static/1k.bin" >"$out" 2>&1 ;;
+    # h1's shape from bench-h1-load, which can open each connection with a
+    # PROXY header (h2load cannot): h1nopp without one, h1pp with a v1 header
+    # against the proxy_protocol = true configuration.
+    h1nopp) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" \
+        --sni localhost --connections 64 --requests "$n" --duration 590 >"$out" 2>&1 ;;
+    h1pp) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" \
+        --sni localhost --connections 64 --requests "$n" --duration 590 --proxy-header v1 >"$out" 2>&1 ;;
+    h2) timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c16 -m10 -n "$n" "https://localhost:$PORT/" >"$out" 2>&1 ;;
+    ws128) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-load" --url "wss://127.0.0.1:$PORT/ws/echo" \
+        --ca "$CA" --sni localhost --sessions 64 --size 128 --duration 600 --max "$n" >"$out" 2>&1 ;;
+    esac
+}
+
+# How many requests (or relayed messages) a load's output says succeeded.
+done_count() { # case out
+    local c=$1 out=$2 count
+    case $c in
+    h1 | h2 | sf1k) count=$(awk '$1 == "requests:" {print $8; exit}' "$out") ;;   # succeeded
+    h1nopp | h1pp) count=$(sed -n 's/.* succeeded=\([0-9]*\) .*/\1/p' "$out") ;;
+    ws128) count=$(sed -n 's/.* messages=\([0-9]*\) .*/\1/p' "$out"); count=$((count * 2)) ;;  # relayed: both ways
+    esac
+    echo "${count:-0}"
+}
+
+# A profile's instruction total (0 when there is none).
+instructions() { # file
+    local ir=""
+    [ -f "$1" ] && ir=$(awk '$1 == "summary:" || $1 == "totals:" {print $2; exit}' "$1")
+    echo "${ir:-0}"
+}
+
+# Asks callgrind in process VP to dump its counters (and zero them) into
+# FILE.K, the K-th dump; waits until the dump is whole.
+dump() { # vp k
+    callgrind_control -d "$1" >/dev/null || return 1
+    local i
+    for i in $(seq 300); do
+        grep -q '^totals:\|^summary:' "$CG_OUT.$2" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Runs PROXY under callgrind through a warm-up and two measured loads of
+# case C; prints "instructions count" for the N1 load, then for the N2 one.
+measure() { # proxy case
+    local p=$1 c=$2 base=$RUN/$1.$2
     local cmd v=""
     if pp_case "$c"; then v=-pp; fi
     if [ "$c" = sf1k ]; then v=-files; fi
@@ -89,24 +145,18 @@ one() { # proxy case n
     local opts=()
     read -r -a opts <<<"${CALLGRIND_ARGS:-}"
     if [ -n "${CACHE_SIM:-}" ]; then opts+=(--cache-sim=yes --branch-sim=yes); fi
-    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${opts[@]}" --callgrind-out-file="$out.callgrind" \
-        "${cmd[@]}" 2>"$out.valgrind" &
+    CG_OUT=$base.callgrind
+    rm -f "$CG_OUT" "$CG_OUT".*
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${opts[@]}" --callgrind-out-file="$CG_OUT" \
+        "${cmd[@]}" 2>"$base.valgrind" &
     local vp=$!
     wait_port "$PORT" 600 || die "$p did not start under valgrind"
-    case $c in
-    h1) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
-    sf1k) timeout 600 taskset -c "$LOAD_CPU" h2load --h1 -t1 -c64 -n "$n" "https://localhost:$PORT/static/1k.bin" >"$out.load" 2>&1 ;;
-    # h1's shape from bench-h1-load, which can open each connection with a
-    # PROXY header (h2load cannot): h1nopp without one, h1pp with a v1 header
-    # against the proxy_protocol = true configuration.
-    h1nopp) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" \
-        --sni localhost --connections 64 --requests "$n" --duration 590 >"$out.load" 2>&1 ;;
-    h1pp) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-h1-load" --addr "127.0.0.1:$PORT" --ca "$CA" \
-        --sni localhost --connections 64 --requests "$n" --duration 590 --proxy-header v1 >"$out.load" 2>&1 ;;
-    h2) timeout 600 taskset -c "$LOAD_CPU" h2load -t1 -c16 -m10 -n "$n" "https://localhost:$PORT/" >"$out.load" 2>&1 ;;
-    ws128) timeout 600 taskset -c "$LOAD_CPU" "$TOOLS/bench-ws-load" --url "wss://127.0.0.1:$PORT/ws/echo" \
-        --ca "$CA" --sni localhost --sessions 64 --size 128 --duration 600 --max "$n" >"$out.load" 2>&1 ;;
-    esac
+    load "$c" "$N1" "$base.warmup.load"
+    callgrind_control -z "$vp" >/dev/null || die "callgrind_control could not reach $p"
+    load "$c" "$N1" "$base.$N1.load"
+    dump "$vp" 1 || die "no callgrind dump from $p after $N1"
+    load "$c" "$N2" "$base.$N2.load"
+    dump "$vp" 2 || die "no callgrind dump from $p after $N2"
     kill -TERM "$vp" 2>/dev/null || true
     # nginx without a master process has once missed the TERM under valgrind
     # (open keep-alive connections); QUIT, its graceful stop, after 10 s.
@@ -114,14 +164,12 @@ one() { # proxy case n
     for i in $(seq 100); do kill -0 "$vp" 2>/dev/null || break; sleep 0.1; done
     kill -QUIT "$vp" 2>/dev/null || true
     wait "$vp" 2>/dev/null || true
-    local ir count
-    ir=$(awk '$1 == "summary:" || $1 == "totals:" {print $2; exit}' "$out.callgrind")
-    case $c in
-    h1 | h2 | sf1k) count=$(awk '$1 == "requests:" {print $8; exit}' "$out.load") ;;   # succeeded
-    h1nopp | h1pp) count=$(sed -n 's/.* succeeded=\([0-9]*\) .*/\1/p' "$out.load") ;;
-    ws128) count=$(sed -n 's/.* messages=\([0-9]*\) .*/\1/p' "$out.load"); count=$((count * 2)) ;;  # relayed: both ways
-    esac
-    echo "${ir:-0} ${count:-0}"
+    rm -f "$CG_OUT"   # what ran after the last dump: the stop
+    # Named by load, as `callgrind_annotate` and the event totals below read them.
+    mv "$CG_OUT.1" "$base.$N1.callgrind"
+    mv "$CG_OUT.2" "$base.$N2.callgrind"
+    echo "$(instructions "$base.$N1.callgrind") $(done_count "$c" "$base.$N1.load")"
+    echo "$(instructions "$base.$N2.callgrind") $(done_count "$c" "$base.$N2.load")"
 }
 
 echo "workers=$WORKERS" >"$RUN/workers.txt"
@@ -129,9 +177,8 @@ printf '| case | unit | %s |\n|---|---|%s\n' "${PROXIES// / | }" "$(printf -- '-
 for c in $CASES; do
     row="| $c | $( [ "$c" = ws128 ] && echo "instructions per relayed message" || echo "instructions per request") |"
     for p in $PROXIES; do
-        log "case $c: $p ($N1 then $N2)"
-        read -r i1 n1 < <(one "$p" "$c" "$N1")
-        read -r i2 n2 < <(one "$p" "$c" "$N2")
+        log "case $c: $p (warm-up, then $N1 and $N2)"
+        { read -r i1 n1; read -r i2 n2; } < <(measure "$p" "$c")
         if [ "$n2" -gt "$n1" ] && [ "$i1" -gt 0 ] && [ "$i2" -gt 0 ]; then
             row+=" $(( (i2 - i1) / (n2 - n1) )) |"
         else

@@ -296,6 +296,16 @@ async fn call(site: &Site, req: Request<Full<Bytes>>) -> Got {
     Response::from_parts(parts, body)
 }
 
+/// GETs `path` asking for trailers (an HTTP/1.1 client gets them only
+/// when it does), checks the status is 200 and reads the whole body.
+async fn get_with_trailers(site: &Site, path: &str, what: &str) -> Collected<Bytes> {
+    let mut r = req("GET", path);
+    r.headers_mut().insert("te", "trailers".parse().unwrap());
+    let resp = open(site, r).await;
+    assert_eq!(resp.status(), 200, "{what}");
+    read_body(resp).await.expect("a whole body")
+}
+
 /// Reads one response off `rd`: until it is whole by its Content-Length,
 /// or the stream ends.
 async fn read_response(rd: &mut (impl AsyncRead + Unpin)) -> Option<RawResponse> {
@@ -339,12 +349,7 @@ async fn a_chunked_response_with_extensions_and_trailers_reaches_the_client_byte
     let s = site(backend.addr).await;
     for path in BOTH {
         for i in 0..2 {
-            let mut r = req("GET", path);
-            // An HTTP/1.1 client gets trailers only when it asks for them.
-            r.headers_mut().insert("te", "trailers".parse().unwrap());
-            let resp = open(&s, r).await;
-            assert_eq!(resp.status(), 200, "{path} #{i}");
-            let body = read_body(resp).await.expect("a whole body");
+            let body = get_with_trailers(&s, path, &format!("{path} #{i}")).await;
             let trailers = body.trailers().cloned().unwrap_or_default();
             assert_eq!(
                 header_map(&trailers),
@@ -452,11 +457,7 @@ async fn a_response_arriving_a_byte_at_a_time_is_read_whole() {
     let s = site(backend.addr).await;
     for path in BOTH {
         for i in 0..2 {
-            let mut r = req("GET", path);
-            r.headers_mut().insert("te", "trailers".parse().unwrap());
-            let resp = open(&s, r).await;
-            assert_eq!(resp.status(), 200, "{path} #{i}");
-            let body = read_body(resp).await.expect("a whole body");
+            let body = get_with_trailers(&s, path, &format!("{path} #{i}")).await;
             let sum = body.trailers().and_then(|t| t.get("x-sum")).cloned();
             assert_eq!(
                 sum.as_ref().map(|v| v.as_bytes()),
