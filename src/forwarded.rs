@@ -128,43 +128,123 @@ pub fn real_client(headers: &HeaderMap, client: &Client, trusted: &TrustedProxie
     real
 }
 
-/// Sets the forwarded headers of a request going upstream: `client` is the
-/// connection's client, `real` the request's (see [`real_client`]), `host`
-/// the host as the client sent it.
-pub fn set_forwarded(headers: &mut HeaderMap, client: &Client, real: IpAddr, host: &HeaderValue) {
-    let proto = HeaderValue::from_static(if client.https { "https" } else { "http" });
-    if !client.trusted {
-        headers.insert(&X_FORWARDED_FOR, client.addr_value().clone());
-        headers.insert(&X_FORWARDED_PROTO, proto);
-        headers.insert(&X_FORWARDED_HOST, host.clone());
-        headers.insert(&X_FORWARDED_PORT, client.port_value().clone());
-        headers.insert(&X_REAL_IP, client.addr_value().clone());
-        if headers.contains_key(&FORWARDED) {
-            headers.remove(&FORWARDED);
+/// The forwarded header fields a request going upstream gets, at most five.
+#[derive(Debug)]
+pub struct Fields {
+    fields: [(&'static HeaderName, HeaderValue); 5],
+    len: usize,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        const UNSET: (&HeaderName, HeaderValue) = (&X_REAL_IP, HeaderValue::from_static(""));
+        Fields {
+            fields: [UNSET; 5],
+            len: 0,
         }
-        return;
     }
-    append_forwarded_for(headers, client.addr_value());
+}
+
+impl Fields {
+    fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        if let Some(slot) = self.fields.get_mut(self.len) {
+            *slot = (name, value);
+            self.len += 1;
+        }
+    }
+
+    /// The fields, in the order they are written.
+    pub fn as_slice(&self) -> &[(&'static HeaderName, HeaderValue)] {
+        self.fields.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The headers an untrusted client's request loses: those the proxy sets,
+/// and `Forwarded`.
+static REPLACED: [&HeaderName; 6] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PORT,
+    &X_REAL_IP,
+    &FORWARDED,
+];
+
+/// Whether `name` is one of the headers [`forwarded_fields`] sets or drops.
+fn is_forwarded_name(name: &HeaderName) -> bool {
+    // By length first: most names a request carries are none of these.
+    matches!(name.as_str().len(), 9 | 15..=17) && REPLACED.contains(&name)
+}
+
+/// The forwarded headers of a request going upstream, as fields to write
+/// after the request's own: `client` is the connection's client, `real`
+/// the request's (see [`real_client`]), `host` the host as the client sent
+/// it. `headers` loses the fields these replace.
+///
+/// Returned rather than inserted: a request from an untrusted client
+/// (nearly every one) then needs no hashing of these five names and no
+/// growth of its header map, which cost 7 % of a pool request's
+/// instructions (bench/README.md, issue 20).
+pub fn forwarded_fields(
+    headers: &mut HeaderMap,
+    client: &Client,
+    real: IpAddr,
+    host: &HeaderValue,
+) -> Fields {
+    let proto = HeaderValue::from_static(if client.https { "https" } else { "http" });
+    let mut fields = Fields::default();
+    if !client.trusted {
+        // One pass over the names; hashing each of six is for the rare
+        // request that carries any.
+        if headers.keys().any(is_forwarded_name) {
+            for name in REPLACED {
+                headers.remove(name);
+            }
+        }
+        fields.push(&X_FORWARDED_FOR, client.addr_value().clone());
+        fields.push(&X_FORWARDED_PROTO, proto);
+        fields.push(&X_FORWARDED_HOST, host.clone());
+        fields.push(&X_FORWARDED_PORT, client.port_value().clone());
+        fields.push(&X_REAL_IP, client.addr_value().clone());
+        return fields;
+    }
+    if let Some(xff) = forwarded_for(headers, client.addr_value()) {
+        headers.remove(&X_FORWARDED_FOR);
+        fields.push(&X_FORWARDED_FOR, xff);
+    }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, proto);
+        fields.push(&X_FORWARDED_PROTO, proto);
     }
     if !headers.contains_key(&X_FORWARDED_HOST) {
-        headers.insert(&X_FORWARDED_HOST, host.clone());
+        fields.push(&X_FORWARDED_HOST, host.clone());
     }
     if !headers.contains_key(&X_FORWARDED_PORT) {
-        headers.insert(&X_FORWARDED_PORT, client.port_value().clone());
+        fields.push(&X_FORWARDED_PORT, client.port_value().clone());
     }
     let real_value = if real == client.addr {
         client.addr_value().clone()
     } else {
         ip_value(real)
     };
-    headers.insert(&X_REAL_IP, real_value);
+    headers.remove(&X_REAL_IP);
+    fields.push(&X_REAL_IP, real_value);
+    fields
 }
 
-/// Appends `client` to `X-Forwarded-For`, folding earlier lines into one.
-/// A value that is not visible ASCII (which no proxy writes) is left out.
-fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+/// Sets the forwarded headers of a request going upstream in its header
+/// map (for a request hyper's client sends): [`forwarded_fields`], inserted.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &Client, real: IpAddr, host: &HeaderValue) {
+    let fields = forwarded_fields(headers, client, real, host);
+    for (name, value) in fields.as_slice() {
+        headers.append(*name, value.clone());
+    }
+}
+
+/// A trusted proxy's `X-Forwarded-For` with `client` appended, earlier
+/// lines folded into one. A value that is not visible ASCII (which no
+/// proxy writes) is left out; `None` if the result is not a valid value
+/// (the chain is then passed on as it came).
+fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> Option<HeaderValue> {
     let mut xff = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -175,15 +255,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
             }
         }
     }
-    let value = if xff.is_empty() {
-        Ok(client.clone())
-    } else {
-        xff.extend_from_slice(client.as_bytes());
-        HeaderValue::from_bytes(&xff)
-    };
-    if let Ok(v) = value {
-        headers.insert(&X_FORWARDED_FOR, v);
+    if xff.is_empty() {
+        return Some(client.clone());
     }
+    xff.extend_from_slice(client.as_bytes());
+    HeaderValue::from_bytes(&xff).ok()
 }
 
 #[cfg(test)]
@@ -213,6 +289,43 @@ mod tests {
     fn forward(h: &mut HeaderMap, c: &Client, t: &TrustedProxies) {
         let real = real_client(h, c, t);
         set_forwarded(h, c, real, &HeaderValue::from_static("shop.example"));
+    }
+
+    /// The fields come back in a fixed order, and the map keeps only what
+    /// they do not replace.
+    #[test]
+    fn fields_replace_an_untrusted_clients_and_leave_the_rest() {
+        let t = trusted(&[]);
+        let c = client("192.0.2.7", &t);
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = headers(&[("accept", "*/*"), ("x-custom", "1")]);
+        let fields = forwarded_fields(&mut h, &c, c.addr, &host);
+        assert_eq!(h.len(), 2, "nothing to replace: the map is as it came");
+        let got: Vec<(&str, &str)> = fields
+            .as_slice()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x-forwarded-for", "192.0.2.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "shop.example"),
+                ("x-forwarded-port", "8443"),
+                ("x-real-ip", "192.0.2.7"),
+            ]
+        );
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-custom", "1"),
+        ]);
+        let fields = forwarded_fields(&mut h, &c, c.addr, &host);
+        assert_eq!(h.len(), 1, "the client's own are gone: {h:?}");
+        assert!(h.contains_key("x-custom"));
+        assert_eq!(fields.as_slice().len(), 5);
     }
 
     #[test]

@@ -24,27 +24,26 @@ use crate::routing::Route;
 use crate::upstream::{Body, Failure, Server, UpstreamError, retry};
 
 /// Rewrites a client request into the request sent to a backend: hop-by-hop
-/// headers out, the forwarded headers in, origin-form target, HTTP/1.1.
+/// headers out, origin-form target, HTTP/1.1. Returns the forwarded
+/// headers, for the encoder to write after the request's own (see
+/// [`forwarded::forwarded_fields`]).
 pub(super) fn upstream_request(
     parts: &mut http::request::Parts,
     client: &forwarded::Client,
     host: &HeaderValue,
     real: IpAddr,
-) {
-    // Room for the forwarded headers (and Host, TE) in one growth of the
-    // map rather than one per insert. Failing only means growing as usual.
-    let _ = parts.headers.try_reserve(7);
+) -> forwarded::Fields {
     let trailers = headers::remove_hop_by_hop(&mut parts.headers);
     if trailers {
         parts
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    forwarded::set_forwarded(&mut parts.headers, client, real, host);
+    let fields = forwarded::forwarded_fields(&mut parts.headers, client, real, host);
     if !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, host.clone());
     }
-    // Origin form: hyper's connection writes the request target as given.
+    // Origin form: the request target is written as given.
     if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
         parts.uri = parts
             .uri
@@ -54,6 +53,7 @@ pub(super) fn upstream_request(
             .into();
     }
     parts.version = Version::HTTP_11;
+    fields
 }
 
 /// Sends a plain request to `route`'s pool and returns the response.
@@ -102,11 +102,11 @@ pub(super) async fn forward(
         let Some(server) = lease.server().cloned() else {
             return Err(ProxyError::Pool(PoolError::NoHealthyServer));
         };
-        let req = attempt(cx, &mut parts, retryable, host, body.take());
+        let (req, fields) = attempt(cx, &mut parts, retryable, host, body.take());
         let sent = cx
             .generation
             .upstream
-            .send(&server, req, leased, timeout)
+            .send(&server, req, fields.as_slice(), leased, timeout)
             .await;
         let (e, lease) = match sent {
             Err(e) => (e, Some(lease)),
@@ -154,21 +154,23 @@ pub(super) async fn forward(
 }
 
 /// The request for one attempt: the head rewritten for the backend (a copy
-/// when it may be sent again), and the body, if it has not been sent.
+/// when it may be sent again), and the body, if it has not been sent; with
+/// the forwarded headers it goes with.
 fn attempt(
     cx: &Ctx<'_>,
     parts: &mut http::request::Parts,
     retryable: bool,
     host: &HeaderValue,
     body: Option<Body>,
-) -> Box<Request<Body>> {
+) -> (Box<Request<Body>>, forwarded::Fields) {
     let mut p = if retryable {
         clone_parts(parts)
     } else {
         std::mem::replace(parts, Request::new(()).into_parts().0)
     };
-    upstream_request(&mut p, cx.conn.client(), host, cx.real());
-    Box::new(Request::from_parts(p, body.unwrap_or_else(Body::empty)))
+    let fields = upstream_request(&mut p, cx.conn.client(), host, cx.real());
+    let req = Box::new(Request::from_parts(p, body.unwrap_or_else(Body::empty)));
+    (req, fields)
 }
 
 /// The response for the client, recorded when it ends (with the time the

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -180,11 +180,12 @@ impl Upstream {
     /// `response_timeout` (the route's `upstream_response`) from `now`.
     ///
     /// The request comes boxed, and is encoded where it lies: only its
-    /// body moves on.
+    /// body moves on. The fields `added` are written after its own.
     pub(crate) async fn send(
         &self,
         server: &Arc<Server>,
         req: Box<Request<Body>>,
+        added: &[(&HeaderName, HeaderValue)],
         now: Instant,
         response_timeout: Duration,
     ) -> Result<Response<Pulled>, UpstreamError> {
@@ -195,7 +196,8 @@ impl Upstream {
             .checked_add(response_timeout)
             .unwrap_or_else(|| now + FAR);
         let deadline = tokio::time::Instant::from_std(deadline);
-        match tokio::time::timeout_at(deadline, self.exchange(server, req, now)).await {
+        let exchange = self.exchange(server, req, added, now);
+        match tokio::time::timeout_at(deadline, exchange).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(r) => r,
         }
@@ -205,9 +207,10 @@ impl Upstream {
         &self,
         server: &Arc<Server>,
         mut req: Box<Request<Body>>,
+        added: &[(&HeaderName, HeaderValue)],
         now: Instant,
     ) -> Result<Response<Pulled>, UpstreamError> {
-        let mut out = Outgoing::new(&mut req);
+        let mut out = Outgoing::new(&mut req, added);
         let method = std::mem::replace(req.method_mut(), Method::GET);
         drop(req);
         // The exchange may be repeated below: `out` is replaced, never moved.
@@ -350,8 +353,8 @@ struct Outgoing {
 const CRLF: Bytes = Bytes::from_static(b"\r\n");
 
 impl Outgoing {
-    /// Encodes `req`'s head and takes its body.
-    fn new(req: &mut Request<Body>) -> Self {
+    /// Encodes `req`'s head (with the fields `added`) and takes its body.
+    fn new(req: &mut Request<Body>, added: &[(&HeaderName, HeaderValue)]) -> Self {
         let body = std::mem::replace(req.body_mut(), Body::Empty);
         let body = (!body.is_end_stream()).then_some(body);
         let known = body.as_ref().map(|b| b.size_hint().exact());
@@ -360,7 +363,8 @@ impl Outgoing {
         // target can be borrowed beside them.
         let mut headers = std::mem::take(req.headers_mut());
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let framing = codec::encode_head(req.method(), target, &mut headers, known, &mut head);
+        let framing =
+            codec::encode_head(req.method(), target, &mut headers, added, known, &mut head);
         let announced = match framing {
             Framing::Chunked => codec::announced_trailers(&headers),
             Framing::Length(_) => Vec::new(),

@@ -61,23 +61,26 @@ pub(crate) enum Framing {
 }
 
 /// Writes the request head for `method`, `target` (origin-form) and
-/// `headers` into `dst`, first fixing the framing headers as hyper's client
-/// does, and returns the body's framing. `body` is `None` for a request
-/// without a body, else the body's exact length if it knows it.
+/// `headers`, then the fields `added`, into `dst`, first fixing the framing
+/// headers as hyper's client does, and returns the body's framing. `body`
+/// is `None` for a request without a body, else the body's exact length if
+/// it knows it.
 pub(crate) fn encode_head(
     method: &Method,
     target: &str,
     headers: &mut HeaderMap,
+    added: &[(&HeaderName, HeaderValue)],
     body: Option<Option<u64>>,
     dst: &mut Vec<u8>,
 ) -> Framing {
     let framing = request_framing(method, headers, body);
-    dst.reserve(64 + target.len() + headers.len() * 32);
+    dst.reserve(64 + target.len() + (headers.len() + added.len()) * 32);
     dst.extend_from_slice(method.as_str().as_bytes());
     dst.push(b' ');
     dst.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers.iter() {
+    let added = added.iter().map(|(name, value)| (*name, value));
+    for (name, value) in headers.iter().chain(added) {
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());

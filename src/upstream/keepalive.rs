@@ -264,10 +264,13 @@ mod tests {
 
     async fn get(up: &Upstream, server: &Arc<Server>) {
         let req = Request::get("/").body(Body::empty()).unwrap();
-        let resp = tokio::time::timeout(WAIT, up.send(server, Box::new(req), Instant::now(), WAIT))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = tokio::time::timeout(
+            WAIT,
+            up.send(server, Box::new(req), &[], Instant::now(), WAIT),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(resp.status(), 200);
         // Read the body to its end, as the proxy does.
         use http_body_util::BodyExt;

@@ -33,7 +33,7 @@ fn encode(
 ) -> (String, HeaderMap, Framing) {
     let mut map = headers(fields);
     let mut dst = Vec::new();
-    let framing = encode_head(&method, target, &mut map, body, &mut dst);
+    let framing = encode_head(&method, target, &mut map, &[], body, &mut dst);
     (String::from_utf8(dst).unwrap(), map, framing)
 }
 
@@ -132,6 +132,32 @@ fn chunked_error(input: &[u8]) -> ProtocolError {
 }
 
 // ---- encode_head ----
+
+/// Fields given beside the map are written after the request's own, once each.
+#[test]
+fn added_fields_follow_the_requests_own() {
+    let mut map = headers(&[("host", "shop.example"), ("accept", "*/*")]);
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let real = HeaderName::from_static("x-real-ip");
+    let added = [
+        (&xff, HeaderValue::from_static("192.0.2.7")),
+        (&real, HeaderValue::from_static("192.0.2.7")),
+    ];
+    let mut dst = Vec::new();
+    let framing = encode_head(&Method::GET, "/a?b", &mut map, &added, None, &mut dst);
+    assert_eq!(framing, Framing::Length(0));
+    let wire = String::from_utf8(dst).unwrap();
+    let (line, _) = split_head(&wire);
+    assert_eq!(line, "GET /a?b HTTP/1.1");
+    let fields: Vec<&str> = wire.trim_end().split("\r\n").skip(1).collect();
+    assert_eq!(fields.len(), 4, "{wire}");
+    assert_eq!(
+        &fields[2..],
+        ["x-forwarded-for: 192.0.2.7", "x-real-ip: 192.0.2.7"],
+        "{wire}"
+    );
+    assert!(!map.contains_key(&xff), "the map itself is left as it was");
+}
 
 #[test]
 fn encode_head_get_without_body_writes_head_and_strips_transfer_encoding() {
