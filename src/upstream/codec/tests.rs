@@ -872,3 +872,49 @@ fn announced_trailers_parses_lists_across_fields() {
     );
     assert!(announced_trailers(&HeaderMap::new()).is_empty());
 }
+
+/// The fast path for a plain length agrees with the general parser, and
+/// leaves everything else to it.
+#[test]
+fn plain_lengths_are_digits_only_and_overflow_is_none() {
+    assert_eq!(plain_length(b"0"), Some(0));
+    assert_eq!(plain_length(b"1024"), Some(1024));
+    assert_eq!(plain_length(b"18446744073709551615"), Some(u64::MAX));
+    for odd in [
+        &b""[..],
+        b"18446744073709551616",
+        b"1, 1",
+        b" 5",
+        b"+5",
+        b"5a",
+        b"-1",
+    ] {
+        assert_eq!(
+            plain_length(odd),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(odd)
+        );
+    }
+    // Two fields that agree, and one field listing the same length twice,
+    // still parse (the general path).
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"[..],
+    );
+    let Ok(Parsed::Final(head)) = parse_head(&mut buf, &Method::GET) else {
+        panic!("a head");
+    };
+    assert_eq!(head.body, Decoder::Length(3));
+    let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc"[..]);
+    let Ok(Parsed::Final(head)) = parse_head(&mut buf, &Method::GET) else {
+        panic!("a head");
+    };
+    assert_eq!(head.body, Decoder::Length(3));
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
+    );
+    assert!(
+        parse_head(&mut buf, &Method::GET).is_err(),
+        "lengths that disagree"
+    );
+}
