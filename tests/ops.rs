@@ -1143,12 +1143,22 @@ impl Bin {
         assert!(st.success(), "kill -{sig} {}", self.pid);
     }
 
+    /// Waits for the binary to exit and for its output to be read to the
+    /// end, so that `all_lines` then holds every line it wrote (the reader
+    /// threads can be behind the exit: a CI run once missed the last line).
     async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let exit = self.exit.take().expect("wait_exit once");
-        tokio::time::timeout(within, exit)
+        let status = tokio::time::timeout(within, exit)
             .await
             .expect("the binary exits in time")
-            .expect("exit status")
+            .expect("exit status");
+        // Bounded: each pass sees another line, until both readers end
+        // (their senders dropped) at the streams' end.
+        let ended =
+            tokio::time::timeout(within, async { while self.seen.changed().await.is_ok() {} })
+                .await;
+        assert!(ended.is_ok(), "the binary's output ends once it has exited");
+        status
     }
 
     async fn admin_get(&self, path: &str) -> Got {
