@@ -274,11 +274,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
         noted.note(&name, &value);
         headers.append(name, value);
     }
-    let keep_alive = if noted.connection {
-        keeps_alive(version, &headers)
-    } else {
-        version != Version::HTTP_10
-    };
+    let keep_alive = noted.keeps_alive(version, &headers);
     let (body, framed_for_reuse) = response_framing(method, status, version, &mut headers, &noted)?;
     let keep_alive = keep_alive && framed_for_reuse;
     Ok(Parsed::Final(Head {
@@ -306,6 +302,16 @@ struct Noted {
 }
 
 impl Noted {
+    /// Whether the response leaves its connection open; without a
+    /// `Connection` field, by its version alone.
+    fn keeps_alive(&self, version: Version, headers: &HeaderMap) -> bool {
+        if self.connection {
+            keeps_alive(version, headers)
+        } else {
+            version != Version::HTTP_10
+        }
+    }
+
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::CONTENT_LENGTH {
             self.content_lengths += 1;
