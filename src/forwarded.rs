@@ -157,6 +157,14 @@ impl Fields {
     pub fn as_slice(&self) -> &[(&'static HeaderName, HeaderValue)] {
         self.fields.get(..self.len).unwrap_or_default()
     }
+
+    /// Appends the fields to a header map (for a request written from its
+    /// map, as hyper's client writes one).
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.as_slice() {
+            headers.append(*name, value.clone());
+        }
+    }
 }
 
 /// The headers an untrusted client's request loses: those the proxy sets,
@@ -234,10 +242,7 @@ pub fn forwarded_fields(
 /// Sets the forwarded headers of a request going upstream in its header
 /// map (for a request hyper's client sends): [`forwarded_fields`], inserted.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &Client, real: IpAddr, host: &HeaderValue) {
-    let fields = forwarded_fields(headers, client, real, host);
-    for (name, value) in fields.as_slice() {
-        headers.append(*name, value.clone());
-    }
+    forwarded_fields(headers, client, real, host).append_to(headers);
 }
 
 /// A trusted proxy's `X-Forwarded-For` with `client` appended, earlier

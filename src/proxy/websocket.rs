@@ -42,11 +42,8 @@ pub(super) async fn hand_over(
     let connect_timeout = cx.generation.config.timeouts.upstream_connect;
     let (lease, server, stream) = connect_backend(pool, connect_timeout).await?;
     let (mut parts, _body) = req.into_parts();
-    let fields = upstream_request(&mut parts, cx.conn.client(), host, cx.real());
     // hyper's client writes the handshake from its header map.
-    for (name, value) in fields.as_slice() {
-        parts.headers.append(*name, value.clone());
-    }
+    upstream_request(&mut parts, cx.conn.client(), host, cx.real()).append_to(&mut parts.headers);
     // Metrics and logs show what the client sent (CONNECT for HTTP/2).
     let client_method = std::mem::replace(&mut parts.method, Method::GET);
     let upstream_req = handshake_request(parts, h2);
