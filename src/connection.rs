@@ -22,7 +22,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::conn::auto::upgrade::downcast;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::{ActiveGuard, Activity};
@@ -32,6 +31,7 @@ use crate::prefixed::Prefixed;
 use crate::proxy;
 use crate::routing::Site;
 use crate::sendfile::{Spans, Zerocopy};
+use crate::socket::TcpSocket;
 use crate::tls::TlsRecords;
 use crate::websocket;
 
@@ -100,7 +100,7 @@ impl proxy::Downstream for ConnInfo {
 /// What a downstream HTTPS connection is served over (see [`serve`]).
 type ServedTls = TokioIo<Tracked<TlsRecords>>;
 /// What a downstream plain-HTTP connection is served over.
-type ServedPlain = TokioIo<Tracked<Zerocopy<Prefixed<TcpStream>>>>;
+type ServedPlain = TokioIo<Tracked<Zerocopy<Prefixed<TcpSocket>>>>;
 
 /// The client's end of an upgraded connection, taken back to the TLS or
 /// TCP stream underneath (hyper hands it over boxed, with this module's

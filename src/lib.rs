@@ -36,6 +36,7 @@ mod random;
 pub mod routing;
 mod sendfile;
 pub mod server;
+mod socket;
 mod state;
 mod tls;
 mod upstream;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,9 +21,10 @@ use crate::prefixed::Prefixed;
 use crate::proxy;
 use crate::proxy_protocol;
 use crate::sendfile::{Spans, Zerocopy};
+use crate::socket::{Acceptor, TcpSocket};
 use crate::state::Shared;
 use crate::tls;
-use crate::workers::{self, Workers};
+use crate::workers::Workers;
 
 /// Whether a listener terminates TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,7 +48,7 @@ impl Kind {
 /// Everything an accept loop needs.
 pub struct Listener {
     /// The bound socket.
-    pub socket: TcpListener,
+    pub socket: Acceptor,
     /// https or http.
     pub kind: Kind,
     /// Its address, as bound.
@@ -56,7 +57,7 @@ pub struct Listener {
 
 /// Binds a listener.
 pub async fn bind(addr: SocketAddr, kind: Kind) -> std::io::Result<Listener> {
-    let socket = TcpListener::bind(addr).await?;
+    let socket = Acceptor::new(TcpListener::bind(addr).await?)?;
     let addr = socket.local_addr()?;
     Ok(Listener { socket, kind, addr })
 }
@@ -151,27 +152,10 @@ pub async fn run(listener: Listener, accepting: Accepting, stop_this: Cancellati
             accepting.connections.spawn(conn.serve(tcp));
             continue;
         };
+        // The socket is registered on the worker that serves it, so its
+        // wake-ups never cross cores.
         let index = workers.pick();
-        if index == workers::current() {
-            workers.spawn(index, accepting.connections.track_future(conn.serve(tcp)));
-            continue;
-        }
-        // The socket is registered again on the worker that serves it, so
-        // its wake-ups never cross cores.
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "accepted socket could not be handed over; closed");
-                continue;
-            }
-        };
-        let task = accepting.connections.track_future(async move {
-            match TcpStream::from_std(tcp) {
-                Ok(tcp) => conn.serve(tcp).await,
-                Err(e) => tracing::debug!(%peer, error = %e, "accepted socket could not be registered; closed"),
-            }
-        });
-        workers.spawn(index, task);
+        workers.spawn(index, accepting.connections.track_future(conn.serve(tcp)));
     }
 }
 
@@ -186,8 +170,16 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Serves the connection to its end, counted while open.
-    async fn serve(self, tcp: TcpStream) {
+    /// Registers the connection with this worker and serves it to its end,
+    /// counted while open.
+    async fn serve(self, tcp: std::net::TcpStream) {
+        let tcp = match TcpSocket::new(tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "accepted socket could not be registered; closed");
+                return;
+            }
+        };
         let Accepted {
             peer,
             port,
@@ -207,12 +199,12 @@ impl Accepted {
 
 /// The stream a downstream connection is served over: the socket, with
 /// whatever was read past a PROXY header still to be read.
-pub type Downstream = Prefixed<TcpStream>;
+pub type Downstream = Prefixed<TcpSocket>;
 
 /// Reads the PROXY header if the listeners expect one, and decides who the
 /// client is. `None`: the connection was refused (and counted).
 async fn identify(
-    tcp: TcpStream,
+    tcp: TcpSocket,
     peer: SocketAddr,
     port: u16,
     kind: Kind,
@@ -270,7 +262,7 @@ const REJECT_UNTRUSTED_PROXY: usize = 1;
 const REJECT_MAX_CONNECTIONS: usize = 2;
 
 async fn handle(
-    tcp: TcpStream,
+    tcp: TcpSocket,
     peer: SocketAddr,
     port: u16,
     kind: Kind,

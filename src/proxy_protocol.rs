@@ -14,8 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use proxy_header::{ParseConfig, Protocol, ProxyHeader};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::prefixed::Prefixed;
 
@@ -141,10 +140,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyProtocolError> 
 /// it and the stream, with whatever arrived after the header still to be
 /// read. One `read` when the header arrives in one segment, as it does
 /// from every load balancer; a header split across segments is read on.
-pub async fn read_header(
-    mut tcp: TcpStream,
+pub async fn read_header<IO: AsyncRead + Unpin>(
+    mut tcp: IO,
     timeout: Duration,
-) -> Result<(Header, Prefixed<TcpStream>), ProxyProtocolError> {
+) -> Result<(Header, Prefixed<IO>), ProxyProtocolError> {
     let work = async {
         let mut buf = Vec::with_capacity(FIRST_READ);
         loop {

@@ -31,10 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::prefixed::Prefixed;
+use crate::socket::TcpSocket;
 
 /// Largest placeholder chunk (one per poll of a file body).
 const PLACEHOLDER_LEN: usize = 1 << 20;
@@ -108,7 +108,7 @@ pub trait SendfileTarget {
     ) -> Poll<io::Result<usize>>;
 }
 
-impl SendfileTarget for TcpStream {
+impl SendfileTarget for TcpSocket {
     fn poll_sendfile(
         &self,
         cx: &mut Context<'_>,
@@ -116,25 +116,9 @@ impl SendfileTarget for TcpStream {
         offset: &mut u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        // Bounded: a second WouldBlock clears the readiness, and the next
-        // poll_write_ready is then Pending.
-        loop {
-            ready!(self.poll_write_ready(cx))?;
-            let sent = self.try_io(Interest::WRITABLE, || {
-                let mut at = *offset;
-                let r = rustix::fs::sendfile(self, file, Some(&mut at), len);
-                r.map(|n| (n, at)).map_err(io::Error::from)
-            });
-            match sent {
-                Ok((n, at)) => {
-                    *offset = at;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.poll_write_with(cx, |tcp| {
+            rustix::fs::sendfile(tcp, file, Some(&mut *offset), len)
+        })
     }
 }
 
@@ -257,6 +241,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     fn file_with(data: &[u8]) -> File {
         let mut f = tempfile::tempfile().unwrap();
@@ -287,7 +272,7 @@ mod tests {
         let a: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         spans.push(file_with(&a), 1000, 200_000);
         spans.push(file_with(b"hello, world"), 7, 5);
-        let mut z = Zerocopy::new(server, spans.clone());
+        let mut z = Zerocopy::new(TcpSocket::from_tokio(server).unwrap(), spans.clone());
         let writer = async move {
             z.write_all(b"HEAD\n").await.unwrap();
             // The placeholder as hyper would queue it, split anyhow.
@@ -316,7 +301,7 @@ mod tests {
         let (_client, server) = pair().await;
         let spans = Spans::new();
         spans.push(file_with(b"short"), 0, 100);
-        let mut z = Zerocopy::new(server, spans);
+        let mut z = Zerocopy::new(TcpSocket::from_tokio(server).unwrap(), spans);
         let err = z.write_all(&placeholder(100)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
@@ -324,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn a_placeholder_with_nothing_queued_is_an_error_not_zeros() {
         let (_client, server) = pair().await;
-        let mut z = Zerocopy::new(server, Spans::new());
+        let mut z = Zerocopy::new(TcpSocket::from_tokio(server).unwrap(), Spans::new());
         assert!(z.write_all(&placeholder(10)).await.is_err());
     }
 }

@@ -22,9 +22,9 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls::server::ProducesTickets;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::prefixed::Prefixed;
+use crate::socket::TcpSocket;
 
 pub(crate) use handshake::Established;
 pub(crate) use records::TlsRecords;
@@ -114,7 +114,7 @@ const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close
 /// (none: a client connecting by address) to the configuration to present
 /// and what it belongs to (a site), which is returned with the stream.
 pub async fn accept<S>(
-    mut tcp: Prefixed<TcpStream>,
+    mut tcp: Prefixed<TcpSocket>,
     resolve: impl Fn(Option<&str>) -> Option<(Arc<ServerConfig>, S)>,
     timeout: Duration,
 ) -> Result<(Established, S), HandshakeError> {

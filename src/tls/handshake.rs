@@ -14,10 +14,10 @@ use rustls::server::{Acceptor, ServerConfig, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{HandshakeKind, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::HandshakeError;
 use super::records::TlsRecords;
+use crate::socket::TcpSocket;
 
 /// Most bytes a client may send before its handshake is done: a
 /// ClientHello with every extension fits many times over.
@@ -55,7 +55,7 @@ impl Incoming {
 
     /// Reads more from the client (end of stream is an error: the
     /// handshake is not done).
-    async fn read_more(&mut self, tcp: &mut TcpStream) -> Result<(), HandshakeError> {
+    async fn read_more(&mut self, tcp: &mut TcpSocket) -> Result<(), HandshakeError> {
         if self.filled >= MAX_HANDSHAKE_BYTES {
             return Err(HandshakeError::Protocol);
         }
@@ -84,7 +84,7 @@ impl Incoming {
 /// names. The bytes read stay in `input`, for the connection to read
 /// again.
 pub(super) async fn client_hello<S>(
-    tcp: &mut TcpStream,
+    tcp: &mut TcpSocket,
     input: &mut Incoming,
     resolve: impl Fn(Option<&str>) -> Option<(Arc<ServerConfig>, S)>,
 ) -> Result<(Arc<ServerConfig>, S), HandshakeError> {
@@ -115,7 +115,7 @@ pub(super) async fn client_hello<S>(
 /// Runs the handshake under `config`, `input` holding what the client has
 /// sent so far.
 pub(super) async fn run(
-    mut tcp: TcpStream,
+    mut tcp: TcpSocket,
     mut input: Incoming,
     config: Arc<ServerConfig>,
 ) -> Result<Established, HandshakeError> {
@@ -218,7 +218,7 @@ fn encode(
 /// Sends the alert rustls queued when the handshake failed, if it did.
 async fn send_alert(
     conn: &mut UnbufferedServerConnection,
-    tcp: &mut TcpStream,
+    tcp: &mut TcpSocket,
     input: &mut Incoming,
 ) {
     let mut out = Vec::new();

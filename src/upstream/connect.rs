@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
 
 use super::error::UpstreamError;
+use crate::socket::{self, TcpSocket, UnixSocket};
 
 /// The prefix of a unix socket server (`unix:/run/app.sock`).
 const UNIX_PREFIX: &str = "unix:";
@@ -55,9 +55,9 @@ impl Address {
 #[derive(Debug)]
 pub(crate) enum Stream {
     /// A TCP connection (`TCP_NODELAY` set).
-    Tcp(TcpStream),
+    Tcp(TcpSocket),
     /// A unix stream socket connection.
-    Unix(UnixStream),
+    Unix(UnixSocket),
 }
 
 /// Calls `$method` on whichever stream `$s` holds (both are `Unpin`).
@@ -118,19 +118,12 @@ impl AsyncWrite for Stream {
 pub(crate) async fn connect(addr: &Address, timeout: Duration) -> Result<Stream, UpstreamError> {
     let connected = match addr {
         Address::Tcp(authority) => {
-            tokio::time::timeout(timeout, TcpStream::connect(authority.as_str()))
+            // TCP_NODELAY is set: requests are written whole.
+            tokio::time::timeout(timeout, socket::connect_tcp(authority.as_str()))
                 .await
-                .map(|r| {
-                    r.map(|tcp| {
-                        // Requests and responses are written whole: waiting
-                        // to coalesce small writes (Nagle) would only add
-                        // latency.
-                        let _ = tcp.set_nodelay(true);
-                        Stream::Tcp(tcp)
-                    })
-                })
+                .map(|r| r.map(Stream::Tcp))
         }
-        Address::Unix(path) => tokio::time::timeout(timeout, UnixStream::connect(path))
+        Address::Unix(path) => tokio::time::timeout(timeout, socket::connect_unix(path))
             .await
             .map(|r| r.map(Stream::Unix)),
     };

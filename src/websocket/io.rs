@@ -17,9 +17,9 @@ use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
 
 use crate::prefixed::Prefixed;
+use crate::socket::{TcpSocket, UnixSocket};
 use crate::tls::TlsRecords;
 use crate::upstream::Stream;
 
@@ -35,9 +35,9 @@ enum Inner {
     /// A downstream TLS connection (our own record layer).
     Records(Box<TlsRecords>),
     /// A plain TCP connection (to the backend, or a plain-HTTP client).
-    Tcp(TcpStream),
+    Tcp(TcpSocket),
     /// A unix socket connection to the backend.
-    Unix(UnixStream),
+    Unix(UnixSocket),
     /// Anything hyper would not hand back unwrapped (an HTTP/2 stream).
     Upgraded(Box<TokioIo<Upgraded>>),
 }
@@ -62,7 +62,7 @@ impl End {
 
     /// The client's end over plain TCP; `read` is what hyper had read past
     /// the upgrade.
-    pub(crate) fn client_plain(stream: Prefixed<TcpStream>, read: Bytes) -> Self {
+    pub(crate) fn client_plain(stream: Prefixed<TcpSocket>, read: Bytes) -> Self {
         // Bytes read past a PROXY header were read before anything hyper
         // read from the socket (and are always gone by now).
         let (tcp, past_proxy) = stream.into_parts();
@@ -187,7 +187,7 @@ mod tests {
     /// itself, with the bytes the backend sent right after its 101 first.
     #[tokio::test]
     async fn an_upstream_unix_socket_is_unwrapped() {
-        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| {
                 let on = hyper::upgrade::on(&mut req);
@@ -210,7 +210,11 @@ mod tests {
                 .with_upgrades()
                 .await
         });
-        let (mut send, conn) = handshake(Stream::Unix(ours)).await.unwrap();
+        let (mut send, conn) = handshake(Stream::Unix(
+            UnixSocket::new(ours.into_std().unwrap()).unwrap(),
+        ))
+        .await
+        .unwrap();
         tokio::spawn(conn.with_upgrades());
         let req = Request::get("/")
             .header(header::UPGRADE, "test")

@@ -34,7 +34,8 @@ use rustls::{
     ConnectionTrafficSecrets, ContentType, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use crate::socket::TcpSocket;
 
 /// Record header length.
 const HEADER: usize = 5;
@@ -78,7 +79,7 @@ struct Direction<T: ?Sized> {
 /// A downstream TLS connection after the handshake, its records sealed
 /// and opened here.
 pub(crate) struct TlsRecords {
-    tcp: TcpStream,
+    tcp: TcpSocket,
     rx: Direction<dyn MessageDecrypter>,
     tx: Direction<dyn MessageEncrypter>,
     /// rustls' side of the connection: derives the next traffic secrets.
@@ -127,7 +128,7 @@ impl TlsRecords {
     /// data rustls opened during the handshake (read first); `ahead`: bytes
     /// read past the last record it opened.
     pub(crate) fn new(
-        tcp: TcpStream,
+        tcp: TcpSocket,
         secrets: ExtractedSecrets,
         kernel: KernelConnection<ServerConnectionData>,
         plain: &[u8],

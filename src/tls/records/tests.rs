@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
 use super::*;
 use crate::prefixed::Prefixed;
+use crate::socket::TcpSocket;
 
 /// Bound on every wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
@@ -42,9 +43,13 @@ async fn pair(versions: &[&'static rustls::SupportedProtocolVersion]) -> (Client
     let accept = async {
         let (tcp, _) = listener.accept().await.unwrap();
         let resolve = |_: Option<&str>| Some((server.clone(), ()));
-        let (tls, ()) = crate::tls::accept(Prefixed::new(tcp), resolve, WAIT)
-            .await
-            .unwrap();
+        let (tls, ()) = crate::tls::accept(
+            Prefixed::new(TcpSocket::from_tokio(tcp).unwrap()),
+            resolve,
+            WAIT,
+        )
+        .await
+        .unwrap();
         tls.records
     };
     let connect = async {
@@ -133,7 +138,10 @@ async fn a_record_split_across_reads_is_opened_whatever_the_first_reads_size() {
         // The first piece arrives alone: one read takes it (and sizes
         // the buffer to it); the record is not complete yet.
         c.get_mut().0.write_all(&wire[..first]).await.unwrap();
-        timeout(WAIT, s.tcp.readable()).await.unwrap().unwrap();
+        timeout(WAIT, s.tcp.peek(&mut [0; 1]))
+            .await
+            .unwrap()
+            .unwrap();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut one = [0u8; 1];
         let mut rb = ReadBuf::new(&mut one);
