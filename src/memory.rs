@@ -7,7 +7,8 @@
 //! thousands of connections (each task a few KiB) come and go the process
 //! would stay near its peak size for a while. jemalloc's `arena.<all>.purge`
 //! and glibc's `malloc_trim` return the free pages. They are the crate's
-//! calls into C, so this is the one place `unsafe` is allowed.
+//! calls into C, so `unsafe` is allowed here (and in `socket.rs`, for
+//! tokio's descriptor registration and read buffers; nowhere else).
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
