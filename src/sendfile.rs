@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::prefixed::Prefixed;
 use crate::socket::TcpSocket;
@@ -116,9 +116,11 @@ impl SendfileTarget for TcpSocket {
         offset: &mut u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |tcp| {
-            rustix::fs::sendfile(tcp, file, Some(&mut *offset), len)
-        })
+        let send =
+            |tcp: &std::net::TcpStream| rustix::fs::sendfile(tcp, file, Some(&mut *offset), len);
+        // A short send may be the file's end, not a full socket: the
+        // readiness is kept.
+        self.poll_io(cx, Interest::WRITABLE, send, |_| false)
     }
 }
 

@@ -26,7 +26,7 @@ use std::task::{Context, Poll, ready};
 
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// A std socket type that owns its descriptor from creation to drop and
@@ -67,23 +67,50 @@ impl<S: Owned> Socket<S> {
         self.0.get_ref()
     }
 
-    /// Runs `op` once the socket is writable, until it does not block; a
-    /// call that blocks clears the readiness, so this ends in `Pending`
-    /// until the next event. For writes other than `send` (`sendfile`).
-    pub(crate) fn poll_write_with<R>(
+    /// Runs `op` once the socket is ready for `interest` (readable or
+    /// writable), until it neither blocks nor is interrupted. A call that
+    /// blocks clears the readiness, so this is `Pending` until the next
+    /// event; so does a result `drained` says left the kernel's buffer
+    /// empty (read) or full (written): a short transfer, as tokio's own
+    /// streams judge it (the readiness keeps a peer's close, so that is
+    /// never missed). For writes other than `send` (`sendfile`) nothing is
+    /// judged drained.
+    pub(crate) fn poll_io<R>(
         &self,
         cx: &mut Context<'_>,
+        interest: Interest,
         mut op: impl FnMut(&S) -> Result<R, Errno>,
+        drained: impl Fn(&R) -> bool,
     ) -> Poll<io::Result<R>> {
         loop {
-            let mut ready = ready!(self.0.poll_write_ready(cx))?;
-            match op(self.0.get_ref()) {
-                Ok(r) => return Poll::Ready(Ok(r)),
+            let mut ready = if interest.is_readable() {
+                ready!(self.0.poll_read_ready(cx))?
+            } else {
+                ready!(self.0.poll_write_ready(cx))?
+            };
+            match op(self.get_ref()) {
+                Ok(r) => {
+                    if drained(&r) {
+                        ready.clear_ready();
+                    }
+                    return Poll::Ready(Ok(r));
+                }
                 Err(Errno::AGAIN) => ready.clear_ready(),
                 Err(Errno::INTR) => {}
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
+    }
+
+    /// [`Self::poll_io`] for a read or write of `want` bytes.
+    fn poll_transfer(
+        &self,
+        cx: &mut Context<'_>,
+        interest: Interest,
+        want: usize,
+        op: impl FnMut(&S) -> Result<usize, Errno>,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, interest, op, |&n| n > 0 && n < want)
     }
 }
 
@@ -91,15 +118,11 @@ impl TcpSocket {
     /// Reads what has arrived into `buf` and leaves it to be read again;
     /// waits for at least one byte (0: the peer closed).
     pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut ready = self.0.readable().await?;
-            match rustix::net::recv(self.get_ref(), &mut *buf, RecvFlags::PEEK) {
-                Ok((n, _)) => return Ok(n),
-                Err(Errno::AGAIN) => ready.clear_ready(),
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let mut peek = |s: &std::net::TcpStream| {
+            rustix::net::recv(s, &mut *buf, RecvFlags::PEEK).map(|(n, _)| n)
+        };
+        // The bytes stay, so the readiness does too.
+        std::future::poll_fn(|cx| self.poll_io(cx, Interest::READABLE, &mut peek, |_| false)).await
     }
 }
 
@@ -111,56 +134,20 @@ impl TcpSocket {
     }
 }
 
-/// What one transfer did, for [`transferred`].
-type Transfer = Result<usize, Errno>;
-
-/// The outcome of a read or write of `want` bytes, and the readiness it
-/// leaves: `None` to wait for the next event and try again.
-///
-/// A short transfer means the kernel's buffer was drained (or filled), so
-/// the readiness is cleared at once and the next call waits for the next
-/// event instead of making a system call that would block; tokio's own
-/// streams do the same (the readiness keeps a peer's close, so that is
-/// never missed).
-fn transferred<S: Owned>(
-    r: Transfer,
-    want: usize,
-    ready: &mut AsyncFdReadyGuard<'_, S>,
-) -> Option<io::Result<usize>> {
-    match r {
-        Ok(n) => {
-            if n > 0 && n < want {
-                ready.clear_ready();
-            }
-            Some(Ok(n))
-        }
-        Err(Errno::AGAIN) => {
-            ready.clear_ready();
-            None
-        }
-        Err(Errno::INTR) => None,
-        Err(e) => Some(Err(e.into())),
-    }
-}
-
 impl<S: Owned + Unpin> AsyncRead for Socket<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let fd = &self.get_mut().0;
         // SAFETY: `recv` only writes into the slice, so nothing initialised
         // is de-initialised.
         let unfilled = unsafe { buf.unfilled_mut() };
         let want = unfilled.len();
-        let n = loop {
-            let mut ready = ready!(fd.poll_read_ready(cx))?;
-            let r = rustix::net::recv(fd.get_ref(), &mut *unfilled, RecvFlags::empty());
-            if let Some(n) = transferred(r.map(|((read, _), _)| read.len()), want, &mut ready) {
-                break n?;
-            }
-        };
+        let n = ready!(self.poll_transfer(cx, Interest::READABLE, want, |s| {
+            rustix::net::recv(s, &mut *unfilled, RecvFlags::empty())
+                .map(|((read, _), _)| read.len())
+        }))?;
         // SAFETY: the kernel wrote the first `n` bytes (rustix hands back
         // exactly the part it initialised).
         unsafe { buf.assume_init(n) };
@@ -175,15 +162,10 @@ impl<S: Owned + Unpin> AsyncWrite for Socket<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let fd = &self.get_mut().0;
-        loop {
-            let mut ready = ready!(fd.poll_write_ready(cx))?;
-            // NOSIGNAL: a closed peer is an error here, never a SIGPIPE.
-            let r = rustix::net::send(fd.get_ref(), buf, SendFlags::NOSIGNAL);
-            if let Some(r) = transferred(r, buf.len(), &mut ready) {
-                return Poll::Ready(r);
-            }
-        }
+        // NOSIGNAL: a closed peer is an error here, never a SIGPIPE.
+        self.poll_transfer(cx, Interest::WRITABLE, buf.len(), |s| {
+            rustix::net::send(s, buf, SendFlags::NOSIGNAL)
+        })
     }
 
     fn poll_write_vectored(
@@ -191,15 +173,10 @@ impl<S: Owned + Unpin> AsyncWrite for Socket<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let fd = &self.get_mut().0;
         let want = bufs.iter().map(|b| b.len()).sum();
-        loop {
-            let mut ready = ready!(fd.poll_write_ready(cx))?;
-            let r = rustix::io::writev(fd.get_ref(), bufs);
-            if let Some(r) = transferred(r, want, &mut ready) {
-                return Poll::Ready(r);
-            }
-        }
+        self.poll_transfer(cx, Interest::WRITABLE, want, |s| {
+            rustix::io::writev(s, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -212,19 +189,20 @@ impl<S: Owned + Unpin> AsyncWrite for Socket<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = rustix::net::shutdown(self.0.get_ref(), rustix::net::Shutdown::Write);
+        let r = rustix::net::shutdown(self.get_ref(), rustix::net::Shutdown::Write);
         Poll::Ready(r.map_err(io::Error::from))
     }
 }
 
 /// A listening TCP socket, accepting with direct system calls.
 #[derive(Debug)]
-pub(crate) struct Acceptor(AsyncFd<std::net::TcpListener>);
+pub(crate) struct Acceptor(Socket<std::net::TcpListener>);
 
 impl Acceptor {
     /// Takes over a listener tokio bound (with the options tokio sets).
     pub(crate) fn new(listener: tokio::net::TcpListener) -> io::Result<Self> {
-        register(listener.into_std()?, Interest::READABLE).map(Acceptor)
+        let socket = register(listener.into_std()?, Interest::READABLE)?;
+        Ok(Acceptor(Socket(socket)))
     }
 
     /// The address it is bound to.
@@ -235,22 +213,16 @@ impl Acceptor {
     /// The next connection and its peer, unregistered: it is registered by
     /// whichever worker serves it ([`Socket::new`]).
     pub(crate) async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-        loop {
-            let mut ready = self.0.readable().await?;
-            match rustix::net::acceptfrom_with(self.0.get_ref(), FLAGS) {
-                Ok((fd, peer)) => {
-                    let tcp = std::net::TcpStream::from(fd);
-                    let peer = match peer.and_then(|p| SocketAddr::try_from(p).ok()) {
-                        Some(peer) => peer,
-                        None => tcp.peer_addr()?,
-                    };
-                    return Ok((tcp, peer));
-                }
-                Err(Errno::AGAIN) => ready.clear_ready(),
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let accept = |l: &std::net::TcpListener| rustix::net::acceptfrom_with(l, FLAGS);
+        let (fd, peer) =
+            std::future::poll_fn(|cx| self.0.poll_io(cx, Interest::READABLE, accept, |_| false))
+                .await?;
+        let tcp = std::net::TcpStream::from(fd);
+        let peer = match peer.and_then(|p| SocketAddr::try_from(p).ok()) {
+            Some(peer) => peer,
+            None => tcp.peer_addr()?,
+        };
+        Ok((tcp, peer))
     }
 }
 
@@ -311,27 +283,45 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    /// Bound on every wait in these tests.
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// `f`'s output, failing the test if it takes longer than [`WAIT`].
+    async fn bounded<T>(f: impl Future<Output = io::Result<T>>) -> T {
+        tokio::time::timeout(WAIT, f).await.unwrap().unwrap()
+    }
+
+    /// Writes `bytes` on `from` and reads them whole on `to`.
+    async fn sends(
+        from: &mut (impl AsyncWrite + Unpin),
+        to: &mut (impl AsyncRead + Unpin),
+        bytes: &[u8],
+    ) {
+        bounded(from.write_all(bytes)).await;
+        let mut got = vec![0; bytes.len()];
+        bounded(to.read_exact(&mut got)).await;
+        assert_eq!(got, bytes);
+    }
+
     /// A connected pair: ours made here, the peer tokio's.
     async fn pair() -> (TcpSocket, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (ours, theirs) = tokio::join!(connect_tcp(&addr), listener.accept());
+        let joined = async { Ok(tokio::join!(connect_tcp(&addr), listener.accept())) };
+        let (ours, theirs) = bounded(joined).await;
         (ours.unwrap(), theirs.unwrap().0)
     }
 
     #[tokio::test]
     async fn reads_and_writes_both_ways() {
         let (mut ours, mut theirs) = pair().await;
-        ours.write_all(b"hello").await.unwrap();
-        let mut got = [0u8; 5];
-        theirs.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello");
+        sends(&mut ours, &mut theirs, b"hello").await;
 
-        theirs.write_all(b"world!").await.unwrap();
+        bounded(theirs.write_all(b"world!")).await;
         // Into uninitialised spare capacity, as hyper and tokio-util read.
         let mut got = Vec::with_capacity(64);
         while got.len() < 6 {
-            ours.read_buf(&mut got).await.unwrap();
+            bounded(ours.read_buf(&mut got)).await;
         }
         assert_eq!(got, b"world!");
     }
@@ -340,30 +330,27 @@ mod tests {
     async fn vectored_writes_keep_order() {
         let (mut ours, mut theirs) = pair().await;
         let parts = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")];
-        let mut n = 0;
-        while n < 5 {
-            // Bounded: each write takes at least one byte or fails.
-            let wrote = ours.write_vectored(&parts).await.unwrap();
-            assert!(wrote > 0);
-            n += wrote;
-            assert_eq!(n, 5, "a 5-byte vectored write to an empty socket is whole");
-        }
+        let wrote = bounded(ours.write_vectored(&parts)).await;
+        assert_eq!(
+            wrote, 5,
+            "a 5-byte vectored write to an empty socket is whole"
+        );
         let mut got = [0u8; 5];
-        theirs.read_exact(&mut got).await.unwrap();
+        bounded(theirs.read_exact(&mut got)).await;
         assert_eq!(&got, b"abcde");
     }
 
     #[tokio::test]
     async fn end_of_stream_and_shutdown() {
         let (mut ours, mut theirs) = pair().await;
-        ours.shutdown().await.unwrap();
+        bounded(ours.shutdown()).await;
         let mut rest = Vec::new();
-        theirs.read_to_end(&mut rest).await.unwrap();
+        bounded(theirs.read_to_end(&mut rest)).await;
         assert!(rest.is_empty());
 
         drop(theirs);
         let mut got = [0u8; 8];
-        assert_eq!(ours.read(&mut got).await.unwrap(), 0);
+        assert_eq!(bounded(ours.read(&mut got)).await, 0);
     }
 
     #[tokio::test]
@@ -374,17 +361,14 @@ mod tests {
         let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| i as u8).collect();
         let expect = data.clone();
         let writer = tokio::spawn(async move {
-            ours.write_all(&data).await.unwrap();
-            ours.shutdown().await.unwrap();
+            bounded(ours.write_all(&data)).await;
+            bounded(ours.shutdown()).await;
         });
         let mut got = Vec::with_capacity(expect.len());
-        theirs.read_to_end(&mut got).await.unwrap();
-        writer.await.unwrap();
+        bounded(theirs.read_to_end(&mut got)).await;
+        tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
         assert!(got == expect, "the bytes arrive whole and in order");
     }
-
-    /// Bound on every wait in these tests.
-    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
     #[tokio::test]
     async fn a_short_read_still_wakes_for_what_comes_next() {
@@ -392,44 +376,29 @@ mod tests {
         // next bytes must still wake the reader.
         let (mut ours, mut theirs) = pair().await;
         let mut buf = [0u8; 64];
-        theirs.write_all(b"first").await.unwrap();
-        let n = tokio::time::timeout(WAIT, ours.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        bounded(theirs.write_all(b"first")).await;
+        let n = bounded(ours.read(&mut buf)).await;
         assert_eq!(&buf[..n], b"first");
-        theirs.write_all(b"second").await.unwrap();
-        let n = tokio::time::timeout(WAIT, ours.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        bounded(theirs.write_all(b"second")).await;
+        let n = bounded(ours.read(&mut buf)).await;
         assert_eq!(&buf[..n], b"second");
         // A close after a short read is seen too.
-        theirs.write_all(b"last").await.unwrap();
+        bounded(theirs.write_all(b"last")).await;
         drop(theirs);
         let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, ours.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        bounded(ours.read_to_end(&mut rest)).await;
         assert_eq!(rest, b"last");
     }
 
     #[tokio::test]
     async fn peek_leaves_the_bytes_to_be_read() {
         let (mut ours, mut theirs) = pair().await;
-        theirs.write_all(b"GET").await.unwrap();
+        bounded(theirs.write_all(b"GET")).await;
         let mut first = [0u8; 1];
-        let n = tokio::time::timeout(WAIT, ours.peek(&mut first))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = bounded(ours.peek(&mut first)).await;
         assert_eq!((n, first[0]), (1, b'G'));
         let mut got = [0u8; 3];
-        tokio::time::timeout(WAIT, ours.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        bounded(ours.read_exact(&mut got)).await;
         assert_eq!(&got, b"GET");
     }
 
@@ -437,18 +406,13 @@ mod tests {
     async fn accepts_with_the_peer_address() {
         let acceptor = Acceptor::new(TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
         let addr = acceptor.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), acceptor.accept());
+        let joined = async { Ok(tokio::join!(TcpStream::connect(addr), acceptor.accept())) };
+        let (client, accepted) = bounded(joined).await;
         let (tcp, peer) = accepted.unwrap();
         let mut client = client.unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
         let mut ours = TcpSocket::new(tcp).unwrap();
-        ours.write_all(b"hi").await.unwrap();
-        let mut got = [0u8; 2];
-        tokio::time::timeout(WAIT, client.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"hi");
+        sends(&mut ours, &mut client, b"hi").await;
     }
 
     #[tokio::test]
@@ -456,7 +420,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let e = connect_tcp(&addr).await.unwrap_err();
+        let e = tokio::time::timeout(WAIT, connect_tcp(&addr))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
     }
 
@@ -465,18 +432,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (ours, theirs) = tokio::join!(connect_unix(&path), listener.accept());
+        let joined = async { Ok(tokio::join!(connect_unix(&path), listener.accept())) };
+        let (ours, theirs) = bounded(joined).await;
         let (mut ours, mut theirs) = (ours.unwrap(), theirs.unwrap().0);
-        ours.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 4];
-        tokio::time::timeout(WAIT, theirs.read_exact(&mut got))
+        sends(&mut ours, &mut theirs, b"ping").await;
+        // A path with nothing listening fails as tokio's connect does.
+        let missing = dir.path().join("missing.sock");
+        let e = tokio::time::timeout(WAIT, connect_unix(&missing))
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"ping");
-        // A path with nothing listening fails as tokio's connect does.
-        let e = connect_unix(&dir.path().join("missing.sock"))
-            .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
